@@ -1,0 +1,450 @@
+//! The store: a set of registers, at most one per path, and the one rule that decides what is
+//! visible (DESIGN.md section 3).
+//!
+//! A register at path P with version v *covers* P and everything below P that is older than v.
+//! [`Store::merge`] is the only way registers enter: it drops what the new register covers and
+//! ignores a register that is already covered, so the set of registers is always the set of
+//! uncovered ones among everything ever merged, whatever the order or duplication of arrivals
+//! (merge is idempotent and commutative). Local writes and replicated registers both use it.
+//!
+//! Pure: time is a parameter, nothing here does I/O or knows about HTTP, storage or tasks.
+
+pub mod log;
+pub mod path;
+pub mod register;
+pub mod value;
+pub mod version;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+pub use log::{ChangeLog, Event, EventKind};
+pub use path::Path;
+pub use register::{Kind, Register};
+pub use version::{Hlc, Version};
+
+/// One local write operation, already validated and exploded (the CPU-heavy part happens on the
+/// caller's thread, not under the store's lock).
+#[derive(Debug, Clone)]
+pub enum Op {
+    Put {
+        path: Path,
+        /// The value exploded into registers, parents first; the first entry is `path` itself.
+        tree: Vec<(Box<str>, Kind)>,
+        /// The compact JSON of the whole value, for the change event.
+        text: Box<str>,
+        /// Time to live of a leaf value, in milliseconds.
+        ttl_ms: Option<u64>,
+    },
+    Delete {
+        path: Path,
+    },
+}
+
+impl Op {
+    /// A put of `v` at `path`; fails if an object key breaks the path grammar.
+    pub fn put(path: Path, v: &serde_json::Value, ttl_ms: Option<u64>) -> Result<Op, value::Error> {
+        let mut tree = Vec::new();
+        value::explode(&path, v, &mut tree)?;
+        let text = match tree.as_slice() {
+            [(_, Kind::Leaf(t))] => t.clone(),
+            _ => value::to_text(v),
+        };
+        Ok(Op::Put { path, tree, text, ttl_ms })
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            Op::Put { path, .. } | Op::Delete { path } => path,
+        }
+    }
+}
+
+/// What a path shows at a moment.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    /// Nothing visible at or below the path.
+    Missing,
+    /// A leaf value.
+    Leaf(&'a Register),
+    /// A directory (an object register, or anything visible below the path).
+    Dir,
+}
+
+/// The registers and the indexes kept beside them.
+#[derive(Debug, Default, Clone)]
+pub struct Store {
+    /// Every uncovered register, by key (see [`path`] for the key encoding).
+    regs: BTreeMap<Box<str>, Register>,
+    /// Leaves that carry an expiry, by (expiry, key), so expiries are found without a scan.
+    expiries: BTreeSet<(u64, Box<str>)>,
+    /// Deletion markers by (version millis, key), so the grace-period collection needs no scan.
+    tombstones: BTreeSet<(u64, Box<str>)>,
+}
+
+/// The keys strictly below `key`: the range `[key\0, key\x01)`, or everything but the root.
+fn below_bounds(key: &str) -> (Bound<String>, Bound<String>) {
+    if key.is_empty() {
+        (Bound::Excluded(String::new()), Bound::Unbounded)
+    } else {
+        (Bound::Included(format!("{key}\0")), Bound::Excluded(format!("{key}\x01")))
+    }
+}
+
+fn as_str(b: &Bound<String>) -> Bound<&str> {
+    b.as_ref().map(String::as_str)
+}
+
+impl Store {
+    pub fn new() -> Store {
+        Store::default()
+    }
+
+    /// Builds a store from registers loaded from disk (any order; covered ones are dropped).
+    pub fn from_registers(regs: impl IntoIterator<Item = (Box<str>, Register)>) -> Store {
+        let mut s = Store { regs: regs.into_iter().collect(), ..Store::default() };
+        let keys: Vec<(Box<str>, Register)> =
+            s.regs.iter().map(|(k, r)| (k.clone(), r.clone())).collect();
+        for (k, r) in &keys {
+            s.index(k, r);
+        }
+        // Registers on disk were stored uncovered; re-check anyway so the invariant holds even
+        // for a store written by an older version.
+        for (k, r) in keys {
+            if s.covered_by_ancestor(&k, &r) {
+                s.remove(&k);
+            }
+        }
+        s
+    }
+
+    /// Number of registers (visible or not).
+    pub fn len(&self) -> usize {
+        self.regs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.regs.is_empty()
+    }
+
+    /// Number of deletion markers and announced expiries waiting for the grace period.
+    pub fn tombstone_count(&self) -> usize {
+        self.tombstones.len()
+    }
+
+    pub fn register(&self, key: &str) -> Option<&Register> {
+        self.regs.get(key)
+    }
+
+    /// Every register, in key order.
+    pub fn registers(&self) -> impl Iterator<Item = (&str, &Register)> {
+        self.regs.iter().map(|(k, r)| (&**k, r))
+    }
+
+    fn below(&self, key: &str) -> impl Iterator<Item = (&str, &Register)> {
+        let (lo, hi) = below_bounds(key);
+        self.regs.range::<str, _>((as_str(&lo), as_str(&hi))).map(|(k, r)| (&**k, r))
+    }
+
+    fn has_visible_below(&self, key: &str, now: u64) -> bool {
+        self.below(key).any(|(_, r)| r.is_visible(now))
+    }
+
+    fn is_covered(&self, key: &str, reg: &Register) -> bool {
+        self.regs.get(key).is_some_and(|cur| cur.version >= reg.version)
+            || self.covered_by_ancestor(key, reg)
+    }
+
+    fn covered_by_ancestor(&self, key: &str, reg: &Register) -> bool {
+        path::key_ancestors(key)
+            .any(|a| self.regs.get(a).is_some_and(|r| r.version > reg.version))
+    }
+
+    /// The keys `reg` would replace if merged at `key`, or `None` if it is already covered.
+    pub fn plan_merge(&self, key: &str, reg: &Register) -> Option<Vec<Box<str>>> {
+        if self.is_covered(key, reg) {
+            return None;
+        }
+        let mut removed: Vec<Box<str>> = self
+            .below(key)
+            .filter(|(_, r)| r.version < reg.version)
+            .map(|(k, _)| k.into())
+            .collect();
+        if self.regs.contains_key(key) {
+            removed.push(key.into());
+        }
+        Some(removed)
+    }
+
+    /// Merges one register: the same function for local writes and replicated ones. Returns
+    /// whether it was applied (false: it was already covered, or a duplicate).
+    pub fn merge(&mut self, key: &str, reg: Register) -> bool {
+        let Some(removed) = self.plan_merge(key, &reg) else {
+            return false;
+        };
+        for k in removed {
+            self.remove(&k);
+        }
+        self.index(key, &reg);
+        self.regs.insert(key.into(), reg);
+        true
+    }
+
+    fn index(&mut self, key: &str, reg: &Register) {
+        if let Some(t) = reg.expires {
+            self.expiries.insert((t, key.into()));
+        }
+        if reg.kind == Kind::Deleted {
+            self.tombstones.insert((reg.version.millis, key.into()));
+        }
+    }
+
+    /// Removes a register and its index entries.
+    pub fn remove(&mut self, key: &str) -> Option<Register> {
+        let reg = self.regs.remove(key)?;
+        if let Some(t) = reg.expires {
+            let k = (t, Box::<str>::from(key));
+            self.expiries.remove(&k);
+            self.tombstones.remove(&k);
+        }
+        if reg.kind == Kind::Deleted {
+            self.tombstones.remove(&(reg.version.millis, key.into()));
+        }
+        Some(reg)
+    }
+
+    /// What `key` shows at `now`.
+    pub fn lookup(&self, key: &str, now: u64) -> Lookup<'_> {
+        if key.is_empty() {
+            return Lookup::Dir;
+        }
+        match self.regs.get(key) {
+            Some(r) if r.kind == Kind::Object => Lookup::Dir,
+            Some(r) if r.is_visible(now) => {
+                if self.has_visible_below(key, now) {
+                    Lookup::Dir
+                } else {
+                    Lookup::Leaf(r)
+                }
+            }
+            _ if self.has_visible_below(key, now) => Lookup::Dir,
+            _ => Lookup::Missing,
+        }
+    }
+
+    /// The entity tag of a path: the newest version at or below it (deletions included), or
+    /// `None` if nothing is visible there.
+    pub fn etag(&self, key: &str, now: u64) -> Option<Version> {
+        if self.lookup(key, now) == Lookup::Missing {
+            return None;
+        }
+        let own = self.regs.get(key).map(|r| r.version);
+        let below = self.below(key).map(|(_, r)| r.version).max();
+        Some(own.max(below).unwrap_or(Version::ZERO))
+    }
+
+    /// For a local write at `key`: the nearest ancestor that shows as a leaf, which the write
+    /// must turn into a directory (an `Object` register in the same batch), so that removing the
+    /// new key later leaves an empty directory instead of bringing the old leaf back.
+    pub fn leaf_ancestor<'k>(&self, key: &'k str, now: u64) -> Option<&'k str> {
+        for a in path::key_ancestors(key) {
+            if let Some(r) = self.regs.get(a) {
+                if r.kind == Kind::Object {
+                    return None;
+                }
+                if r.is_visible(now) {
+                    return (!self.has_visible_below(a, now)).then_some(a);
+                }
+            }
+        }
+        None
+    }
+
+    /// The registers a local write produces at `version`: the value's registers (or a deletion
+    /// marker), preceded by an `Object` register for an ancestor that showed as a leaf.
+    pub fn plan_local(&self, op: &Op, version: Version, now: u64) -> Vec<(Box<str>, Register)> {
+        let mut out = Vec::new();
+        match op {
+            Op::Put { path, tree, ttl_ms, .. } => {
+                if let Some(a) = self.leaf_ancestor(path.key(), now) {
+                    out.push((a.into(), Register { kind: Kind::Object, version, expires: None }));
+                }
+                for (k, kind) in tree {
+                    let expires = match kind {
+                        Kind::Leaf(_) => ttl_ms.map(|t| now.saturating_add(t.max(1))),
+                        _ => None,
+                    };
+                    out.push((k.clone(), Register { kind: kind.clone(), version, expires }));
+                }
+            }
+            Op::Delete { path } => {
+                out.push((path.key().into(), Register { kind: Kind::Deleted, version, expires: None }));
+            }
+        }
+        out
+    }
+
+    /// Writes the JSON of what `key` shows into `out`; false if nothing is there.
+    pub fn render(&self, key: &str, now: u64, out: &mut String) -> bool {
+        match self.lookup(key, now) {
+            Lookup::Missing => return false,
+            Lookup::Leaf(r) => {
+                out.push_str(r.leaf().unwrap_or("null"));
+                return true;
+            }
+            Lookup::Dir => {}
+        }
+        let prefix_len = if key.is_empty() { 0 } else { key.len() + 1 };
+        let mut items = self.below(key).filter(|(_, r)| r.is_visible(now)).peekable();
+        // Open directories below `key`, as relative keys; `first[i]` is whether level i has
+        // had no member written yet.
+        let mut open: Vec<&str> = Vec::new();
+        let mut first: Vec<bool> = vec![true];
+        out.push('{');
+        while let Some((k, reg)) = items.next() {
+            let rel = &k[prefix_len..];
+            // Close directories that do not contain this key.
+            while let Some(top) = open.last() {
+                if path::key_contains(top, rel) {
+                    break;
+                }
+                open.pop();
+                first.pop();
+                out.push('}');
+            }
+            // Open the implied directories between the innermost open one and this key.
+            let base = open.last().map_or(0, |t| t.len() + 1);
+            let mut seg_start = base;
+            for (i, b) in rel.bytes().enumerate().skip(base) {
+                if b == 0 {
+                    open_member(out, &mut first, &rel[seg_start..i]);
+                    out.push('{');
+                    open.push(&rel[..i]);
+                    first.push(true);
+                    seg_start = i + 1;
+                }
+            }
+            let name = &rel[seg_start..];
+            let is_dir = reg.kind == Kind::Object
+                || items.peek().is_some_and(|(next, _)| path::key_contains(k, next));
+            open_member(out, &mut first, name);
+            if is_dir {
+                out.push('{');
+                open.push(rel);
+                first.push(true);
+            } else {
+                out.push_str(reg.leaf().unwrap_or("null"));
+            }
+        }
+        for _ in 0..open.len() + 1 {
+            out.push('}');
+        }
+        true
+    }
+
+    /// The visible children of a directory: (name, is_directory), in key order. `None` if the
+    /// path is missing, `Some(Err(()))` if it is a leaf.
+    pub fn children(&self, key: &str, now: u64) -> Option<Result<Vec<(String, bool)>, ()>> {
+        match self.lookup(key, now) {
+            Lookup::Missing => return None,
+            Lookup::Leaf(_) => return Some(Err(())),
+            Lookup::Dir => {}
+        }
+        let prefix = if key.is_empty() { String::new() } else { format!("{key}\0") };
+        let end = below_bounds(key).1;
+        let mut lo = Bound::Included(prefix.clone());
+        let mut out = Vec::new();
+        loop {
+            let next = self
+                .regs
+                .range::<str, _>((as_str(&lo), as_str(&end)))
+                .find(|(_, r)| r.is_visible(now));
+            let Some((k, r)) = next else { break };
+            let rel = &k[prefix.len()..];
+            let child = rel.split('\0').next().unwrap_or(rel);
+            let child_key = format!("{prefix}{child}");
+            let is_dir = rel.len() > child.len()
+                || r.kind == Kind::Object
+                || self.has_visible_below(&child_key, now);
+            out.push((child.to_owned(), is_dir));
+            lo = Bound::Excluded(format!("{child_key}\x01"));
+        }
+        Some(Ok(out))
+    }
+
+    /// Every visible leaf at or below `key` (for a watch's initial state): key, JSON, version.
+    pub fn leaves(&self, key: &str, now: u64) -> Vec<(&str, &str, Version)> {
+        let own = self.regs.get_key_value(key).map(|(k, r)| (&**k, r));
+        own.into_iter()
+            .chain(self.below(key))
+            .filter(|(k, r)| r.is_visible(now) && r.leaf().is_some() && !self.has_visible_below(k, now))
+            .map(|(k, r)| (k, r.leaf().unwrap_or("null"), r.version))
+            .collect()
+    }
+
+    /// Leaves whose expiry is at or before `now` and not yet announced: (key, version).
+    pub fn due_expiries(&self, now: u64) -> Vec<(Box<str>, Version)> {
+        self.expiries
+            .range((Bound::Unbounded, Bound::Excluded((now + 1, Box::<str>::from("")))))
+            .filter_map(|(_, k)| self.regs.get(k).map(|r| (k.clone(), r.version)))
+            .collect()
+    }
+
+    /// The earliest expiry not yet announced.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.expiries.first().map(|(t, _)| *t)
+    }
+
+    /// Marks an expiry as announced: the leaf stays (it still covers older writes) and joins
+    /// the tombstones, collected after the grace period like a deletion.
+    pub fn announce_expiry(&mut self, key: &str) -> bool {
+        let Some(t) = self.regs.get(key).and_then(|r| r.expires) else {
+            return false;
+        };
+        if self.expiries.remove(&(t, key.into())) {
+            self.tombstones.insert((t, key.into()));
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Tombstones (deletions and expired leaves) whose grace period has passed at `now`.
+    pub fn due_tombstones(&self, now: u64, grace_ms: u64) -> Vec<Box<str>> {
+        let until = now.saturating_sub(grace_ms);
+        self.tombstones
+            .range((Bound::Unbounded, Bound::Excluded((until + 1, Box::<str>::from("")))))
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
+}
+
+fn open_member(out: &mut String, first: &mut [bool], name: &str) {
+    let level = first.len() - 1;
+    if !first[level] {
+        out.push(',');
+    }
+    first[level] = false;
+    push_json_string(out, name);
+    out.push(':');
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn push_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,161 @@
+//! The change log: the node's numbered changes (revisions), bounded, for watchers to resume from.
+//!
+//! Every change the node applies gets the next revision; the events of one change (a batch) share
+//! it. The log keeps the newest events up to a capacity and knows the *floor*: every event with a
+//! revision above the floor is still here, so a resume from below it is refused ("compacted")
+//! instead of silently skipping changes. Knows nothing of tasks or HTTP.
+
+use super::path::display_key;
+use super::version::Version;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// What happened at a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    Delete,
+    Expire,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Put => "put",
+            EventKind::Delete => "delete",
+            EventKind::Expire => "expire",
+        }
+    }
+}
+
+/// One visible change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub revision: u64,
+    pub kind: EventKind,
+    /// Key of the path (see `path`).
+    pub key: Box<str>,
+    /// For puts, the compact JSON written at the path.
+    pub value: Option<Box<str>>,
+    pub version: Version,
+}
+
+impl Event {
+    /// The event as one line of JSON, as the watch stream sends it.
+    pub fn to_json(&self) -> String {
+        let mut s = String::with_capacity(96 + self.key.len() + self.value.as_ref().map_or(0, |v| v.len()));
+        s.push_str("{\"type\":\"");
+        s.push_str(self.kind.as_str());
+        s.push_str("\",\"path\":");
+        let mut p = String::with_capacity(self.key.len() + 1);
+        display_key(&self.key, &mut p);
+        super::push_json_string(&mut s, &p);
+        if let Some(v) = &self.value {
+            s.push_str(",\"value\":");
+            s.push_str(v);
+        }
+        s.push_str(&format!(",\"version\":\"{}\",\"revision\":{}}}", self.version, self.revision));
+        s
+    }
+}
+
+/// A resume point that has left the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("revision {requested} is compacted: the change log starts after revision {floor}")]
+pub struct Compacted {
+    pub requested: u64,
+    pub floor: u64,
+}
+
+/// The bounded log.
+#[derive(Debug)]
+pub struct ChangeLog {
+    events: VecDeque<Arc<Event>>,
+    /// Most events kept.
+    capacity: usize,
+    /// Every event with a revision above this is in the log.
+    floor: u64,
+}
+
+impl ChangeLog {
+    /// An empty log whose history starts after `revision` (the node's revision at start).
+    pub fn new(capacity: usize, revision: u64) -> ChangeLog {
+        ChangeLog { events: VecDeque::new(), capacity: capacity.max(1), floor: revision }
+    }
+
+    /// Appends an event (revisions must not decrease), evicting whole revisions when full.
+    pub fn push(&mut self, ev: Arc<Event>) {
+        debug_assert!(self.events.back().is_none_or(|b| b.revision <= ev.revision));
+        self.events.push_back(ev);
+        while self.events.len() > self.capacity {
+            let Some(old) = self.events.pop_front() else { break };
+            self.floor = self.floor.max(old.revision);
+            while self.events.front().is_some_and(|e| e.revision == old.revision) {
+                self.events.pop_front();
+            }
+        }
+    }
+
+    /// Events with a revision above `after`, or `Compacted` if some are gone.
+    pub fn since(&self, after: u64) -> Result<Vec<Arc<Event>>, Compacted> {
+        if after < self.floor {
+            return Err(Compacted { requested: after, floor: self.floor });
+        }
+        let start = self.events.partition_point(|e| e.revision <= after);
+        Ok(self.events.range(start..).cloned().collect())
+    }
+
+    pub fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(rev: u64) -> Arc<Event> {
+        Arc::new(Event {
+            revision: rev,
+            kind: EventKind::Put,
+            key: "a\0b".into(),
+            value: Some("1".into()),
+            version: Version::ZERO,
+        })
+    }
+
+    #[test]
+    fn resumes_and_compacts_whole_revisions() {
+        let mut log = ChangeLog::new(3, 10);
+        assert_eq!(log.since(10).unwrap().len(), 0);
+        assert!(log.since(9).is_err());
+        for r in [11, 12, 12, 13] {
+            log.push(ev(r));
+        }
+        // capacity 3: revision 11 left, floor is 11
+        assert_eq!(log.floor(), 11);
+        assert_eq!(log.since(11).unwrap().len(), 3);
+        assert_eq!(log.since(12).unwrap().len(), 1);
+        assert_eq!(log.since(10), Err(Compacted { requested: 10, floor: 11 }));
+        log.push(ev(14));
+        // evicting one event of revision 12 evicts both
+        assert_eq!(log.floor(), 12);
+        assert_eq!(log.since(12).unwrap().iter().map(|e| e.revision).collect::<Vec<_>>(), vec![13, 14]);
+    }
+
+    #[test]
+    fn event_json() {
+        assert_eq!(
+            ev(5).to_json(),
+            r#"{"type":"put","path":"/a/b","value":1,"version":"0-0-0000000000000000","revision":5}"#
+        );
+    }
+}

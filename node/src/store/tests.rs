@@ -1,0 +1,281 @@
+//! Tests of the merge and visibility rules: DESIGN.md section 3's single-node results, and
+//! convergence for any order and duplication of the same registers.
+
+use super::*;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+/// A node's store plus its clock, applying local writes the way the writer does.
+struct Node {
+    store: Store,
+    clock: Hlc,
+}
+
+impl Node {
+    fn new(id: u64) -> Node {
+        Node { store: Store::new(), clock: Hlc::new(id, Version::ZERO) }
+    }
+
+    fn apply(&mut self, op: Op, now: u64) -> Vec<(Box<str>, Register)> {
+        let v = self.clock.tick(now);
+        let regs = self.store.plan_local(&op, v, now);
+        for (k, r) in &regs {
+            self.store.merge(k, r.clone());
+        }
+        regs
+    }
+
+    fn put(&mut self, p: &str, v: Value) -> Vec<(Box<str>, Register)> {
+        self.apply(Op::put(Path::parse(p).unwrap(), &v, None).unwrap(), 1000)
+    }
+
+    fn del(&mut self, p: &str) -> Vec<(Box<str>, Register)> {
+        self.apply(Op::Delete { path: Path::parse(p).unwrap() }, 1000)
+    }
+
+    fn doc(&self) -> Value {
+        doc_at(&self.store, 1000)
+    }
+}
+
+fn doc_at(s: &Store, now: u64) -> Value {
+    let mut out = String::new();
+    assert!(s.render("", now, &mut out));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("render gave bad JSON {out:?}: {e}"))
+}
+
+#[test]
+fn leaf_then_child_makes_a_directory() {
+    let mut n = Node::new(1);
+    n.put("/a", json!(1));
+    n.put("/a/b", json!(2));
+    assert_eq!(n.doc(), json!({"a": {"b": 2}}));
+    // removing the child leaves an empty directory, not the old leaf
+    n.del("/a/b");
+    assert_eq!(n.doc(), json!({"a": {}}));
+}
+
+#[test]
+fn object_put_replaces_the_subtree() {
+    let mut n = Node::new(1);
+    n.put("/a/old", json!("x"));
+    n.put("/a/keep", json!(true));
+    n.put("/a", json!({"x": 1, "y": {"z": [1, 2]}, "e": {}}));
+    assert_eq!(n.doc(), json!({"a": {"x": 1, "y": {"z": [1, 2]}, "e": {}}}));
+}
+
+#[test]
+fn delete_removes_the_subtree_and_later_writes_reappear() {
+    let mut n = Node::new(1);
+    n.put("/a", json!({"b": 1, "c": {"d": 2}}));
+    n.put("/z", json!(null));
+    n.del("/a");
+    assert_eq!(n.doc(), json!({"z": null}));
+    n.put("/a/c/e", json!("new"));
+    assert_eq!(n.doc(), json!({"a": {"c": {"e": "new"}}, "z": null}));
+    assert_eq!(n.store.lookup("a\0b", 1000), Lookup::Missing);
+}
+
+#[test]
+fn implied_directories_and_lookup() {
+    let mut n = Node::new(1);
+    n.put("/x/y/z", json!(1));
+    assert_eq!(n.doc(), json!({"x": {"y": {"z": 1}}}));
+    assert_eq!(n.store.lookup("x", 1000), Lookup::Dir);
+    assert!(matches!(n.store.lookup("x\0y\0z", 1000), Lookup::Leaf(_)));
+    assert_eq!(n.store.lookup("nope", 1000), Lookup::Missing);
+    n.del("/x/y/z");
+    // an implied directory disappears with its last key
+    assert_eq!(n.doc(), json!({}));
+}
+
+#[test]
+fn rendering_escapes_keys_and_orders_by_bytes() {
+    let mut n = Node::new(1);
+    n.put("/q", json!({"a\"b": 1, "tab\t": 2, "a": {"b!": 3, "b": {"c": 4}}, "é": "ü"}));
+    assert_eq!(
+        n.doc(),
+        json!({"q": {"a\"b": 1, "tab\t": 2, "a": {"b!": 3, "b": {"c": 4}}, "é": "ü"}})
+    );
+    let mut out = String::new();
+    n.store.render("q\0a", 1000, &mut out);
+    assert_eq!(out, r#"{"b":{"c":4},"b!":3}"#);
+}
+
+#[test]
+fn children_lists_names_and_kinds() {
+    let mut n = Node::new(1);
+    n.put("/app", json!({"name": "x", "db": {"port": 1}, "empty": {}}));
+    n.put("/app/name/sub", json!(1)); // leaf becomes a directory
+    n.put("/app/gone", json!(1));
+    n.del("/app/gone");
+    let kids = n.store.children("app", 1000).unwrap().unwrap();
+    assert_eq!(
+        kids,
+        vec![("db".into(), true), ("empty".into(), true), ("name".into(), true)]
+    );
+    assert_eq!(n.store.children("app\0db\0port", 1000), Some(Err(())));
+    assert_eq!(n.store.children("missing", 1000), None);
+    let root = n.store.children("", 1000).unwrap().unwrap();
+    assert_eq!(root, vec![("app".into(), true)]);
+}
+
+#[test]
+fn etag_is_newest_version_in_subtree() {
+    let mut n = Node::new(1);
+    let v1 = n.put("/a/b", json!(1))[0].1.version;
+    assert_eq!(n.store.etag("a\0b", 1000), Some(v1));
+    let v2 = n.put("/a/c", json!(1))[0].1.version;
+    assert_eq!(n.store.etag("a", 1000), Some(v2));
+    let v3 = n.del("/a/c")[0].1.version;
+    assert_eq!(n.store.etag("a", 1000), Some(v3));
+    assert_eq!(n.store.etag("a\0c", 1000), None);
+}
+
+#[test]
+fn ttl_expires_locally_and_renewal_wins() {
+    let mut n = Node::new(1);
+    let op = Op::put(Path::parse("/lease").unwrap(), &json!("me"), Some(5_000)).unwrap();
+    n.apply(op, 1_000);
+    assert_eq!(doc_at(&n.store, 5_999), json!({"lease": "me"}));
+    assert_eq!(doc_at(&n.store, 6_000), json!({}));
+    assert_eq!(n.store.next_expiry(), Some(6_000));
+    assert_eq!(n.store.due_expiries(5_999).len(), 0);
+    assert_eq!(n.store.due_expiries(6_000).len(), 1);
+    // a renewal that arrives after the expiry time still wins: it is a newer register
+    let op = Op::put(Path::parse("/lease").unwrap(), &json!("me"), Some(5_000)).unwrap();
+    n.apply(op, 6_500);
+    assert_eq!(doc_at(&n.store, 7_000), json!({"lease": "me"}));
+    assert_eq!(n.store.next_expiry(), Some(11_500));
+}
+
+#[test]
+fn expired_leaves_and_deletions_are_collected_after_grace() {
+    let mut n = Node::new(1);
+    n.apply(Op::put(Path::parse("/t").unwrap(), &json!(1), Some(10)).unwrap(), 1_000);
+    n.put("/d", json!(1));
+    n.del("/d");
+    assert!(n.store.announce_expiry("t"));
+    assert!(!n.store.announce_expiry("t"));
+    assert_eq!(n.store.tombstone_count(), 2);
+    assert_eq!(n.store.due_tombstones(1_500, 1_000).len(), 0);
+    let due = n.store.due_tombstones(2_100, 1_000);
+    assert_eq!(due.len(), 2);
+    for k in due {
+        n.store.remove(&k);
+    }
+    assert!(n.store.is_empty());
+    assert_eq!(n.store.tombstone_count(), 0);
+}
+
+#[test]
+fn covered_registers_are_ignored_and_duplicates_are_idempotent() {
+    let mut s = Store::new();
+    let v = |m| Version { millis: m, counter: 0, node: 1 };
+    let leaf = |m| Register { kind: Kind::Leaf("1".into()), version: v(m), expires: None };
+    let del = |m| Register { kind: Kind::Deleted, version: v(m), expires: None };
+    assert!(s.merge("a", del(5)));
+    assert!(!s.merge("a\0b", leaf(4)), "older write under a newer delete stays deleted");
+    assert!(s.merge("a\0b", leaf(6)));
+    assert!(!s.merge("a\0b", leaf(6)), "duplicate");
+    assert!(s.merge("a", del(7)));
+    assert!(s.register("a\0b").is_none(), "covered register dropped");
+    assert_eq!(s.len(), 1);
+}
+
+/// A random register at a path drawn from a small tree, so coverings happen often.
+fn arb_register() -> impl Strategy<Value = (Box<str>, Register)> {
+    let key = prop::sample::select(vec!["a", "a\0b", "a\0b\0c", "a\0d", "e", "e\0f", "a\0b\0g"]);
+    let kind = prop_oneof![
+        (0u8..4).prop_map(|n| Kind::Leaf(n.to_string().into())),
+        Just(Kind::Object),
+        Just(Kind::Deleted),
+    ];
+    (key, kind, 0u64..20, 0u32..2, 1u64..4, prop::option::of(0u64..30)).prop_map(
+        |(k, kind, millis, counter, node, ttl)| {
+            let expires = match kind {
+                Kind::Leaf(_) => ttl,
+                _ => None,
+            };
+            (k.into(), Register { kind, version: Version { millis, counter, node }, expires })
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Any order and duplication of the same registers gives the same store and document.
+    #[test]
+    fn merge_converges(
+        regs in prop::collection::vec(arb_register(), 1..24),
+        order in prop::collection::vec(any::<prop::sample::Index>(), 0..48),
+        now in 0u64..40,
+    ) {
+        // One version writes a path at most once (a batch may use it for several paths): drop
+        // clashing draws.
+        let mut seen = std::collections::HashSet::new();
+        let regs: Vec<_> = regs.into_iter().filter(|(k, r)| {
+            seen.insert((r.version, k.clone())) && r.version.millis > 0
+        }).collect();
+        prop_assume!(!regs.is_empty());
+        let mut a = Store::new();
+        for (k, r) in &regs {
+            a.merge(k, r.clone());
+        }
+        let mut b = Store::new();
+        for i in &order {
+            let (k, r) = &regs[i.index(regs.len())];
+            b.merge(k, r.clone());
+        }
+        for (k, r) in regs.iter().rev() {
+            b.merge(k, r.clone());
+        }
+        let ra: Vec<_> = a.registers().map(|(k, r)| (k.to_owned(), r.clone())).collect();
+        let rb: Vec<_> = b.registers().map(|(k, r)| (k.to_owned(), r.clone())).collect();
+        prop_assert_eq!(&ra, &rb);
+        prop_assert_eq!(doc_at(&a, now), doc_at(&b, now));
+        // No stored register is covered by another.
+        for (k, r) in a.registers() {
+            prop_assert!(!a.is_covered(k, r) || a.register(k) == Some(r));
+            for anc in path::key_ancestors(k) {
+                prop_assert!(a.register(anc).is_none_or(|x| x.version <= r.version));
+            }
+        }
+        // Loading the registers back (as after a restart) gives the same store.
+        let c = Store::from_registers(ra.iter().map(|(k, r)| (k.as_str().into(), r.clone())));
+        prop_assert_eq!(doc_at(&c, now), doc_at(&a, now));
+    }
+
+    /// The rendered document agrees with lookups and listings of every path.
+    #[test]
+    fn render_lookup_children_agree(regs in prop::collection::vec(arb_register(), 1..16), now in 0u64..40) {
+        let mut s = Store::new();
+        for (k, r) in regs {
+            s.merge(&k, r);
+        }
+        let doc = doc_at(&s, now);
+        for key in ["a", "a\0b", "a\0b\0c", "a\0d", "e", "e\0f", "a\0b\0g"] {
+            let ptr = format!("/{}", key.replace('\0', "/"));
+            let expected = doc.pointer(&ptr);
+            let mut out = String::new();
+            let found = s.render(key, now, &mut out);
+            prop_assert_eq!(found, expected.is_some());
+            if let Some(e) = expected {
+                let got: Value = serde_json::from_str(&out).unwrap();
+                prop_assert_eq!(&got, e);
+                match s.children(key, now).unwrap() {
+                    Ok(kids) => {
+                        let obj = e.as_object().expect("directory renders as object");
+                        let names: Vec<_> = obj.keys().cloned().collect();
+                        prop_assert_eq!(kids.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), names);
+                        for (n, is_dir) in kids {
+                            prop_assert_eq!(is_dir, obj[&n].is_object());
+                        }
+                    }
+                    Err(()) => prop_assert!(!e.is_object()),
+                }
+            }
+        }
+    }
+}
