@@ -1,0 +1,542 @@
+//! The live database of one node: the store behind a lock, the change log, the event fan-out,
+//! and the single writer thread that plans, group-commits and applies every change.
+//!
+//! Write path: callers send requests to the writer thread; it drains whatever is queued, checks
+//! preconditions and plans each request against the committed state (stamping versions and
+//! revisions), commits the whole group to storage with one synced transaction, and only then
+//! applies it to the in-memory store, appends the events and answers. Readers therefore never see
+//! a write that is not durable, and concurrent writers share fsyncs. Two requests whose paths
+//! overlap (one contains the other) never share a group, so planning against the committed state
+//! is exact.
+//!
+//! Must not know about HTTP, TLS or the CLI.
+
+use crate::storage::{self, Storage};
+use crate::store::log::Compacted;
+use crate::store::{path, ChangeLog, Event, EventKind, Hlc, Lookup, Op, Register, Store, Version};
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Most requests planned into one group commit.
+const MAX_GROUP: usize = 1024;
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Why a write was refused. Nothing of a refused write is stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error("nothing at {0}")]
+    NotFound(String),
+    #[error("{path} is at version {current}, not {expected}")]
+    PreconditionFailed { path: String, expected: Version, current: String },
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("paths {0} and {1} overlap; one batch may not write a path and a path inside it")]
+    Overlap(String, String),
+    #[error("storage failure, nothing was written: {0}")]
+    Storage(String),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// A precondition on a single-path write, checked on this node just before it is planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    None,
+    /// The path's current ETag must be this version.
+    IfMatch(Version),
+    /// Nothing may be visible at the path.
+    IfNoneMatch,
+}
+
+/// One atomic change: every op gets the same version and revision.
+#[derive(Debug, Clone)]
+pub struct WriteRequest {
+    pub ops: Vec<Op>,
+    pub condition: Condition,
+}
+
+/// What an acknowledged write was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub version: Version,
+    pub revision: u64,
+}
+
+/// Tunables of the database.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Events kept in the change log for watchers to resume from.
+    pub log_events: usize,
+    /// How long deletion markers (and expired leaves) are kept, in milliseconds.
+    pub tombstone_grace_ms: u64,
+    /// redb page cache, in bytes.
+    pub cache_bytes: usize,
+}
+
+/// The committed state that readers see.
+#[derive(Debug)]
+pub struct State {
+    pub store: Store,
+    /// The newest applied revision.
+    pub revision: u64,
+    pub log: ChangeLog,
+}
+
+/// A watcher's starting point and its live feed.
+pub struct Subscription {
+    /// Events to send first (the replay after `since`, or the current state as puts).
+    pub backlog: Vec<Arc<Event>>,
+    /// The revision the backlog brings the watcher to.
+    pub revision: u64,
+    /// Live events; those at or below `revision` are already covered by the backlog.
+    pub live: broadcast::Receiver<Arc<Event>>,
+}
+
+enum Command {
+    Write(WriteRequest, oneshot::Sender<Result<Written, Error>>),
+    /// Announce due expiries and collect old tombstones.
+    Housekeeping,
+}
+
+struct Inner {
+    state: RwLock<State>,
+    events: broadcast::Sender<Arc<Event>>,
+    node_id: u64,
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+    tx: mpsc::Sender<Command>,
+}
+
+/// Joins the writer thread when the last sender is gone.
+pub struct WriterHandle {
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WriterHandle {
+    /// Waits for the writer to finish what it has queued. Every `Db` clone must be dropped
+    /// first, or this waits forever.
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Db {
+    /// Opens the database file, loads the store and starts the writer thread.
+    pub fn open(file: &std::path::Path, node_id: u64, opts: Options) -> Result<(Db, WriterHandle), storage::Error> {
+        let storage = Storage::open(file, opts.cache_bytes)?;
+        let loaded = storage.load()?;
+        let max_version = loaded.registers.iter().map(|(_, r)| r.version).max().unwrap_or(Version::ZERO);
+        let clock = Hlc::new(node_id, loaded.high_water.max(max_version));
+        let store = Store::from_registers(loaded.registers);
+        let state = State {
+            store,
+            revision: loaded.revision,
+            log: ChangeLog::new(opts.log_events, loaded.revision),
+        };
+        let (events, _) = broadcast::channel(4096);
+        let inner = Arc::new(Inner { state: RwLock::new(state), events, node_id });
+        let (tx, rx) = mpsc::channel(4096);
+        let writer = Writer { inner: inner.clone(), storage, clock, revision: loaded.revision, opts };
+        let thread = std::thread::Builder::new()
+            .name("herd-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| storage::Error::Read(format!("cannot start writer thread: {e}")))?;
+        Ok((Db { inner, tx }, WriterHandle { thread: Some(thread) }))
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.inner.node_id
+    }
+
+    /// Read access to the committed state.
+    pub fn read(&self) -> RwLockReadGuard<'_, State> {
+        // A writer that panicked while holding the lock leaves the state as it was before that
+        // group (apply is the last step), so reading on is safe.
+        self.inner.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies one change durably; answers once it is synced and visible.
+    pub async fn write(&self, req: WriteRequest) -> Result<Written, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Write(req, reply)).await.map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Asks the writer to announce expiries and collect tombstones that are due.
+    pub async fn housekeeping(&self) {
+        let _ = self.tx.send(Command::Housekeeping).await;
+    }
+
+    /// Starts a watch of `key`: a replay after `since`, or the current state, plus live events.
+    pub fn subscribe(&self, key: &str, since: Option<u64>) -> Result<Subscription, Compacted> {
+        let st = self.read();
+        let live = self.inner.events.subscribe();
+        let backlog = match since {
+            Some(after) => st.log.since(after)?.into_iter().filter(|e| related(key, &e.key)).collect(),
+            None => {
+                let now = now_ms();
+                st.store
+                    .leaves(key, now)
+                    .into_iter()
+                    .map(|(k, v, version)| {
+                        Arc::new(Event {
+                            revision: st.revision,
+                            kind: EventKind::Put,
+                            key: k.into(),
+                            value: Some(v.into()),
+                            version,
+                        })
+                    })
+                    .collect()
+            }
+        };
+        Ok(Subscription { backlog, revision: st.revision, live })
+    }
+}
+
+/// True if an event at `event_key` concerns a watch of `watched`: the same path, one below it,
+/// or an ancestor (which replaces or deletes it).
+pub fn related(watched: &str, event_key: &str) -> bool {
+    path::key_contains(watched, event_key) || path::key_contains(event_key, watched)
+}
+
+/// One planned request inside a group.
+struct Planned {
+    regs: Vec<(Box<str>, Register)>,
+    removes: Vec<Box<str>>,
+    events: Vec<Arc<Event>>,
+    written: Written,
+    reply: oneshot::Sender<Result<Written, Error>>,
+}
+
+#[derive(Default)]
+struct Group {
+    planned: Vec<Planned>,
+    /// Keys written by the group.
+    touched: HashSet<Box<str>>,
+    /// Proper ancestors of the keys written by the group.
+    ancestors: HashSet<Box<str>>,
+}
+
+impl Group {
+    /// True if a write at `key` could read or write something this group writes.
+    fn overlaps(&self, key: &str) -> bool {
+        self.touched.contains(key)
+            || self.ancestors.contains(key)
+            || path::key_ancestors(key).any(|a| self.touched.contains(a))
+    }
+
+    fn touch(&mut self, key: &str) {
+        self.touched.insert(key.into());
+        for a in path::key_ancestors(key) {
+            if !self.ancestors.insert(a.into()) {
+                break;
+            }
+        }
+    }
+}
+
+/// The single owner of all mutation.
+struct Writer {
+    inner: Arc<Inner>,
+    storage: Storage,
+    clock: Hlc,
+    /// The last revision handed out (committed or in the current group).
+    revision: u64,
+    opts: Options,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut cmds = Vec::with_capacity(MAX_GROUP);
+        while let Some(first) = rx.blocking_recv() {
+            cmds.push(first);
+            while cmds.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(c) => cmds.push(c),
+                    Err(_) => break,
+                }
+            }
+            let mut group = Group::default();
+            for cmd in cmds.drain(..) {
+                match cmd {
+                    Command::Write(req, reply) => {
+                        if req.ops.iter().any(|op| group.overlaps(op.path().key())) {
+                            self.flush(std::mem::take(&mut group));
+                        }
+                        match self.plan(req) {
+                            Ok((regs, removes, events, written)) => {
+                                for (k, _) in &regs {
+                                    group.touch(k);
+                                }
+                                group.planned.push(Planned { regs, removes, events, written, reply });
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(e));
+                            }
+                        }
+                    }
+                    Command::Housekeeping => {
+                        self.flush(std::mem::take(&mut group));
+                        self.housekeeping();
+                    }
+                }
+            }
+            self.flush(group);
+        }
+        tracing::debug!("writer stopped");
+    }
+
+    fn state(&self) -> RwLockReadGuard<'_, State> {
+        self.inner.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[allow(clippy::type_complexity, reason = "a private tuple consumed right at the call site")]
+    fn plan(&mut self, req: WriteRequest) -> Result<(Vec<(Box<str>, Register)>, Vec<Box<str>>, Vec<Arc<Event>>, Written), Error> {
+        let now = now_ms();
+        let st = self.inner.state.read().unwrap_or_else(|e| e.into_inner());
+        for (i, a) in req.ops.iter().enumerate() {
+            for b in &req.ops[i + 1..] {
+                if a.path().contains(b.path()) || b.path().contains(a.path()) {
+                    return Err(Error::Overlap(a.path().to_string(), b.path().to_string()));
+                }
+            }
+        }
+        for op in &req.ops {
+            let key = op.path().key();
+            match req.condition {
+                Condition::IfMatch(expected) => {
+                    let cur = st.store.etag(key, now);
+                    if cur != Some(expected) {
+                        return Err(Error::PreconditionFailed {
+                            path: op.path().to_string(),
+                            expected,
+                            current: cur.map_or("absent".into(), |v| v.to_string()),
+                        });
+                    }
+                }
+                Condition::IfNoneMatch => {
+                    if st.store.lookup(key, now) != Lookup::Missing {
+                        return Err(Error::AlreadyExists(op.path().to_string()));
+                    }
+                }
+                Condition::None => {}
+            }
+            if matches!(op, Op::Delete { .. }) && st.store.lookup(key, now) == Lookup::Missing {
+                return Err(Error::NotFound(op.path().to_string()));
+            }
+        }
+        let version = self.clock.tick(now);
+        let revision = self.revision + 1;
+        let mut regs: Vec<(Box<str>, Register)> = Vec::new();
+        let mut events = Vec::with_capacity(req.ops.len());
+        for op in &req.ops {
+            for (k, r) in st.store.plan_local(op, version, now) {
+                if !regs.iter().any(|(x, _)| *x == k) {
+                    regs.push((k, r));
+                }
+            }
+            let (kind, value) = match op {
+                Op::Put { text, .. } => (EventKind::Put, Some(text.clone())),
+                Op::Delete { .. } => (EventKind::Delete, None),
+            };
+            events.push(Arc::new(Event { revision, kind, key: op.path().key().into(), value, version }));
+        }
+        let mut removes = Vec::new();
+        for (k, r) in &regs {
+            if let Some(rm) = st.store.plan_merge(k, r) {
+                removes.extend(rm);
+            }
+        }
+        drop(st);
+        self.revision = revision;
+        Ok((regs, removes, events, Written { version, revision }))
+    }
+
+    /// Commits a group durably, then applies it and answers its requests.
+    fn flush(&mut self, group: Group) {
+        let Some(last) = group.planned.last() else { return };
+        let last_revision = last.written.revision;
+        let commit = storage::Commit {
+            removes: group.planned.iter().flat_map(|p| p.removes.iter().map(|k| &**k)).collect(),
+            puts: group.planned.iter().flat_map(|p| p.regs.iter().map(|(k, r)| (&**k, r))).collect(),
+            revision: last_revision,
+            high_water: self.clock.high_water(),
+        };
+        if let Err(e) = self.storage.commit(&commit) {
+            tracing::error!(error = %e, "group commit failed; its writes are refused");
+            self.revision = group.planned[0].written.revision - 1;
+            for p in group.planned {
+                let _ = p.reply.send(Err(Error::Storage(e.to_string())));
+            }
+            return;
+        }
+        drop(commit);
+        {
+            let mut st = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
+            for p in &group.planned {
+                for (k, r) in &p.regs {
+                    st.store.merge(k, r.clone());
+                }
+                for ev in &p.events {
+                    st.log.push(ev.clone());
+                    let _ = self.inner.events.send(ev.clone());
+                }
+            }
+            st.revision = last_revision;
+        }
+        for p in group.planned {
+            let _ = p.reply.send(Ok(p.written));
+        }
+    }
+
+    /// Announces expiries that are due and collects tombstones past the grace period.
+    fn housekeeping(&mut self) {
+        let now = now_ms();
+        let (due, old) = {
+            let st = self.state();
+            (st.store.due_expiries(now), st.store.due_tombstones(now, self.opts.tombstone_grace_ms))
+        };
+        if due.is_empty() && old.is_empty() {
+            return;
+        }
+        let revision = if due.is_empty() { self.revision } else { self.revision + 1 };
+        let commit = storage::Commit {
+            removes: old.iter().map(|k| &**k).collect(),
+            puts: Vec::new(),
+            revision,
+            high_water: self.clock.high_water(),
+        };
+        if let Err(e) = self.storage.commit(&commit) {
+            tracing::error!(error = %e, "housekeeping commit failed; will retry");
+            return;
+        }
+        self.revision = revision;
+        let mut st = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
+        for k in &old {
+            st.store.remove(k);
+        }
+        for (k, version) in due {
+            if st.store.announce_expiry(&k) {
+                let ev = Arc::new(Event { revision, kind: EventKind::Expire, key: k, value: None, version });
+                st.log.push(ev.clone());
+                let _ = self.inner.events.send(ev);
+            }
+        }
+        st.revision = revision;
+        if !old.is_empty() {
+            tracing::debug!(collected = old.len(), "tombstones past the grace period collected");
+        }
+    }
+}
+
+/// How long until housekeeping is next needed: the next expiry, at most `max`.
+pub fn next_housekeeping(db: &Db, max: Duration) -> Duration {
+    let next = db.read().store.next_expiry();
+    match next {
+        Some(t) => Duration::from_millis(t.saturating_sub(now_ms())).min(max),
+        None => max,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Path;
+    use serde_json::json;
+
+    fn opts() -> Options {
+        Options { log_events: 100, tombstone_grace_ms: 7 * 24 * 3600 * 1000, cache_bytes: 1 << 20 }
+    }
+
+    fn put(p: &str, v: serde_json::Value) -> WriteRequest {
+        WriteRequest { ops: vec![Op::put(Path::parse(p).unwrap(), &v, None).unwrap()], condition: Condition::None }
+    }
+
+    fn doc(db: &Db) -> serde_json::Value {
+        let mut s = String::new();
+        db.read().store.render("", now_ms(), &mut s);
+        serde_json::from_str(&s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_share_commits_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.redb");
+        let (db, h) = Db::open(&file, 1, opts()).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move { db.write(put(&format!("/k/{i}"), json!(i))).await }));
+        }
+        let mut revs = HashSet::new();
+        for t in tasks {
+            assert!(revs.insert(t.await.unwrap().unwrap().revision));
+        }
+        assert_eq!(revs.len(), 200);
+        let w = db.write(put("/k/0", json!("last"))).await.unwrap();
+        assert_eq!(w.revision, 201);
+        let before = doc(&db);
+        drop(db);
+        h.join();
+        let (db, _h) = Db::open(&file, 1, opts()).unwrap();
+        assert_eq!(doc(&db), before);
+        assert_eq!(db.read().revision, 201);
+        let w2 = db.write(put("/k/1", json!(1))).await.unwrap();
+        assert!(w2.version > w.version && w2.revision == 202);
+    }
+
+    #[tokio::test]
+    async fn preconditions_and_overlaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _h) = Db::open(&dir.path().join("s.redb"), 1, opts()).unwrap();
+        let w = db.write(put("/a", json!(1))).await.unwrap();
+        let mut req = put("/a", json!(2));
+        req.condition = Condition::IfMatch(Version { millis: 1, counter: 0, node: 1 });
+        assert!(matches!(db.write(req.clone()).await, Err(Error::PreconditionFailed { .. })));
+        req.condition = Condition::IfMatch(w.version);
+        db.write(req).await.unwrap();
+        let mut req = put("/a", json!(3));
+        req.condition = Condition::IfNoneMatch;
+        assert!(matches!(db.write(req).await, Err(Error::AlreadyExists(_))));
+        let del = WriteRequest { ops: vec![Op::Delete { path: Path::parse("/nope").unwrap() }], condition: Condition::None };
+        assert!(matches!(db.write(del).await, Err(Error::NotFound(_))));
+        let batch = WriteRequest {
+            ops: vec![
+                Op::put(Path::parse("/b").unwrap(), &json!(1), None).unwrap(),
+                Op::Delete { path: Path::parse("/b/c").unwrap() },
+            ],
+            condition: Condition::None,
+        };
+        assert!(matches!(db.write(batch).await, Err(Error::Overlap(..))));
+        assert_eq!(doc(&db), json!({"a": 2}));
+    }
+
+    #[tokio::test]
+    async fn watchers_get_backlog_then_live_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _h) = Db::open(&dir.path().join("s.redb"), 1, opts()).unwrap();
+        db.write(put("/app/x", json!(1))).await.unwrap();
+        db.write(put("/other", json!(1))).await.unwrap();
+        let mut sub = db.subscribe("app", None).unwrap();
+        assert_eq!(sub.backlog.len(), 1);
+        assert_eq!(sub.revision, 2);
+        db.write(put("/app/y", json!(2))).await.unwrap();
+        let ev = sub.live.recv().await.unwrap();
+        assert_eq!((&*ev.key, ev.revision), ("app\0y", 3));
+        let replay = db.subscribe("app", Some(1)).unwrap();
+        assert_eq!(replay.backlog.iter().map(|e| e.revision).collect::<Vec<_>>(), vec![3]);
+    }
+}
