@@ -190,9 +190,11 @@ impl Db {
                 st.store
                     .leaves(key, now)
                     .into_iter()
-                    .map(|(k, v, version)| {
+                    .enumerate()
+                    .map(|(i, (k, v, version))| {
                         Arc::new(Event {
                             revision: st.revision,
+                            seq: i as u32,
                             kind: EventKind::Put,
                             key: k.into(),
                             value: Some(v.into()),
@@ -342,7 +344,7 @@ impl Writer {
         let revision = self.revision + 1;
         let mut regs: Vec<(Box<str>, Register)> = Vec::new();
         let mut events = Vec::with_capacity(req.ops.len());
-        for op in &req.ops {
+        for (seq, op) in req.ops.iter().enumerate() {
             for (k, r) in st.store.plan_local(op, version, now) {
                 if !regs.iter().any(|(x, _)| *x == k) {
                     regs.push((k, r));
@@ -352,7 +354,8 @@ impl Writer {
                 Op::Put { text, .. } => (EventKind::Put, Some(text.clone())),
                 Op::Delete { .. } => (EventKind::Delete, None),
             };
-            events.push(Arc::new(Event { revision, kind, key: op.path().key().into(), value, version }));
+            let key = op.path().key().into();
+            events.push(Arc::new(Event { revision, seq: seq as u32, kind, key, value, version }));
         }
         let mut removes = Vec::new();
         for (k, r) in &regs {
@@ -428,9 +431,11 @@ impl Writer {
         for k in &old {
             st.store.remove(k);
         }
+        let mut seq = 0;
         for (k, version) in due {
             if st.store.announce_expiry(&k) {
-                let ev = Arc::new(Event { revision, kind: EventKind::Expire, key: k, value: None, version });
+                let ev = Arc::new(Event { revision, seq, kind: EventKind::Expire, key: k, value: None, version });
+                seq += 1;
                 st.log.push(ev.clone());
                 let _ = self.inner.events.send(ev);
             }

@@ -4,6 +4,18 @@
 //!   change log).
 //! - `storage`: durable registers and counters in redb.
 //! - `db`: the live database: committed state, change log, the group-committing writer thread.
+//! - `auth`: access tokens (stored as hashes under `/.herd/tokens`), roles and prefixes.
+//! - `config`: the validated node configuration and its defaults.
+//! - `api`: the HTTPS REST API server (routing, auth, errors, kv, watch, admin handlers).
+//! - `node`: the composition root: `start(config) -> NodeHandle`, `run(config)`.
+//! - `tls`: the local CA, the API certificate, rustls configs and the TLS accept step.
+//! - `client`: the HTTPS client of the REST API (CLI, test harness): keep-alive pool, SSE.
+pub mod api;
+pub mod auth;
+pub mod client;
+pub mod config;
 pub mod db;
+pub mod node;
 pub mod storage;
 pub mod store;
+pub mod tls;

@@ -23,6 +23,14 @@ pub use path::Path;
 pub use register::{Kind, Register};
 pub use version::{Hlc, Version};
 
+/// The top-level segment that holds the node's own data (tokens). It replicates like any other
+/// key, but the document views (`render` and `children` of the root) leave it out.
+pub const INTERNAL: &str = ".herd";
+
+fn is_internal(key: &str) -> bool {
+    path::key_contains(INTERNAL, key)
+}
+
 /// One local write operation, already validated and exploded (the CPU-heavy part happens on the
 /// caller's thread, not under the store's lock).
 #[derive(Debug, Clone)]
@@ -295,7 +303,11 @@ impl Store {
             Lookup::Dir => {}
         }
         let prefix_len = if key.is_empty() { 0 } else { key.len() + 1 };
-        let mut items = self.below(key).filter(|(_, r)| r.is_visible(now)).peekable();
+        let root = key.is_empty();
+        let mut items = self
+            .below(key)
+            .filter(|(k, r)| r.is_visible(now) && !(root && is_internal(k)))
+            .peekable();
         // Open directories below `key`, as relative keys; `first[i]` is whether level i has
         // had no member written yet.
         let mut open: Vec<&str> = Vec::new();
@@ -363,6 +375,10 @@ impl Store {
             let rel = &k[prefix.len()..];
             let child = rel.split('\0').next().unwrap_or(rel);
             let child_key = format!("{prefix}{child}");
+            if key.is_empty() && child == INTERNAL {
+                lo = Bound::Excluded(format!("{child_key}\x01"));
+                continue;
+            }
             let is_dir = rel.len() > child.len()
                 || r.kind == Kind::Object
                 || self.has_visible_below(&child_key, now);

@@ -32,6 +32,8 @@ impl EventKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub revision: u64,
+    /// Position among the events of the same revision (a batch has several), from 0.
+    pub seq: u32,
     pub kind: EventKind,
     /// Key of the path (see `path`).
     pub key: Box<str>,
@@ -125,6 +127,7 @@ mod tests {
     fn ev(rev: u64) -> Arc<Event> {
         Arc::new(Event {
             revision: rev,
+            seq: 0,
             kind: EventKind::Put,
             key: "a\0b".into(),
             value: Some("1".into()),

@@ -103,6 +103,18 @@ fn rendering_escapes_keys_and_orders_by_bytes() {
 }
 
 #[test]
+fn internal_keys_stay_out_of_the_document() {
+    let mut n = Node::new(1);
+    n.put("/.herd/tokens/a", json!({"hash": "x"}));
+    n.put("/app", json!(1));
+    assert_eq!(n.doc(), json!({"app": 1}));
+    assert_eq!(n.store.children("", 1000).unwrap().unwrap(), vec![("app".into(), false)]);
+    let mut out = String::new();
+    assert!(n.store.render(".herd\0tokens", 1000, &mut out));
+    assert_eq!(out, r#"{"a":{"hash":"x"}}"#);
+}
+
+#[test]
 fn children_lists_names_and_kinds() {
     let mut n = Node::new(1);
     n.put("/app", json!({"name": "x", "db": {"port": 1}, "empty": {}}));

@@ -1,0 +1,387 @@
+//! The HTTPS REST API server: accept loop with connection limits, routing, authentication, and
+//! the one mapping from every error to an HTTP status and a stable JSON error code.
+//!
+//! Handlers live in `api/kv.rs` (keys, batches), `api/watch.rs` (server-sent events) and
+//! `api/admin.rs` (status, health, metrics, tokens). Must not know how the store is persisted.
+
+mod admin;
+mod body;
+mod kv;
+mod metrics;
+mod watch;
+
+pub use body::Body;
+pub use metrics::Metrics;
+
+use crate::auth::{self, Grant, Role, Tokens};
+use crate::config::Config;
+use crate::db::{self, Db};
+use crate::store::{path, value, Path};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Everything a request handler may use.
+pub struct App {
+    pub db: Db,
+    pub tokens: Tokens,
+    pub config: Arc<Config>,
+    pub metrics: Metrics,
+    /// Permits for watch streams (`max_watchers`).
+    pub watchers: Arc<Semaphore>,
+    /// Fires on shutdown; long-lived responses (watches) end with it.
+    pub cancel: CancellationToken,
+    /// Every task a handler spawns (watch feeds) joins this, so shutdown waits for them.
+    pub tracker: TaskTracker,
+    pub started: Instant,
+}
+
+/// An error answer: status, stable code, message.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let mut s = String::with_capacity(64 + self.message.len());
+        s.push_str("{\"error\":{\"code\":\"");
+        s.push_str(self.code);
+        s.push_str("\",\"message\":");
+        crate::store::push_json_string(&mut s, &self.message);
+        s.push_str("}}");
+        json_response(self.status, s)
+    }
+}
+
+impl From<path::Error> for ApiError {
+    fn from(e: path::Error) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_path", e.to_string())
+    }
+}
+
+impl From<value::Error> for ApiError {
+    fn from(e: value::Error) -> ApiError {
+        let code = match e {
+            value::Error::Empty => "empty_body",
+            value::Error::InvalidUtf8 => "invalid_utf8",
+            value::Error::Syntax(_) => "bad_json",
+            value::Error::NumberOutOfRange(_) => "number_out_of_range",
+            value::Error::TooDeep => "too_deep",
+            value::Error::Key { .. } => "bad_key",
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
+    }
+}
+
+impl From<db::Error> for ApiError {
+    fn from(e: db::Error) -> ApiError {
+        let (status, code) = match e {
+            db::Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            db::Error::PreconditionFailed { .. } => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
+            db::Error::AlreadyExists(_) => (StatusCode::PRECONDITION_FAILED, "already_exists"),
+            db::Error::Overlap(..) => (StatusCode::BAD_REQUEST, "bad_request"),
+            db::Error::Storage(_) | db::Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<auth::Error> for ApiError {
+    fn from(e: auth::Error) -> ApiError {
+        match e {
+            auth::Error::Db(d) => d.into(),
+            auth::Error::Exists(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            auth::Error::NoSuchToken(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+            auth::Error::BadName(..) | auth::Error::BadPrefix(..) => ApiError::bad_request(e.to_string()),
+            auth::Error::File { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ApiError>;
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Body::full(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Serves the API on `listener` until `cancel` fires; every connection task joins `tracker`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Arc<App>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let conns = Arc::new(Semaphore::new(app.config.max_connections));
+    loop {
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => break,
+            p = conns.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Typically out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (app, acceptor, cancel) = (app.clone(), acceptor.clone(), cancel.clone());
+        tracker.spawn(async move {
+            let _permit = permit;
+            app.metrics.connection_opened();
+            serve_connection(app.clone(), acceptor, tcp, peer, cancel).await;
+            app.metrics.connection_closed();
+        });
+    }
+}
+
+async fn serve_connection(
+    app: Arc<App>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    cancel: CancellationToken,
+) {
+    let stream = match crate::tls::accept(&acceptor, tcp, app.config.handshake_timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "connection refused before HTTP");
+            return;
+        }
+    };
+    let svc_app = app.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let app = svc_app.clone();
+        async move { Ok::<_, Infallible>(handle(app, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(app.config.handshake_timeout)
+        .keep_alive(true)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Answers one request; never fails (errors become JSON error responses).
+async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let resp = match route(&app, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    app.metrics.observe(&method, resp.status(), start.elapsed());
+    resp
+}
+
+async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>> {
+    let raw_path = req.uri().path().to_owned();
+    if let Some(rest) = strip_route(&raw_path, "/v1/kv") {
+        let path = Path::parse_url(rest)?;
+        let grant = authenticate(app, &req)?;
+        return match *req.method() {
+            Method::GET | Method::HEAD => kv::get(app, &grant, &path, &req),
+            Method::PUT => kv::put(app, &grant, path, req).await,
+            Method::DELETE => kv::delete(app, &grant, path, &req).await,
+            _ => Err(method_not_allowed("GET, PUT, DELETE")),
+        };
+    }
+    if let Some(rest) = strip_route(&raw_path, "/v1/watch") {
+        let path = Path::parse_url(rest)?;
+        let grant = authenticate(app, &req)?;
+        if req.method() != Method::GET {
+            return Err(method_not_allowed("GET"));
+        }
+        return watch::watch(app, &grant, &path, &req);
+    }
+    if let Some(rest) = strip_route(&raw_path, "/v1/tokens") {
+        let grant = authenticate(app, &req)?;
+        require(&grant, Role::Admin)?;
+        return admin::tokens(app, rest, req).await;
+    }
+    match raw_path.as_str() {
+        "/v1/batch" => {
+            let grant = authenticate(app, &req)?;
+            if req.method() != Method::POST {
+                return Err(method_not_allowed("POST"));
+            }
+            kv::batch(app, &grant, req).await
+        }
+        "/v1/health" => Ok(admin::health()),
+        "/v1/status" => {
+            authenticate(app, &req)?;
+            Ok(admin::status(app))
+        }
+        "/metrics" => {
+            authenticate(app, &req)?;
+            Ok(admin::metrics(app))
+        }
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint {raw_path}"))),
+    }
+}
+
+/// `"/v1/kv/a/b"` with route `"/v1/kv"` gives `Some("a/b")`; `"/v1/kv"` gives `Some("")`.
+fn strip_route<'a>(path: &'a str, route: &str) -> Option<&'a str> {
+    let rest = path.strip_prefix(route)?;
+    if rest.is_empty() {
+        Some("")
+    } else {
+        rest.strip_prefix('/')
+    }
+}
+
+fn method_not_allowed(allowed: &str) -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("method not allowed here; use {allowed}"))
+}
+
+/// Checks the bearer token (or the basic-auth password).
+fn authenticate<B>(app: &App, req: &Request<B>) -> Result<Grant> {
+    let Some(h) = req.headers().get(header::AUTHORIZATION) else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a token is required (Authorization: Bearer <token>)"));
+    };
+    let h = h.to_str().unwrap_or("");
+    let secret = if let Some(t) = h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")) {
+        Some(t.trim().to_owned())
+    } else if let Some(b) = h.strip_prefix("Basic ").or_else(|| h.strip_prefix("basic ")) {
+        decode_basic_password(b.trim())
+    } else {
+        None
+    };
+    let Some(secret) = secret else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the Authorization header must be Bearer <token> or Basic"));
+    };
+    app.tokens
+        .check(&secret)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "the token is unknown or revoked"))
+}
+
+/// The password of a basic-auth credential (`user:password`, base64).
+fn decode_basic_password(b64: &str) -> Option<String> {
+    let bytes = base64_decode(b64)?;
+    let text = String::from_utf8(bytes).ok()?;
+    text.split_once(':').map(|(_, p)| p.to_owned())
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let s = s.trim_end_matches('=');
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.bytes() {
+        acc = (acc << 6) | val(c)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// Requires at least `role`.
+pub fn require(grant: &Grant, role: Role) -> Result<()> {
+    if grant.role >= role {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("token {:?} has role {:?}; this needs {:?}", grant.name, grant.role, role).to_lowercase(),
+        ))
+    }
+}
+
+/// Requires that the token's prefix covers `p` and that `p` is not reserved.
+pub fn require_path(grant: &Grant, p: &Path) -> Result<()> {
+    if p.first() == Some(auth::RESERVED) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "reserved_path", format!("{p} is reserved for the node itself")));
+    }
+    if !grant.covers(p) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "outside_prefix",
+            format!("token {:?} is limited to {}; {p} is outside it", grant.name, grant.prefix),
+        ));
+    }
+    Ok(())
+}
+
+/// The value of a query parameter (`?keys`, `?ttl=30s`); `Some("")` for a bare flag.
+pub fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_params() {
+        assert_eq!(strip_route("/v1/kv/a/b", "/v1/kv"), Some("a/b"));
+        assert_eq!(strip_route("/v1/kv", "/v1/kv"), Some(""));
+        assert_eq!(strip_route("/v1/kvx", "/v1/kv"), None);
+        assert_eq!(query_param(Some("keys"), "keys"), Some(""));
+        assert_eq!(query_param(Some("a=1&ttl=30s"), "ttl"), Some("30s"));
+        assert_eq!(query_param(None, "ttl"), None);
+    }
+
+    #[test]
+    fn basic_auth_password() {
+        // "user:herd_secret"
+        assert_eq!(decode_basic_password("dXNlcjpoZXJkX3NlY3JldA==").as_deref(), Some("herd_secret"));
+        assert_eq!(decode_basic_password("!!!"), None);
+    }
+}

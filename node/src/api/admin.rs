@@ -1,0 +1,102 @@
+//! Node endpoints: `/v1/health`, `/v1/status`, `/metrics`, and token management `/v1/tokens`.
+
+use super::{json_response, metrics::gauge, ApiError, App, Body, Result};
+use crate::auth::{self, Role};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+pub fn health() -> Response<Body> {
+    json_response(StatusCode::OK, r#"{"status":"ok"}"#)
+}
+
+pub fn status(app: &App) -> Response<Body> {
+    let (revision, registers, tombstones, log_floor, log_events) = {
+        let st = app.db.read();
+        (st.revision, st.store.len(), st.store.tombstone_count(), st.log.floor(), st.log.len())
+    };
+    let c = &app.config;
+    let body = json!({
+        "node_id": format!("{:016x}", app.db.node_id()),
+        "version": env!("CARGO_PKG_VERSION"),
+        "revision": revision,
+        "registers": registers,
+        "tombstones": tombstones,
+        "change_log": {"oldest_resumable_revision": log_floor, "events": log_events},
+        "uptime_seconds": app.started.elapsed().as_secs(),
+        "api_addr": c.api_addr.to_string(),
+        "data_dir": c.data_dir.display().to_string(),
+        "limits": {
+            "max_value_bytes": c.max_value_bytes,
+            "max_batch_bytes": c.max_batch_bytes,
+            "max_batch_ops": c.max_batch_ops,
+            "max_connections": c.max_connections,
+            "max_watchers": c.max_watchers,
+        },
+    });
+    json_response(StatusCode::OK, body.to_string())
+}
+
+pub fn metrics(app: &App) -> Response<Body> {
+    let mut out = String::with_capacity(4096);
+    app.metrics.render(&mut out);
+    {
+        let st = app.db.read();
+        gauge(&mut out, "herd_revision", "The node's newest applied revision.", st.revision);
+        gauge(&mut out, "herd_registers", "Registers in the store (values, directories, tombstones).", st.store.len() as u64);
+        gauge(&mut out, "herd_tombstones", "Deletions and expiries kept for the grace period.", st.store.tombstone_count() as u64);
+    }
+    gauge(&mut out, "herd_uptime_seconds", "Seconds since the node started.", app.started.elapsed().as_secs());
+    let mut r = Response::new(Body::full(out.into()));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: String,
+    role: Role,
+    #[serde(default)]
+    prefix: Option<String>,
+}
+
+/// `/v1/tokens` (rest = "") and `/v1/tokens/{name}`; the caller checked the admin role.
+pub async fn tokens(app: &Arc<App>, rest: &str, req: Request<Incoming>) -> Result<Response<Body>> {
+    match (req.method().clone(), rest) {
+        (Method::GET, "") => {
+            let list: Vec<_> = auth::list(&app.db)
+                .into_iter()
+                .map(|(name, r)| json!({"name": name, "role": r.role, "prefix": r.prefix, "created": r.created}))
+                .collect();
+            Ok(json_response(StatusCode::OK, json!({ "tokens": list }).to_string()))
+        }
+        (Method::POST, "") => {
+            let body = Limited::new(req.into_body(), 64 * 1024)
+                .collect()
+                .await
+                .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?
+                .to_bytes();
+            let v = crate::store::value::parse(&body)?;
+            let t: NewToken = serde_json::from_value(v)
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("not a token request: {e}")))?;
+            let prefix = t.prefix.unwrap_or_else(|| "/".into());
+            let secret = auth::create(&app.db, &app.tokens, &t.name, t.role, &prefix).await?;
+            let prefix = crate::store::Path::parse(&prefix).map(|p| p.to_string()).unwrap_or(prefix);
+            let body = json!({"name": t.name, "role": t.role, "prefix": prefix, "token": secret});
+            Ok(json_response(StatusCode::CREATED, body.to_string()))
+        }
+        (Method::DELETE, name) if !name.is_empty() => {
+            auth::revoke(&app.db, &app.tokens, name).await?;
+            Ok(json_response(StatusCode::OK, json!({ "revoked": name }).to_string()))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use GET or POST /v1/tokens, DELETE /v1/tokens/{name}",
+        )),
+    }
+}

@@ -1,0 +1,185 @@
+//! The node's validated configuration: one plain struct, every field with its meaning, unit and
+//! default (these comments are the configuration reference), read from an optional TOML file and
+//! overridden by command-line flags and `HERD_*` environment variables (see `cli`).
+//!
+//! Must not know about clap or how the values are used.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+/// Everything a node needs to start. `Config::default()` is the embedded default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory holding the database, TLS material, `admin.token` and `node.id`.
+    /// Default `./herd-data`.
+    pub data_dir: PathBuf,
+    /// Address of the HTTPS client API. Default `0.0.0.0:7440`.
+    pub api_addr: SocketAddr,
+    /// PEM certificate chain for the API, instead of the self-signed one made in
+    /// `DATA/tls/` on first start. Needs `tls_key`. Default none.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`. Default none.
+    pub tls_key: Option<PathBuf>,
+    /// Extra names or IP addresses the self-signed API certificate is valid for (besides
+    /// `localhost`, `127.0.0.1`, `::1` and the host name). Default none.
+    pub tls_san: Vec<String>,
+    /// Largest value accepted in one write, in bytes of JSON. Default 1 MiB.
+    pub max_value_bytes: usize,
+    /// Largest `POST /v1/batch` body, in bytes. Default 8 MiB.
+    pub max_batch_bytes: usize,
+    /// Most operations in one batch. Default 10,000.
+    pub max_batch_ops: usize,
+    /// Most simultaneous client connections; further ones wait in the listen backlog.
+    /// Default 1,024.
+    pub max_connections: usize,
+    /// Most simultaneous watch streams; more get 429. Default 256.
+    pub max_watchers: usize,
+    /// Time a client may take for its TLS handshake and for sending request headers, in
+    /// seconds. Default 10.
+    #[serde(with = "duration")]
+    pub handshake_timeout: Duration,
+    /// Time a client may take to send a request body, in seconds. Default 30.
+    #[serde(with = "duration")]
+    pub body_timeout: Duration,
+    /// Events kept in memory for watchers to resume from (`?since=`). Default 10,000.
+    pub log_events: usize,
+    /// How long deletions are remembered so that late replicas cannot bring deleted keys back,
+    /// e.g. `7d`. Default 7 days.
+    #[serde(with = "duration")]
+    pub tombstone_grace: Duration,
+    /// redb page cache in bytes. The store keeps its own copy in memory, so this is small.
+    /// Default 16 MiB.
+    pub cache_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            data_dir: PathBuf::from("herd-data"),
+            api_addr: SocketAddr::from(([0, 0, 0, 0], 7440)),
+            tls_cert: None,
+            tls_key: None,
+            tls_san: Vec::new(),
+            max_value_bytes: 1 << 20,
+            max_batch_bytes: 8 << 20,
+            max_batch_ops: 10_000,
+            max_connections: 1024,
+            max_watchers: 256,
+            handshake_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            log_events: 10_000,
+            tombstone_grace: Duration::from_secs(7 * 24 * 3600),
+            cache_bytes: 16 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; fields it does not name keep their defaults.
+    pub fn from_file(path: &std::path::Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| Error::Read { path: path.display().to_string(), source })?;
+        toml::from_str(&text)
+            .map_err(|e| Error::Parse { path: path.display().to_string(), message: e.to_string() })
+    }
+
+    /// Checks the values that could make a node misbehave.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |field, message: &str| Err(Error::Invalid { field, message: message.into() });
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid("tls_cert", "tls_cert and tls_key go together");
+        }
+        if self.max_value_bytes == 0 || self.max_batch_bytes < self.max_value_bytes {
+            return invalid("max_batch_bytes", "must be positive and at least max_value_bytes");
+        }
+        if self.max_connections == 0 || self.max_batch_ops == 0 || self.log_events == 0 {
+            return invalid("max_connections", "limits must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// Parses `500ms`, `30s`, `5m`, `2h`, `7d`, or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (expected e.g. 500ms, 30s, 5m, 2h, 7d)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return Err(format!("{s:?} has an unknown unit {unit:?} (expected ms, s, m, h or d)")),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 100.0 * 365.0 * 86400.0 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Serde adapter: a duration written as a string (`"30s"`) or a number of seconds.
+mod duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(Duration::from_secs(s)),
+            Raw::Text(t) => super::parse_duration(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn toml_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("herd.toml");
+        std::fs::write(&f, "api_addr = \"127.0.0.1:9000\"\ntombstone_grace = \"1h\"\nbody_timeout = 5\n").unwrap();
+        let c = Config::from_file(&f).unwrap();
+        assert_eq!(c.api_addr.port(), 9000);
+        assert_eq!(c.tombstone_grace, Duration::from_secs(3600));
+        assert_eq!(c.body_timeout, Duration::from_secs(5));
+        assert_eq!(c.max_value_bytes, 1 << 20);
+        std::fs::write(&f, "no_such_field = 1\n").unwrap();
+        assert!(matches!(Config::from_file(&f), Err(Error::Parse { .. })));
+    }
+}

@@ -1,0 +1,150 @@
+//! The composition root: `start(config)` opens the data directory, loads the store, prepares TLS
+//! and tokens, binds the API and spawns every task; `NodeHandle::shutdown()` stops them all and
+//! waits. Every task goes through one `CancellationToken` and one `TaskTracker`.
+
+use crate::api::{self, App, Metrics};
+use crate::auth::{self, Tokens};
+use crate::config::Config;
+use crate::db::{self, Db, WriterHandle};
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A running node.
+pub struct NodeHandle {
+    /// The address the API listens on (with the real port when 0 was asked for).
+    pub api_addr: SocketAddr,
+    /// The node's stable id.
+    pub node_id: u64,
+    /// The live database, for in-process users (tests, the later file view).
+    pub db: Db,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    writer: WriterHandle,
+}
+
+impl NodeHandle {
+    /// Stops accepting, ends every connection and task, and waits for the writer to finish.
+    pub async fn shutdown(self) {
+        let NodeHandle { cancel, tracker, writer, db, .. } = self;
+        cancel.cancel();
+        tracker.close();
+        tracker.wait().await;
+        drop(db);
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    }
+}
+
+/// Reads the node id from `DATA/node.id`, making one on first start.
+fn node_id(data_dir: &Path) -> anyhow::Result<u64> {
+    let file = data_dir.join("node.id");
+    match std::fs::read_to_string(&file) {
+        Ok(s) => u64::from_str_radix(s.trim(), 16).with_context(|| format!("{} does not hold a node id", file.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut b = [0u8; 8];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+                .map_err(|_| anyhow::anyhow!("the system random source failed"))?;
+            let id = u64::from_le_bytes(b);
+            auth::write_private(&file, &format!("{id:016x}\n"))?;
+            Ok(id)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", file.display())),
+    }
+}
+
+/// The URL a client on this machine uses for an API bound to `addr`.
+pub fn local_url(addr: SocketAddr) -> String {
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+        ip if ip.is_unspecified() => "[::1]".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!("https://{host}:{}", addr.port())
+}
+
+/// Starts a node; returns once it answers on its API.
+pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
+    config.validate()?;
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let id = node_id(&data_dir)?;
+    let opts = db::Options {
+        log_events: config.log_events,
+        tombstone_grace_ms: config.tombstone_grace.as_millis() as u64,
+        cache_bytes: config.cache_bytes,
+    };
+    let file = data_dir.join("store.redb");
+    let loading = Instant::now();
+    let (db, writer) = tokio::task::spawn_blocking(move || Db::open(&file, id, opts))
+        .await
+        .context("the loading task failed")?
+        .context("cannot open the store")?;
+    let registers = db.read().store.len();
+    tracing::info!(registers, took_ms = loading.elapsed().as_millis() as u64, "store loaded");
+
+    let operator = match (&config.tls_cert, &config.tls_key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        _ => None,
+    };
+    let tls = crate::tls::load_or_create_api_tls(&data_dir, operator, &config.tls_san).context("cannot set up TLS")?;
+    let tokens = Tokens::default();
+    auth::bootstrap(&db, &tokens, &data_dir).await.context("cannot set up the bootstrap token")?;
+
+    let listener = TcpListener::bind(config.api_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.api_addr))?;
+    let api_addr = listener.local_addr()?;
+    let info = serde_json::json!({"api": local_url(api_addr), "node_id": format!("{id:016x}"), "pid": std::process::id()});
+    std::fs::write(data_dir.join("node.json"), format!("{info}\n")).context("cannot write node.json")?;
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let config = Arc::new(config);
+    let app = Arc::new(App {
+        db: db.clone(),
+        tokens: tokens.clone(),
+        watchers: Arc::new(Semaphore::new(config.max_watchers)),
+        config,
+        metrics: Metrics::default(),
+        cancel: cancel.clone(),
+        tracker: tracker.clone(),
+        started: Instant::now(),
+    });
+    tracker.spawn(api::serve(listener, tls, app, cancel.clone(), tracker.clone()));
+    tracker.spawn(tokens.follow(db.clone(), cancel.clone()));
+    tracker.spawn(housekeeping(db.clone(), cancel.clone()));
+    tracing::info!(node_id = %format!("{id:016x}"), api = %local_url(api_addr), data_dir = %data_dir.display(), "herd node started");
+    Ok(NodeHandle { api_addr, node_id: id, db, cancel, tracker, writer })
+}
+
+/// Announces expiries when they are due and collects old tombstones.
+async fn housekeeping(db: Db, cancel: CancellationToken) {
+    loop {
+        let wait = db::next_housekeeping(&db, Duration::from_secs(1));
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => db.housekeeping().await,
+        }
+    }
+}
+
+/// Runs a node until SIGINT or SIGTERM, then shuts it down gracefully.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let node = start(config).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! herd's test harness: real nodes with real TLS on loopback, shut down when dropped.
+//!
+//! - [`TestNode`]: a node started in-process (`node::node::start`) in a temp dir on
+//!   `127.0.0.1:0`, with a client holding the bootstrap admin token.
+//! - [`ChildNode`]: a `herd serve` child process (for crash tests and the CLI), found next to
+//!   the test binary in the target directory (or at `$HERD_BIN`).
+//! - [`Cli`]: runs the `herd` binary as a user would and captures its output.
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::{HeaderName, Method};
+use node::client::{Client, Response};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Polls `f` every 10 ms until it returns `Some`, or fails after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A test configuration for a node in `dir` listening on an ephemeral loopback port.
+pub fn test_config(dir: &Path) -> node::config::Config {
+    node::config::Config {
+        data_dir: dir.to_path_buf(),
+        api_addr: "127.0.0.1:0".parse().expect("literal address"),
+        ..node::config::Config::default()
+    }
+}
+
+/// A client for the node whose data dir is `dir`, with its admin token and CA.
+pub fn admin_client(dir: &Path, url: &str) -> Client {
+    let token = std::fs::read_to_string(dir.join("admin.token")).expect("admin.token exists");
+    let ca = std::fs::read(dir.join("tls/ca.crt")).expect("tls/ca.crt exists");
+    Client::new(url, Some(token.trim().to_owned()), &ca).expect("client")
+}
+
+/// An in-process node.
+pub struct TestNode {
+    pub dir: tempfile::TempDir,
+    pub handle: Option<node::node::NodeHandle>,
+    pub url: String,
+    /// Holds the bootstrap admin token.
+    pub client: Client,
+}
+
+impl TestNode {
+    pub async fn start() -> TestNode {
+        TestNode::start_with(|_| {}).await
+    }
+
+    /// Starts a node after `tweak` adjusted its config.
+    pub async fn start_with(tweak: impl FnOnce(&mut node::config::Config)) -> TestNode {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(dir.path());
+        tweak(&mut config);
+        let handle = node::node::start(config).await.expect("node starts");
+        let url = node::node::local_url(handle.api_addr);
+        let client = admin_client(dir.path(), &url);
+        TestNode { dir, handle: Some(handle), url, client }
+    }
+
+    /// A client with another token (or none).
+    pub fn client_with(&self, token: Option<&str>) -> Client {
+        let ca = std::fs::read(self.dir.path().join("tls/ca.crt")).expect("ca");
+        Client::new(&self.url, token.map(str::to_owned), &ca).expect("client")
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.request(Method::GET, path, &[], None).await.expect("request")
+    }
+
+    pub async fn put(&self, path: &str, body: &str) -> Response {
+        self.client.request(Method::PUT, path, &[], Some(Bytes::from(body.to_owned()))).await.expect("request")
+    }
+
+    pub async fn send(&self, method: Method, path: &str, headers: &[(HeaderName, String)], body: Option<&str>) -> Response {
+        let body = body.map(|b| Bytes::from(b.to_owned()));
+        self.client.request(method, path, headers, body).await.expect("request")
+    }
+
+    /// The whole document.
+    pub async fn doc(&self) -> serde_json::Value {
+        self.get("/v1/kv/").await.json().expect("json document")
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown().await;
+        }
+    }
+}
+
+/// The `herd` binary of this build.
+pub fn herd_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("HERD_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/all-<hash> -> target/<profile>/herd
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("herd");
+    assert!(bin.exists(), "{} is missing: build it first with `cargo build -p node --bin herd`", bin.display());
+    bin
+}
+
+/// A `herd serve` child process on an ephemeral port.
+pub struct ChildNode {
+    pub dir: PathBuf,
+    pub child: Child,
+    pub url: String,
+}
+
+impl ChildNode {
+    /// Starts `herd serve` on `dir` and waits until its API answers.
+    pub async fn start(dir: &Path) -> anyhow::Result<ChildNode> {
+        let _ = std::fs::remove_file(dir.join("node.json"));
+        let child = Command::new(herd_bin())
+            .args(["serve", "--api-addr", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .env("HERD_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawn herd serve")?;
+        let mut node = ChildNode { dir: dir.to_path_buf(), child, url: String::new() };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = node.child.try_wait()? {
+                anyhow::bail!("herd serve exited early with {status}");
+            }
+            if let Ok(s) = std::fs::read_to_string(dir.join("node.json")) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&s) {
+                    node.url = v["api"].as_str().unwrap_or_default().to_owned();
+                    let c = admin_client(dir, &node.url);
+                    if let Ok(r) = c.request(Method::GET, "/v1/health", &[], None).await {
+                        if r.status == 200 {
+                            return Ok(node);
+                        }
+                    }
+                }
+            }
+            anyhow::ensure!(Instant::now() < deadline, "herd serve did not become healthy within 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        admin_client(&self.dir, &self.url)
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs the `herd` CLI.
+pub struct Cli {
+    pub args: Vec<String>,
+    pub envs: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    pub stdin: Option<String>,
+}
+
+/// What a CLI run printed and returned.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Cli {
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(args: I) -> Cli {
+        Cli { args: args.into_iter().map(Into::into).collect(), envs: Vec::new(), cwd: None, stdin: None }
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Cli {
+        self.envs.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn cwd(mut self, dir: &Path) -> Cli {
+        self.cwd = Some(dir.to_path_buf());
+        self
+    }
+
+    pub fn stdin(mut self, s: &str) -> Cli {
+        self.stdin = Some(s.into());
+        self
+    }
+
+    pub fn run(self) -> CliOutput {
+        use std::io::Write;
+        let mut cmd = Command::new(herd_bin());
+        cmd.args(&self.args).env_remove("HERD_TOKEN").env_remove("HERD_NODE").env_remove("HERD_DATA_DIR");
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        if let Some(d) = &self.cwd {
+            cmd.current_dir(d);
+        }
+        cmd.stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn herd");
+        if let Some(input) = &self.stdin {
+            child.stdin.take().expect("piped stdin").write_all(input.as_bytes()).expect("write stdin");
+        }
+        let out = child.wait_with_output().expect("herd runs");
+        CliOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
