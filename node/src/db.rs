@@ -15,6 +15,7 @@ use crate::storage::{self, Storage};
 use crate::store::log::Compacted;
 use crate::store::{path, ChangeLog, Event, EventKind, Hlc, Lookup, Op, Register, Store, Version};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -104,8 +105,22 @@ enum Command {
     Housekeeping,
 }
 
+/// Counters of the write path, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct WriteStats {
+    /// Synced commits made.
+    pub commits: AtomicU64,
+    /// Requests answered by those commits.
+    pub committed_requests: AtomicU64,
+    /// Time spent in storage commits, in microseconds.
+    pub commit_micros: AtomicU64,
+    /// Time spent planning and applying, in microseconds.
+    pub cpu_micros: AtomicU64,
+}
+
 struct Inner {
     state: RwLock<State>,
+    stats: WriteStats,
     events: broadcast::Sender<Arc<Event>>,
     node_id: u64,
 }
@@ -146,7 +161,7 @@ impl Db {
             log: ChangeLog::new(opts.log_events, loaded.revision),
         };
         let (events, _) = broadcast::channel(4096);
-        let inner = Arc::new(Inner { state: RwLock::new(state), events, node_id });
+        let inner = Arc::new(Inner { state: RwLock::new(state), stats: WriteStats::default(), events, node_id });
         let (tx, rx) = mpsc::channel(4096);
         let writer = Writer { inner: inner.clone(), storage, clock, revision: loaded.revision, opts };
         let thread = std::thread::Builder::new()
@@ -158,6 +173,10 @@ impl Db {
 
     pub fn node_id(&self) -> u64 {
         self.inner.node_id
+    }
+
+    pub fn stats(&self) -> &WriteStats {
+        &self.inner.stats
     }
 
     /// Read access to the committed state.
@@ -378,7 +397,13 @@ impl Writer {
             revision: last_revision,
             high_water: self.clock.high_water(),
         };
-        if let Err(e) = self.storage.commit(&commit) {
+        let t0 = std::time::Instant::now();
+        let committed = self.storage.commit(&commit);
+        let stats = &self.inner.stats;
+        stats.commit_micros.fetch_add(t0.elapsed().as_micros() as u64, Relaxed);
+        stats.commits.fetch_add(1, Relaxed);
+        stats.committed_requests.fetch_add(group.planned.len() as u64, Relaxed);
+        if let Err(e) = committed {
             tracing::error!(error = %e, "group commit failed; its writes are refused");
             self.revision = group.planned[0].written.revision - 1;
             for p in group.planned {

@@ -72,6 +72,11 @@ pub fn local_url(addr: SocketAddr) -> String {
 /// Starts a node; returns once it answers on its API.
 pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     config.validate()?;
+    // Bind first so a taken port fails fast; connections wait in the backlog until the store is
+    // loaded, because nothing accepts them before.
+    let listener = TcpListener::bind(config.api_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.api_addr))?;
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let id = node_id(&data_dir)?;
@@ -97,9 +102,6 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     let tokens = Tokens::default();
     auth::bootstrap(&db, &tokens, &data_dir).await.context("cannot set up the bootstrap token")?;
 
-    let listener = TcpListener::bind(config.api_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.api_addr))?;
     let api_addr = listener.local_addr()?;
     let info = serde_json::json!({"api": local_url(api_addr), "node_id": format!("{id:016x}"), "pid": std::process::id()});
     std::fs::write(data_dir.join("node.json"), format!("{info}\n")).context("cannot write node.json")?;

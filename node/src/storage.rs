@@ -9,10 +9,11 @@ use crate::store::{Register, Version};
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::Path;
 
-/// Registers by key (segments joined by NUL).
+/// Registers by key (segments joined by NUL), plus the counters under [`META_KEY`]: one table, so
+/// a commit rewrites one B-tree.
 const REGISTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("registers");
-/// Counters: `revision`, `hlc_millis`, `hlc_counter`, `hlc_node`.
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Where the counters live: no register key starts with NUL (segments are never empty).
+const META_KEY: &str = "\0meta";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -73,34 +74,23 @@ impl Storage {
     pub fn load(&self) -> Result<Loaded, Error> {
         let tx = self.db.begin_read().map_err(read_err)?;
         let mut registers = Vec::new();
+        let mut revision = 0;
+        let mut high_water = Version::ZERO;
         match tx.open_table(REGISTERS) {
             Ok(table) => {
                 registers.reserve(table.len().map_err(read_err)? as usize);
                 for row in table.iter().map_err(read_err)? {
                     let (k, v) = row.map_err(read_err)?;
+                    if k.value() == META_KEY {
+                        (revision, high_water) = decode_meta(v.value())?;
+                        continue;
+                    }
                     let reg = Register::decode(v.value()).map_err(|source| Error::Corrupt {
                         key: k.value().replace('\0', "/"),
                         source,
                     })?;
                     registers.push((Box::<str>::from(k.value()), reg));
                 }
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(read_err(e)),
-        }
-        let mut revision = 0;
-        let mut high_water = Version::ZERO;
-        match tx.open_table(META) {
-            Ok(meta) => {
-                let get = |k: &str| -> Result<u64, Error> {
-                    Ok(meta.get(k).map_err(read_err)?.map(|v| v.value()).unwrap_or(0))
-                };
-                revision = get("revision")?;
-                high_water = Version {
-                    millis: get("hlc_millis")?,
-                    counter: u32::try_from(get("hlc_counter")?).unwrap_or(u32::MAX),
-                    node: get("hlc_node")?,
-                };
             }
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(read_err(e)),
@@ -123,14 +113,27 @@ impl Storage {
                 r.encode(&mut buf);
                 regs.insert(*k, buf.as_slice()).map_err(commit_err)?;
             }
-            let mut meta = tx.open_table(META).map_err(commit_err)?;
-            meta.insert("revision", c.revision).map_err(commit_err)?;
-            meta.insert("hlc_millis", c.high_water.millis).map_err(commit_err)?;
-            meta.insert("hlc_counter", u64::from(c.high_water.counter)).map_err(commit_err)?;
-            meta.insert("hlc_node", c.high_water.node).map_err(commit_err)?;
+            regs.insert(META_KEY, encode_meta(c.revision, c.high_water).as_slice()).map_err(commit_err)?;
         }
         tx.commit().map_err(commit_err)
     }
+}
+
+/// The counters: revision, then the clock's high-water mark (millis, counter, node).
+fn encode_meta(revision: u64, hw: Version) -> [u8; 28] {
+    let mut b = [0u8; 28];
+    b[..8].copy_from_slice(&revision.to_le_bytes());
+    b[8..16].copy_from_slice(&hw.millis.to_le_bytes());
+    b[16..20].copy_from_slice(&hw.counter.to_le_bytes());
+    b[20..].copy_from_slice(&hw.node.to_le_bytes());
+    b
+}
+
+fn decode_meta(b: &[u8]) -> Result<(u64, Version), Error> {
+    let b: &[u8; 28] = b.try_into().map_err(|_| Error::Read("the counters record has the wrong size".into()))?;
+    let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8-byte slice"));
+    let counter = u32::from_le_bytes(b[16..20].try_into().expect("4-byte slice"));
+    Ok((u64_at(0), Version { millis: u64_at(8), counter, node: u64_at(20) }))
 }
 
 #[cfg(test)]

@@ -168,20 +168,13 @@ impl Store {
             .any(|a| self.regs.get(a).is_some_and(|r| r.version > reg.version))
     }
 
-    /// The keys `reg` would replace if merged at `key`, or `None` if it is already covered.
+    /// The keys below `key` that `reg` would drop if merged there (the register at `key` itself
+    /// is replaced in place), or `None` if it is already covered.
     pub fn plan_merge(&self, key: &str, reg: &Register) -> Option<Vec<Box<str>>> {
         if self.is_covered(key, reg) {
             return None;
         }
-        let mut removed: Vec<Box<str>> = self
-            .below(key)
-            .filter(|(_, r)| r.version < reg.version)
-            .map(|(k, _)| k.into())
-            .collect();
-        if self.regs.contains_key(key) {
-            removed.push(key.into());
-        }
-        Some(removed)
+        Some(self.below(key).filter(|(_, r)| r.version < reg.version).map(|(k, _)| k.into()).collect())
     }
 
     /// Merges one register: the same function for local writes and replicated ones. Returns
@@ -193,6 +186,7 @@ impl Store {
         for k in removed {
             self.remove(&k);
         }
+        self.remove(key);
         self.index(key, &reg);
         self.regs.insert(key.into(), reg);
         true

@@ -1,6 +1,6 @@
 //! Node endpoints: `/v1/health`, `/v1/status`, `/metrics`, and token management `/v1/tokens`.
 
-use super::{json_response, metrics::gauge, ApiError, App, Body, Result};
+use super::{json_response, metrics::{counter, gauge}, ApiError, App, Body, Result};
 use crate::auth::{self, Role};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -49,6 +49,14 @@ pub fn metrics(app: &App) -> Response<Body> {
         gauge(&mut out, "herd_registers", "Registers in the store (values, directories, tombstones).", st.store.len() as u64);
         gauge(&mut out, "herd_tombstones", "Deletions and expiries kept for the grace period.", st.store.tombstone_count() as u64);
     }
+    let w = app.db.stats();
+    use std::sync::atomic::Ordering::Relaxed;
+    counter(&mut out, "herd_commits_total", "Synced storage commits (each serves a group of writes).", w.commits.load(Relaxed));
+    counter(&mut out, "herd_committed_writes_total", "Write requests acknowledged by those commits.", w.committed_requests.load(Relaxed));
+    let secs = w.commit_micros.load(Relaxed) as f64 / 1e6;
+    out.push_str(&format!(
+        "# HELP herd_commit_seconds_total Time spent in synced storage commits.\n# TYPE herd_commit_seconds_total counter\nherd_commit_seconds_total {secs}\n"
+    ));
     gauge(&mut out, "herd_uptime_seconds", "Seconds since the node started.", app.started.elapsed().as_secs());
     let mut r = Response::new(Body::full(out.into()));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
