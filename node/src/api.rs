@@ -53,7 +53,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -95,10 +99,14 @@ impl From<db::Error> for ApiError {
     fn from(e: db::Error) -> ApiError {
         let (status, code) = match e {
             db::Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            db::Error::PreconditionFailed { .. } => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
+            db::Error::PreconditionFailed { .. } => {
+                (StatusCode::PRECONDITION_FAILED, "precondition_failed")
+            }
             db::Error::AlreadyExists(_) => (StatusCode::PRECONDITION_FAILED, "already_exists"),
             db::Error::Overlap(..) => (StatusCode::BAD_REQUEST, "bad_request"),
-            db::Error::Storage(_) | db::Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            db::Error::Storage(_) | db::Error::ShuttingDown => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -108,10 +116,20 @@ impl From<auth::Error> for ApiError {
     fn from(e: auth::Error) -> ApiError {
         match e {
             auth::Error::Db(d) => d.into(),
-            auth::Error::Exists(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
-            auth::Error::NoSuchToken(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
-            auth::Error::BadName(..) | auth::Error::BadPrefix(..) => ApiError::bad_request(e.to_string()),
-            auth::Error::File { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+            auth::Error::Exists(_) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            auth::Error::NoSuchToken(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            auth::Error::BadName(..) | auth::Error::BadPrefix(..) => {
+                ApiError::bad_request(e.to_string())
+            }
+            auth::Error::File { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
         }
     }
 }
@@ -122,7 +140,10 @@ pub type Result<T> = std::result::Result<T, ApiError>;
 pub fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Body::full(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -256,7 +277,11 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>>
             authenticate(app, &req)?;
             Ok(admin::metrics(app))
         }
-        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such endpoint {raw_path}"))),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such endpoint {raw_path}"),
+        )),
     }
 }
 
@@ -271,28 +296,50 @@ fn strip_route<'a>(path: &'a str, route: &str) -> Option<&'a str> {
 }
 
 fn method_not_allowed(allowed: &str) -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("method not allowed here; use {allowed}"))
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("method not allowed here; use {allowed}"),
+    )
 }
 
 /// Checks the bearer token (or the basic-auth password).
 fn authenticate<B>(app: &App, req: &Request<B>) -> Result<Grant> {
     let Some(h) = req.headers().get(header::AUTHORIZATION) else {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a token is required (Authorization: Bearer <token>)"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a token is required (Authorization: Bearer <token>)",
+        ));
     };
     let h = h.to_str().unwrap_or("");
-    let secret = if let Some(t) = h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")) {
+    let secret = if let Some(t) = h
+        .strip_prefix("Bearer ")
+        .or_else(|| h.strip_prefix("bearer "))
+    {
         Some(t.trim().to_owned())
-    } else if let Some(b) = h.strip_prefix("Basic ").or_else(|| h.strip_prefix("basic ")) {
+    } else if let Some(b) = h
+        .strip_prefix("Basic ")
+        .or_else(|| h.strip_prefix("basic "))
+    {
         decode_basic_password(b.trim())
     } else {
         None
     };
     let Some(secret) = secret else {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the Authorization header must be Bearer <token> or Basic"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the Authorization header must be Bearer <token> or Basic",
+        ));
     };
-    app.tokens
-        .check(&secret)
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "the token is unknown or revoked"))
+    app.tokens.check(&secret).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "the token is unknown or revoked",
+        )
+    })
 }
 
 /// The password of a basic-auth credential (`user:password`, base64).
@@ -336,7 +383,11 @@ pub fn require(grant: &Grant, role: Role) -> Result<()> {
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!("token {:?} has role {:?}; this needs {:?}", grant.name, grant.role, role).to_lowercase(),
+            format!(
+                "token {:?} has role {:?}; this needs {:?}",
+                grant.name, grant.role, role
+            )
+            .to_lowercase(),
         ))
     }
 }
@@ -344,13 +395,20 @@ pub fn require(grant: &Grant, role: Role) -> Result<()> {
 /// Requires that the token's prefix covers `p` and that `p` is not reserved.
 pub fn require_path(grant: &Grant, p: &Path) -> Result<()> {
     if p.first() == Some(auth::RESERVED) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "reserved_path", format!("{p} is reserved for the node itself")));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "reserved_path",
+            format!("{p} is reserved for the node itself"),
+        ));
     }
     if !grant.covers(p) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "outside_prefix",
-            format!("token {:?} is limited to {}; {p} is outside it", grant.name, grant.prefix),
+            format!(
+                "token {:?} is limited to {}; {p} is outside it",
+                grant.name, grant.prefix
+            ),
         ));
     }
     Ok(())
@@ -381,7 +439,10 @@ mod tests {
     #[test]
     fn basic_auth_password() {
         // "user:herd_secret"
-        assert_eq!(decode_basic_password("dXNlcjpoZXJkX3NlY3JldA==").as_deref(), Some("herd_secret"));
+        assert_eq!(
+            decode_basic_password("dXNlcjpoZXJkX3NlY3JldA==").as_deref(),
+            Some("herd_secret")
+        );
         assert_eq!(decode_basic_password("!!!"), None);
     }
 }

@@ -79,7 +79,10 @@ pub enum Error {
     #[error(transparent)]
     Db(#[from] db::Error),
     #[error("cannot write {path}: {source}")]
-    File { path: String, source: std::io::Error },
+    File {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Hash → grant, rebuilt from the store.
@@ -115,19 +118,25 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
 pub fn new_secret() -> String {
     let mut b = [0u8; 32];
     // The system RNG failing means the OS cannot give randomness at all; nothing is safe then.
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("system random source");
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .expect("system random source");
     format!("herd_{}", hex(&b))
 }
 
 fn token_path(name: &str) -> Result<Path, Error> {
-    Path::from_segments([RESERVED, "tokens", name]).map_err(|e| Error::BadName(name.into(), e.to_string()))
+    Path::from_segments([RESERVED, "tokens", name])
+        .map_err(|e| Error::BadName(name.into(), e.to_string()))
 }
 
 impl Tokens {
     /// Looks up a presented secret.
     pub fn check(&self, secret: &str) -> Option<Grant> {
         let h = hash(secret);
-        self.cache.read().unwrap_or_else(|e| e.into_inner()).get(&h).cloned()
+        self.cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&h)
+            .cloned()
     }
 
     /// Rebuilds the cache from the records in the store.
@@ -139,7 +148,14 @@ impl Tokens {
                 tracing::warn!(token = %name, "ignoring a malformed token record");
                 continue;
             };
-            map.insert(h, Grant { name, role: r.role, prefix });
+            map.insert(
+                h,
+                Grant {
+                    name,
+                    role: r.role,
+                    prefix,
+                },
+            );
         }
         *self.cache.write().unwrap_or_else(|e| e.into_inner()) = map;
     }
@@ -174,21 +190,40 @@ pub fn list(db: &Db) -> Vec<(String, Record)> {
         .into_iter()
         .filter_map(|(name, _)| {
             let mut json = String::new();
-            st.store.render(&format!("{TOKENS_KEY}\0{name}"), now, &mut json);
+            st.store
+                .render(&format!("{TOKENS_KEY}\0{name}"), now, &mut json);
             Some((name, serde_json::from_str(&json).ok()?))
         })
         .collect()
 }
 
 /// Creates a token and returns its secret (the only time it is shown).
-pub async fn create(db: &Db, tokens: &Tokens, name: &str, role: Role, prefix: &str) -> Result<String, Error> {
+pub async fn create(
+    db: &Db,
+    tokens: &Tokens,
+    name: &str,
+    role: Role,
+    prefix: &str,
+) -> Result<String, Error> {
     let path = token_path(name)?;
-    let prefix_path = Path::parse(prefix).map_err(|e| Error::BadPrefix(prefix.into(), e.to_string()))?;
+    let prefix_path =
+        Path::parse(prefix).map_err(|e| Error::BadPrefix(prefix.into(), e.to_string()))?;
     let secret = new_secret();
-    let record = Record { hash: hex(&hash(&secret)), role, prefix: prefix_path.to_string(), created: now_ms() };
+    let record = Record {
+        hash: hex(&hash(&secret)),
+        role,
+        prefix: prefix_path.to_string(),
+        created: now_ms(),
+    };
     let value = serde_json::to_value(&record).expect("a token record always serialises");
     let op = Op::put(path, &value, None).expect("token record keys are valid segments");
-    match db.write(WriteRequest { ops: vec![op], condition: Condition::IfNoneMatch }).await {
+    match db
+        .write(WriteRequest {
+            ops: vec![op],
+            condition: Condition::IfNoneMatch,
+        })
+        .await
+    {
         Ok(_) => {}
         Err(db::Error::AlreadyExists(_)) => return Err(Error::Exists(name.into())),
         Err(e) => return Err(e.into()),
@@ -200,7 +235,13 @@ pub async fn create(db: &Db, tokens: &Tokens, name: &str, role: Role, prefix: &s
 /// Revokes a token by name.
 pub async fn revoke(db: &Db, tokens: &Tokens, name: &str) -> Result<(), Error> {
     let path = token_path(name)?;
-    match db.write(WriteRequest { ops: vec![Op::Delete { path }], condition: Condition::None }).await {
+    match db
+        .write(WriteRequest {
+            ops: vec![Op::Delete { path }],
+            condition: Condition::None,
+        })
+        .await
+    {
         Ok(_) => {}
         Err(db::Error::NotFound(_)) => return Err(Error::NoSuchToken(name.into())),
         Err(e) => return Err(e.into()),
@@ -222,12 +263,28 @@ pub async fn bootstrap(db: &Db, tokens: &Tokens, data_dir: &std::path::Path) -> 
             s
         }
     };
-    let record = Record { hash: hex(&hash(&secret)), role: Role::Admin, prefix: "/".into(), created: now_ms() };
-    let current = list(db).into_iter().find(|(n, _)| *n == name).map(|(_, r)| r);
-    if current.as_ref().is_none_or(|r| r.hash != record.hash || r.role != Role::Admin || r.prefix != "/") {
+    let record = Record {
+        hash: hex(&hash(&secret)),
+        role: Role::Admin,
+        prefix: "/".into(),
+        created: now_ms(),
+    };
+    let current = list(db)
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, r)| r);
+    if current
+        .as_ref()
+        .is_none_or(|r| r.hash != record.hash || r.role != Role::Admin || r.prefix != "/")
+    {
         let value = serde_json::to_value(&record).expect("a token record always serialises");
-        let op = Op::put(token_path(&name)?, &value, None).expect("token record keys are valid segments");
-        db.write(WriteRequest { ops: vec![op], condition: Condition::None }).await?;
+        let op = Op::put(token_path(&name)?, &value, None)
+            .expect("token record keys are valid segments");
+        db.write(WriteRequest {
+            ops: vec![op],
+            condition: Condition::None,
+        })
+        .await?;
     }
     tokens.reload(db);
     Ok(())
@@ -237,9 +294,18 @@ pub async fn bootstrap(db: &Db, tokens: &Tokens, data_dir: &std::path::Path) -> 
 pub fn write_private(path: &std::path::Path, content: &str) -> Result<(), Error> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let err = |source| Error::File { path: path.display().to_string(), source };
+    let err = |source| Error::File {
+        path: path.display().to_string(),
+        source,
+    };
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(err)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
     f.write_all(content.as_bytes()).map_err(err)?;
     f.sync_all().map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
@@ -252,25 +318,48 @@ mod tests {
     #[tokio::test]
     async fn create_check_revoke_and_bootstrap() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = db::Options { log_events: 100, tombstone_grace_ms: 1000, cache_bytes: 1 << 20 };
+        let opts = db::Options {
+            log_events: 100,
+            tombstone_grace_ms: 1000,
+            cache_bytes: 1 << 20,
+        };
         let (db, _h) = Db::open(&dir.path().join("s.redb"), 7, opts).unwrap();
         let tokens = Tokens::default();
         bootstrap(&db, &tokens, dir.path()).await.unwrap();
         let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("admin.token")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("admin.token"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(tokens.check(admin.trim()).unwrap().role, Role::Admin);
         // a second start keeps the same token
         bootstrap(&db, &tokens, dir.path()).await.unwrap();
-        assert_eq!(std::fs::read_to_string(dir.path().join("admin.token")).unwrap(), admin);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("admin.token")).unwrap(),
+            admin
+        );
 
-        let s = create(&db, &tokens, "ci", Role::Write, "/app").await.unwrap();
+        let s = create(&db, &tokens, "ci", Role::Write, "/app")
+            .await
+            .unwrap();
         let g = tokens.check(&s).unwrap();
-        assert_eq!((g.role, g.prefix.to_string()), (Role::Write, "/app".to_string()));
-        assert!(g.covers(&Path::parse("/app/x").unwrap()) && !g.covers(&Path::parse("/other").unwrap()));
-        assert!(matches!(create(&db, &tokens, "ci", Role::Read, "/").await, Err(Error::Exists(_))));
-        assert!(matches!(create(&db, &tokens, "a/b", Role::Read, "/").await, Err(Error::BadName(..))));
+        assert_eq!(
+            (g.role, g.prefix.to_string()),
+            (Role::Write, "/app".to_string())
+        );
+        assert!(
+            g.covers(&Path::parse("/app/x").unwrap()) && !g.covers(&Path::parse("/other").unwrap())
+        );
+        assert!(matches!(
+            create(&db, &tokens, "ci", Role::Read, "/").await,
+            Err(Error::Exists(_))
+        ));
+        assert!(matches!(
+            create(&db, &tokens, "a/b", Role::Read, "/").await,
+            Err(Error::BadName(..))
+        ));
         assert!(tokens.check("herd_wrong").is_none());
         // only hashes are stored
         let mut doc = String::new();
@@ -278,7 +367,10 @@ mod tests {
         assert!(!doc.contains(&s) && !doc.contains(admin.trim()));
         revoke(&db, &tokens, "ci").await.unwrap();
         assert!(tokens.check(&s).is_none());
-        assert!(matches!(revoke(&db, &tokens, "ci").await, Err(Error::NoSuchToken(_))));
+        assert!(matches!(
+            revoke(&db, &tokens, "ci").await,
+            Err(Error::NoSuchToken(_))
+        ));
         assert_eq!(list(&db).len(), 1);
     }
 }

@@ -12,11 +12,17 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("config file {path} is not valid: {message}")]
     Parse { path: String, message: String },
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
 }
 
 /// Everything a node needs to start. `Config::default()` is the embedded default.
@@ -90,20 +96,32 @@ impl Default for Config {
 impl Config {
     /// Reads a TOML file; fields it does not name keep their defaults.
     pub fn from_file(path: &std::path::Path) -> Result<Config, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| Error::Read { path: path.display().to_string(), source })?;
-        toml::from_str(&text)
-            .map_err(|e| Error::Parse { path: path.display().to_string(), message: e.to_string() })
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| Error::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
     }
 
     /// Checks the values that could make a node misbehave.
     pub fn validate(&self) -> Result<(), Error> {
-        let invalid = |field, message: &str| Err(Error::Invalid { field, message: message.into() });
+        let invalid = |field, message: &str| {
+            Err(Error::Invalid {
+                field,
+                message: message.into(),
+            })
+        };
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return invalid("tls_cert", "tls_cert and tls_key go together");
         }
         if self.max_value_bytes == 0 || self.max_batch_bytes < self.max_value_bytes {
-            return invalid("max_batch_bytes", "must be positive and at least max_value_bytes");
+            return invalid(
+                "max_batch_bytes",
+                "must be positive and at least max_value_bytes",
+            );
         }
         if self.max_connections == 0 || self.max_batch_ops == 0 || self.log_events == 0 {
             return invalid("max_connections", "limits must be positive");
@@ -115,7 +133,9 @@ impl Config {
 /// Parses `500ms`, `30s`, `5m`, `2h`, `7d`, or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num
         .parse()
@@ -126,7 +146,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => n * 60.0,
         "h" => n * 3600.0,
         "d" => n * 86400.0,
-        _ => return Err(format!("{s:?} has an unknown unit {unit:?} (expected ms, s, m, h or d)")),
+        _ => {
+            return Err(format!(
+                "{s:?} has an unknown unit {unit:?} (expected ms, s, m, h or d)"
+            ))
+        }
     };
     if !secs.is_finite() || !(0.0..=100.0 * 365.0 * 86400.0).contains(&secs) {
         return Err(format!("{s:?} is out of range"));
@@ -163,7 +187,10 @@ mod tests {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
         assert!(parse_duration("5y").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1s").is_err());
@@ -173,7 +200,11 @@ mod tests {
     fn toml_file_overrides_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("herd.toml");
-        std::fs::write(&f, "api_addr = \"127.0.0.1:9000\"\ntombstone_grace = \"1h\"\nbody_timeout = 5\n").unwrap();
+        std::fs::write(
+            &f,
+            "api_addr = \"127.0.0.1:9000\"\ntombstone_grace = \"1h\"\nbody_timeout = 5\n",
+        )
+        .unwrap();
         let c = Config::from_file(&f).unwrap();
         assert_eq!(c.api_addr.port(), 9000);
         assert_eq!(c.tombstone_grace, Duration::from_secs(3600));

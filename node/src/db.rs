@@ -25,7 +25,9 @@ const MAX_GROUP: usize = 1024;
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Why a write was refused. Nothing of a refused write is stored.
@@ -34,7 +36,11 @@ pub enum Error {
     #[error("nothing at {0}")]
     NotFound(String),
     #[error("{path} is at version {current}, not {expected}")]
-    PreconditionFailed { path: String, expected: Version, current: String },
+    PreconditionFailed {
+        path: String,
+        expected: Version,
+        current: String,
+    },
     #[error("{0} already exists")]
     AlreadyExists(String),
     #[error("paths {0} and {1} overlap; one batch may not write a path and a path inside it")]
@@ -149,10 +155,19 @@ impl WriterHandle {
 
 impl Db {
     /// Opens the database file, loads the store and starts the writer thread.
-    pub fn open(file: &std::path::Path, node_id: u64, opts: Options) -> Result<(Db, WriterHandle), storage::Error> {
+    pub fn open(
+        file: &std::path::Path,
+        node_id: u64,
+        opts: Options,
+    ) -> Result<(Db, WriterHandle), storage::Error> {
         let storage = Storage::open(file, opts.cache_bytes)?;
         let loaded = storage.load()?;
-        let max_version = loaded.registers.iter().map(|(_, r)| r.version).max().unwrap_or(Version::ZERO);
+        let max_version = loaded
+            .registers
+            .iter()
+            .map(|(_, r)| r.version)
+            .max()
+            .unwrap_or(Version::ZERO);
         let clock = Hlc::new(node_id, loaded.high_water.max(max_version));
         let store = Store::from_registers(loaded.registers);
         let state = State {
@@ -161,14 +176,30 @@ impl Db {
             log: ChangeLog::new(opts.log_events, loaded.revision),
         };
         let (events, _) = broadcast::channel(4096);
-        let inner = Arc::new(Inner { state: RwLock::new(state), stats: WriteStats::default(), events, node_id });
+        let inner = Arc::new(Inner {
+            state: RwLock::new(state),
+            stats: WriteStats::default(),
+            events,
+            node_id,
+        });
         let (tx, rx) = mpsc::channel(4096);
-        let writer = Writer { inner: inner.clone(), storage, clock, revision: loaded.revision, opts };
+        let writer = Writer {
+            inner: inner.clone(),
+            storage,
+            clock,
+            revision: loaded.revision,
+            opts,
+        };
         let thread = std::thread::Builder::new()
             .name("herd-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| storage::Error::Read(format!("cannot start writer thread: {e}")))?;
-        Ok((Db { inner, tx }, WriterHandle { thread: Some(thread) }))
+        Ok((
+            Db { inner, tx },
+            WriterHandle {
+                thread: Some(thread),
+            },
+        ))
     }
 
     pub fn node_id(&self) -> u64 {
@@ -189,7 +220,10 @@ impl Db {
     /// Applies one change durably; answers once it is synced and visible.
     pub async fn write(&self, req: WriteRequest) -> Result<Written, Error> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Write(req, reply)).await.map_err(|_| Error::ShuttingDown)?;
+        self.tx
+            .send(Command::Write(req, reply))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
     }
 
@@ -203,7 +237,20 @@ impl Db {
         let st = self.read();
         let live = self.inner.events.subscribe();
         let backlog = match since {
-            Some(after) => st.log.since(after)?.into_iter().filter(|e| related(key, &e.key)).collect(),
+            Some(after) if after > st.revision => {
+                // A revision this node has not reached: revisions are per node, so the watcher
+                // must start again from the current state.
+                return Err(Compacted {
+                    requested: after,
+                    floor: st.log.floor(),
+                });
+            }
+            Some(after) => st
+                .log
+                .since(after)?
+                .into_iter()
+                .filter(|e| related(key, &e.key))
+                .collect(),
             None => {
                 let now = now_ms();
                 st.store
@@ -223,7 +270,11 @@ impl Db {
                     .collect()
             }
         };
-        Ok(Subscription { backlog, revision: st.revision, live })
+        Ok(Subscription {
+            backlog,
+            revision: st.revision,
+            live,
+        })
     }
 }
 
@@ -302,7 +353,13 @@ impl Writer {
                                 for (k, _) in &regs {
                                     group.touch(k);
                                 }
-                                group.planned.push(Planned { regs, removes, events, written, reply });
+                                group.planned.push(Planned {
+                                    regs,
+                                    removes,
+                                    events,
+                                    written,
+                                    reply,
+                                });
                             }
                             Err(e) => {
                                 let _ = reply.send(Err(e));
@@ -324,8 +381,22 @@ impl Writer {
         self.inner.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    #[allow(clippy::type_complexity, reason = "a private tuple consumed right at the call site")]
-    fn plan(&mut self, req: WriteRequest) -> Result<(Vec<(Box<str>, Register)>, Vec<Box<str>>, Vec<Arc<Event>>, Written), Error> {
+    #[allow(
+        clippy::type_complexity,
+        reason = "a private tuple consumed right at the call site"
+    )]
+    fn plan(
+        &mut self,
+        req: WriteRequest,
+    ) -> Result<
+        (
+            Vec<(Box<str>, Register)>,
+            Vec<Box<str>>,
+            Vec<Arc<Event>>,
+            Written,
+        ),
+        Error,
+    > {
         let now = now_ms();
         let st = self.inner.state.read().unwrap_or_else(|e| e.into_inner());
         for (i, a) in req.ops.iter().enumerate() {
@@ -374,7 +445,14 @@ impl Writer {
                 Op::Delete { .. } => (EventKind::Delete, None),
             };
             let key = op.path().key().into();
-            events.push(Arc::new(Event { revision, seq: seq as u32, kind, key, value, version }));
+            events.push(Arc::new(Event {
+                revision,
+                seq: seq as u32,
+                kind,
+                key,
+                value,
+                version,
+            }));
         }
         let mut removes = Vec::new();
         for (k, r) in &regs {
@@ -389,20 +467,34 @@ impl Writer {
 
     /// Commits a group durably, then applies it and answers its requests.
     fn flush(&mut self, group: Group) {
-        let Some(last) = group.planned.last() else { return };
+        let Some(last) = group.planned.last() else {
+            return;
+        };
         let last_revision = last.written.revision;
         let commit = storage::Commit {
-            removes: group.planned.iter().flat_map(|p| p.removes.iter().map(|k| &**k)).collect(),
-            puts: group.planned.iter().flat_map(|p| p.regs.iter().map(|(k, r)| (&**k, r))).collect(),
+            removes: group
+                .planned
+                .iter()
+                .flat_map(|p| p.removes.iter().map(|k| &**k))
+                .collect(),
+            puts: group
+                .planned
+                .iter()
+                .flat_map(|p| p.regs.iter().map(|(k, r)| (&**k, r)))
+                .collect(),
             revision: last_revision,
             high_water: self.clock.high_water(),
         };
         let t0 = std::time::Instant::now();
         let committed = self.storage.commit(&commit);
         let stats = &self.inner.stats;
-        stats.commit_micros.fetch_add(t0.elapsed().as_micros() as u64, Relaxed);
+        stats
+            .commit_micros
+            .fetch_add(t0.elapsed().as_micros() as u64, Relaxed);
         stats.commits.fetch_add(1, Relaxed);
-        stats.committed_requests.fetch_add(group.planned.len() as u64, Relaxed);
+        stats
+            .committed_requests
+            .fetch_add(group.planned.len() as u64, Relaxed);
         if let Err(e) = committed {
             tracing::error!(error = %e, "group commit failed; its writes are refused");
             self.revision = group.planned[0].written.revision - 1;
@@ -435,12 +527,19 @@ impl Writer {
         let now = now_ms();
         let (due, old) = {
             let st = self.state();
-            (st.store.due_expiries(now), st.store.due_tombstones(now, self.opts.tombstone_grace_ms))
+            (
+                st.store.due_expiries(now),
+                st.store.due_tombstones(now, self.opts.tombstone_grace_ms),
+            )
         };
         if due.is_empty() && old.is_empty() {
             return;
         }
-        let revision = if due.is_empty() { self.revision } else { self.revision + 1 };
+        let revision = if due.is_empty() {
+            self.revision
+        } else {
+            self.revision + 1
+        };
         let commit = storage::Commit {
             removes: old.iter().map(|k| &**k).collect(),
             puts: Vec::new(),
@@ -459,7 +558,14 @@ impl Writer {
         let mut seq = 0;
         for (k, version) in due {
             if st.store.announce_expiry(&k) {
-                let ev = Arc::new(Event { revision, seq, kind: EventKind::Expire, key: k, value: None, version });
+                let ev = Arc::new(Event {
+                    revision,
+                    seq,
+                    kind: EventKind::Expire,
+                    key: k,
+                    value: None,
+                    version,
+                });
                 seq += 1;
                 st.log.push(ev.clone());
                 let _ = self.inner.events.send(ev);
@@ -467,7 +573,10 @@ impl Writer {
         }
         st.revision = revision;
         if !old.is_empty() {
-            tracing::debug!(collected = old.len(), "tombstones past the grace period collected");
+            tracing::debug!(
+                collected = old.len(),
+                "tombstones past the grace period collected"
+            );
         }
     }
 }
@@ -488,11 +597,18 @@ mod tests {
     use serde_json::json;
 
     fn opts() -> Options {
-        Options { log_events: 100, tombstone_grace_ms: 7 * 24 * 3600 * 1000, cache_bytes: 1 << 20 }
+        Options {
+            log_events: 100,
+            tombstone_grace_ms: 7 * 24 * 3600 * 1000,
+            cache_bytes: 1 << 20,
+        }
     }
 
     fn put(p: &str, v: serde_json::Value) -> WriteRequest {
-        WriteRequest { ops: vec![Op::put(Path::parse(p).unwrap(), &v, None).unwrap()], condition: Condition::None }
+        WriteRequest {
+            ops: vec![Op::put(Path::parse(p).unwrap(), &v, None).unwrap()],
+            condition: Condition::None,
+        }
     }
 
     fn doc(db: &Db) -> serde_json::Value {
@@ -509,7 +625,9 @@ mod tests {
         let mut tasks = Vec::new();
         for i in 0..200 {
             let db = db.clone();
-            tasks.push(tokio::spawn(async move { db.write(put(&format!("/k/{i}"), json!(i))).await }));
+            tasks.push(tokio::spawn(async move {
+                db.write(put(&format!("/k/{i}"), json!(i))).await
+            }));
         }
         let mut revs = HashSet::new();
         for t in tasks {
@@ -534,19 +652,33 @@ mod tests {
         let (db, _h) = Db::open(&dir.path().join("s.redb"), 1, opts()).unwrap();
         let w = db.write(put("/a", json!(1))).await.unwrap();
         let mut req = put("/a", json!(2));
-        req.condition = Condition::IfMatch(Version { millis: 1, counter: 0, node: 1 });
-        assert!(matches!(db.write(req.clone()).await, Err(Error::PreconditionFailed { .. })));
+        req.condition = Condition::IfMatch(Version {
+            millis: 1,
+            counter: 0,
+            node: 1,
+        });
+        assert!(matches!(
+            db.write(req.clone()).await,
+            Err(Error::PreconditionFailed { .. })
+        ));
         req.condition = Condition::IfMatch(w.version);
         db.write(req).await.unwrap();
         let mut req = put("/a", json!(3));
         req.condition = Condition::IfNoneMatch;
         assert!(matches!(db.write(req).await, Err(Error::AlreadyExists(_))));
-        let del = WriteRequest { ops: vec![Op::Delete { path: Path::parse("/nope").unwrap() }], condition: Condition::None };
+        let del = WriteRequest {
+            ops: vec![Op::Delete {
+                path: Path::parse("/nope").unwrap(),
+            }],
+            condition: Condition::None,
+        };
         assert!(matches!(db.write(del).await, Err(Error::NotFound(_))));
         let batch = WriteRequest {
             ops: vec![
                 Op::put(Path::parse("/b").unwrap(), &json!(1), None).unwrap(),
-                Op::Delete { path: Path::parse("/b/c").unwrap() },
+                Op::Delete {
+                    path: Path::parse("/b/c").unwrap(),
+                },
             ],
             condition: Condition::None,
         };
@@ -567,6 +699,13 @@ mod tests {
         let ev = sub.live.recv().await.unwrap();
         assert_eq!((&*ev.key, ev.revision), ("app\0y", 3));
         let replay = db.subscribe("app", Some(1)).unwrap();
-        assert_eq!(replay.backlog.iter().map(|e| e.revision).collect::<Vec<_>>(), vec![3]);
+        assert_eq!(
+            replay
+                .backlog
+                .iter()
+                .map(|e| e.revision)
+                .collect::<Vec<_>>(),
+            vec![3]
+        );
     }
 }

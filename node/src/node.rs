@@ -32,7 +32,13 @@ pub struct NodeHandle {
 impl NodeHandle {
     /// Stops accepting, ends every connection and task, and waits for the writer to finish.
     pub async fn shutdown(self) {
-        let NodeHandle { cancel, tracker, writer, db, .. } = self;
+        let NodeHandle {
+            cancel,
+            tracker,
+            writer,
+            db,
+            ..
+        } = self;
         cancel.cancel();
         tracker.close();
         tracker.wait().await;
@@ -45,7 +51,8 @@ impl NodeHandle {
 fn node_id(data_dir: &Path) -> anyhow::Result<u64> {
     let file = data_dir.join("node.id");
     match std::fs::read_to_string(&file) {
-        Ok(s) => u64::from_str_radix(s.trim(), 16).with_context(|| format!("{} does not hold a node id", file.display())),
+        Ok(s) => u64::from_str_radix(s.trim(), 16)
+            .with_context(|| format!("{} does not hold a node id", file.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut b = [0u8; 8];
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
@@ -78,7 +85,8 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         .await
         .with_context(|| format!("cannot listen on {}", config.api_addr))?;
     let data_dir = config.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let id = node_id(&data_dir)?;
     let opts = db::Options {
         log_events: config.log_events,
@@ -92,19 +100,27 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         .context("the loading task failed")?
         .context("cannot open the store")?;
     let registers = db.read().store.len();
-    tracing::info!(registers, took_ms = loading.elapsed().as_millis() as u64, "store loaded");
+    tracing::info!(
+        registers,
+        took_ms = loading.elapsed().as_millis() as u64,
+        "store loaded"
+    );
 
     let operator = match (&config.tls_cert, &config.tls_key) {
         (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
         _ => None,
     };
-    let tls = crate::tls::load_or_create_api_tls(&data_dir, operator, &config.tls_san).context("cannot set up TLS")?;
+    let tls = crate::tls::load_or_create_api_tls(&data_dir, operator, &config.tls_san)
+        .context("cannot set up TLS")?;
     let tokens = Tokens::default();
-    auth::bootstrap(&db, &tokens, &data_dir).await.context("cannot set up the bootstrap token")?;
+    auth::bootstrap(&db, &tokens, &data_dir)
+        .await
+        .context("cannot set up the bootstrap token")?;
 
     let api_addr = listener.local_addr()?;
     let info = serde_json::json!({"api": local_url(api_addr), "node_id": format!("{id:016x}"), "pid": std::process::id()});
-    std::fs::write(data_dir.join("node.json"), format!("{info}\n")).context("cannot write node.json")?;
+    std::fs::write(data_dir.join("node.json"), format!("{info}\n"))
+        .context("cannot write node.json")?;
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -119,11 +135,24 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         tracker: tracker.clone(),
         started: Instant::now(),
     });
-    tracker.spawn(api::serve(listener, tls, app, cancel.clone(), tracker.clone()));
+    tracker.spawn(api::serve(
+        listener,
+        tls,
+        app,
+        cancel.clone(),
+        tracker.clone(),
+    ));
     tracker.spawn(tokens.follow(db.clone(), cancel.clone()));
     tracker.spawn(housekeeping(db.clone(), cancel.clone()));
     tracing::info!(node_id = %format!("{id:016x}"), api = %local_url(api_addr), data_dir = %data_dir.display(), "herd node started");
-    Ok(NodeHandle { api_addr, node_id: id, db, cancel, tracker, writer })
+    Ok(NodeHandle {
+        api_addr,
+        node_id: id,
+        db,
+        cancel,
+        tracker,
+        writer,
+    })
 }
 
 /// Announces expiries when they are due and collects old tombstones.

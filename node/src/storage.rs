@@ -18,13 +18,19 @@ const META_KEY: &str = "\0meta";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot open database {path}: {source}")]
-    Open { path: String, source: redb::DatabaseError },
+    Open {
+        path: String,
+        source: redb::DatabaseError,
+    },
     #[error("database read failed: {0}")]
     Read(String),
     #[error("database commit failed: {0}")]
     Commit(String),
     #[error("database holds a corrupt register at {key:?}: {source}")]
-    Corrupt { key: String, source: crate::store::register::DecodeError },
+    Corrupt {
+        key: String,
+        source: crate::store::register::DecodeError,
+    },
 }
 
 fn read_err(e: impl std::fmt::Display) -> Error {
@@ -66,7 +72,10 @@ impl Storage {
         let db = Database::builder()
             .set_cache_size(cache_bytes)
             .create(path)
-            .map_err(|source| Error::Open { path: path.display().to_string(), source })?;
+            .map_err(|source| Error::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
         Ok(Storage { db })
     }
 
@@ -95,7 +104,11 @@ impl Storage {
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(read_err(e)),
         }
-        Ok(Loaded { registers, revision, high_water })
+        Ok(Loaded {
+            registers,
+            revision,
+            high_water,
+        })
     }
 
     /// Applies one group commit and syncs it to disk before returning.
@@ -113,7 +126,8 @@ impl Storage {
                 r.encode(&mut buf);
                 regs.insert(*k, buf.as_slice()).map_err(commit_err)?;
             }
-            regs.insert(META_KEY, encode_meta(c.revision, c.high_water).as_slice()).map_err(commit_err)?;
+            regs.insert(META_KEY, encode_meta(c.revision, c.high_water).as_slice())
+                .map_err(commit_err)?;
         }
         tx.commit().map_err(commit_err)
     }
@@ -130,10 +144,19 @@ fn encode_meta(revision: u64, hw: Version) -> [u8; 28] {
 }
 
 fn decode_meta(b: &[u8]) -> Result<(u64, Version), Error> {
-    let b: &[u8; 28] = b.try_into().map_err(|_| Error::Read("the counters record has the wrong size".into()))?;
+    let b: &[u8; 28] = b
+        .try_into()
+        .map_err(|_| Error::Read("the counters record has the wrong size".into()))?;
     let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8-byte slice"));
     let counter = u32::from_le_bytes(b[16..20].try_into().expect("4-byte slice"));
-    Ok((u64_at(0), Version { millis: u64_at(8), counter, node: u64_at(20) }))
+    Ok((
+        u64_at(0),
+        Version {
+            millis: u64_at(8),
+            counter,
+            node: u64_at(20),
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -145,17 +168,40 @@ mod tests {
     fn commits_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("store.redb");
-        let v = Version { millis: 5, counter: 1, node: 7 };
-        let a = Register { kind: Kind::Leaf("1".into()), version: v, expires: Some(9) };
-        let b = Register { kind: Kind::Deleted, version: v, expires: None };
+        let v = Version {
+            millis: 5,
+            counter: 1,
+            node: 7,
+        };
+        let a = Register {
+            kind: Kind::Leaf("1".into()),
+            version: v,
+            expires: Some(9),
+        };
+        let b = Register {
+            kind: Kind::Deleted,
+            version: v,
+            expires: None,
+        };
         {
             let s = Storage::open(&file, 1 << 20).unwrap();
             let empty = s.load().unwrap();
             assert!(empty.registers.is_empty());
             assert_eq!(empty.revision, 0);
-            s.commit(&Commit { puts: vec![("a", &a), ("b", &b)], revision: 3, high_water: v, ..Commit::default() })
-                .unwrap();
-            s.commit(&Commit { removes: vec!["b"], revision: 4, high_water: v, ..Commit::default() }).unwrap();
+            s.commit(&Commit {
+                puts: vec![("a", &a), ("b", &b)],
+                revision: 3,
+                high_water: v,
+                ..Commit::default()
+            })
+            .unwrap();
+            s.commit(&Commit {
+                removes: vec!["b"],
+                revision: 4,
+                high_water: v,
+                ..Commit::default()
+            })
+            .unwrap();
         }
         let s = Storage::open(&file, 1 << 20).unwrap();
         let l = s.load().unwrap();

@@ -58,7 +58,12 @@ impl Op {
             [(_, Kind::Leaf(t))] => t.clone(),
             _ => value::to_text(v),
         };
-        Ok(Op::Put { path, tree, text, ttl_ms })
+        Ok(Op::Put {
+            path,
+            tree,
+            text,
+            ttl_ms,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -95,7 +100,10 @@ fn below_bounds(key: &str) -> (Bound<String>, Bound<String>) {
     if key.is_empty() {
         (Bound::Excluded(String::new()), Bound::Unbounded)
     } else {
-        (Bound::Included(format!("{key}\0")), Bound::Excluded(format!("{key}\x01")))
+        (
+            Bound::Included(format!("{key}\0")),
+            Bound::Excluded(format!("{key}\x01")),
+        )
     }
 }
 
@@ -110,7 +118,10 @@ impl Store {
 
     /// Builds a store from registers loaded from disk (any order; covered ones are dropped).
     pub fn from_registers(regs: impl IntoIterator<Item = (Box<str>, Register)>) -> Store {
-        let mut s = Store { regs: regs.into_iter().collect(), ..Store::default() };
+        let mut s = Store {
+            regs: regs.into_iter().collect(),
+            ..Store::default()
+        };
         let keys: Vec<(Box<str>, Register)> =
             s.regs.iter().map(|(k, r)| (k.clone(), r.clone())).collect();
         for (k, r) in &keys {
@@ -151,7 +162,9 @@ impl Store {
 
     fn below(&self, key: &str) -> impl Iterator<Item = (&str, &Register)> {
         let (lo, hi) = below_bounds(key);
-        self.regs.range::<str, _>((as_str(&lo), as_str(&hi))).map(|(k, r)| (&**k, r))
+        self.regs
+            .range::<str, _>((as_str(&lo), as_str(&hi)))
+            .map(|(k, r)| (&**k, r))
     }
 
     fn has_visible_below(&self, key: &str, now: u64) -> bool {
@@ -159,13 +172,14 @@ impl Store {
     }
 
     fn is_covered(&self, key: &str, reg: &Register) -> bool {
-        self.regs.get(key).is_some_and(|cur| cur.version >= reg.version)
+        self.regs
+            .get(key)
+            .is_some_and(|cur| cur.version >= reg.version)
             || self.covered_by_ancestor(key, reg)
     }
 
     fn covered_by_ancestor(&self, key: &str, reg: &Register) -> bool {
-        path::key_ancestors(key)
-            .any(|a| self.regs.get(a).is_some_and(|r| r.version > reg.version))
+        path::key_ancestors(key).any(|a| self.regs.get(a).is_some_and(|r| r.version > reg.version))
     }
 
     /// The keys below `key` that `reg` would drop if merged there (the register at `key` itself
@@ -174,7 +188,12 @@ impl Store {
         if self.is_covered(key, reg) {
             return None;
         }
-        Some(self.below(key).filter(|(_, r)| r.version < reg.version).map(|(k, _)| k.into()).collect())
+        Some(
+            self.below(key)
+                .filter(|(_, r)| r.version < reg.version)
+                .map(|(k, _)| k.into())
+                .collect(),
+        )
     }
 
     /// Merges one register: the same function for local writes and replicated ones. Returns
@@ -241,7 +260,12 @@ impl Store {
             return None;
         }
         let own = self.regs.get(key).map(|r| r.version);
-        let below = self.below(key).map(|(_, r)| r.version).max();
+        let root = key.is_empty();
+        let below = self
+            .below(key)
+            .filter(|(k, _)| !(root && is_internal(k)))
+            .map(|(_, r)| r.version)
+            .max();
         Some(own.max(below).unwrap_or(Version::ZERO))
     }
 
@@ -267,20 +291,43 @@ impl Store {
     pub fn plan_local(&self, op: &Op, version: Version, now: u64) -> Vec<(Box<str>, Register)> {
         let mut out = Vec::new();
         match op {
-            Op::Put { path, tree, ttl_ms, .. } => {
+            Op::Put {
+                path, tree, ttl_ms, ..
+            } => {
                 if let Some(a) = self.leaf_ancestor(path.key(), now) {
-                    out.push((a.into(), Register { kind: Kind::Object, version, expires: None }));
+                    out.push((
+                        a.into(),
+                        Register {
+                            kind: Kind::Object,
+                            version,
+                            expires: None,
+                        },
+                    ));
                 }
                 for (k, kind) in tree {
                     let expires = match kind {
                         Kind::Leaf(_) => ttl_ms.map(|t| now.saturating_add(t.max(1))),
                         _ => None,
                     };
-                    out.push((k.clone(), Register { kind: kind.clone(), version, expires }));
+                    out.push((
+                        k.clone(),
+                        Register {
+                            kind: kind.clone(),
+                            version,
+                            expires,
+                        },
+                    ));
                 }
             }
             Op::Delete { path } => {
-                out.push((path.key().into(), Register { kind: Kind::Deleted, version, expires: None }));
+                out.push((
+                    path.key().into(),
+                    Register {
+                        kind: Kind::Deleted,
+                        version,
+                        expires: None,
+                    },
+                ));
             }
         }
         out
@@ -332,7 +379,9 @@ impl Store {
             }
             let name = &rel[seg_start..];
             let is_dir = reg.kind == Kind::Object
-                || items.peek().is_some_and(|(next, _)| path::key_contains(k, next));
+                || items
+                    .peek()
+                    .is_some_and(|(next, _)| path::key_contains(k, next));
             open_member(out, &mut first, name);
             if is_dir {
                 out.push('{');
@@ -356,7 +405,11 @@ impl Store {
             Lookup::Leaf(_) => return Some(Err(())),
             Lookup::Dir => {}
         }
-        let prefix = if key.is_empty() { String::new() } else { format!("{key}\0") };
+        let prefix = if key.is_empty() {
+            String::new()
+        } else {
+            format!("{key}\0")
+        };
         let end = below_bounds(key).1;
         let mut lo = Bound::Included(prefix.clone());
         let mut out = Vec::new();
@@ -387,7 +440,9 @@ impl Store {
         let own = self.regs.get_key_value(key).map(|(k, r)| (&**k, r));
         own.into_iter()
             .chain(self.below(key))
-            .filter(|(k, r)| r.is_visible(now) && r.leaf().is_some() && !self.has_visible_below(k, now))
+            .filter(|(k, r)| {
+                r.is_visible(now) && r.leaf().is_some() && !self.has_visible_below(k, now)
+            })
             .map(|(k, r)| (k, r.leaf().unwrap_or("null"), r.version))
             .collect()
     }
@@ -395,7 +450,10 @@ impl Store {
     /// Leaves whose expiry is at or before `now` and not yet announced: (key, version).
     pub fn due_expiries(&self, now: u64) -> Vec<(Box<str>, Version)> {
         self.expiries
-            .range((Bound::Unbounded, Bound::Excluded((now + 1, Box::<str>::from("")))))
+            .range((
+                Bound::Unbounded,
+                Bound::Excluded((now + 1, Box::<str>::from(""))),
+            ))
             .filter_map(|(_, k)| self.regs.get(k).map(|r| (k.clone(), r.version)))
             .collect()
     }
@@ -423,7 +481,10 @@ impl Store {
     pub fn due_tombstones(&self, now: u64, grace_ms: u64) -> Vec<Box<str>> {
         let until = now.saturating_sub(grace_ms);
         self.tombstones
-            .range((Bound::Unbounded, Bound::Excluded((until + 1, Box::<str>::from("")))))
+            .range((
+                Bound::Unbounded,
+                Bound::Excluded((until + 1, Box::<str>::from(""))),
+            ))
             .map(|(_, k)| k.clone())
             .collect()
     }

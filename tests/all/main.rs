@@ -1,3 +1,7 @@
 //! herd's one integration test binary: real nodes, real HTTPS on loopback.
 
 mod api;
+mod cli;
+mod crash;
+mod ttl;
+mod watch;

@@ -25,7 +25,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -68,7 +71,12 @@ impl TestNode {
         let handle = node::node::start(config).await.expect("node starts");
         let url = node::node::local_url(handle.api_addr);
         let client = admin_client(dir.path(), &url);
-        TestNode { dir, handle: Some(handle), url, client }
+        TestNode {
+            dir,
+            handle: Some(handle),
+            url,
+            client,
+        }
     }
 
     /// A client with another token (or none).
@@ -78,16 +86,31 @@ impl TestNode {
     }
 
     pub async fn get(&self, path: &str) -> Response {
-        self.client.request(Method::GET, path, &[], None).await.expect("request")
+        self.client
+            .request(Method::GET, path, &[], None)
+            .await
+            .expect("request")
     }
 
     pub async fn put(&self, path: &str, body: &str) -> Response {
-        self.client.request(Method::PUT, path, &[], Some(Bytes::from(body.to_owned()))).await.expect("request")
+        self.client
+            .request(Method::PUT, path, &[], Some(Bytes::from(body.to_owned())))
+            .await
+            .expect("request")
     }
 
-    pub async fn send(&self, method: Method, path: &str, headers: &[(HeaderName, String)], body: Option<&str>) -> Response {
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(HeaderName, String)],
+        body: Option<&str>,
+    ) -> Response {
         let body = body.map(|b| Bytes::from(b.to_owned()));
-        self.client.request(method, path, headers, body).await.expect("request")
+        self.client
+            .request(method, path, headers, body)
+            .await
+            .expect("request")
     }
 
     /// The whole document.
@@ -111,7 +134,11 @@ pub fn herd_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let bin = dir.join("herd");
-    assert!(bin.exists(), "{} is missing: build it first with `cargo build -p node --bin herd`", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build -p node --bin herd`",
+        bin.display()
+    );
     bin
 }
 
@@ -135,7 +162,11 @@ impl ChildNode {
             .stderr(Stdio::inherit())
             .spawn()
             .context("spawn herd serve")?;
-        let mut node = ChildNode { dir: dir.to_path_buf(), child, url: String::new() };
+        let mut node = ChildNode {
+            dir: dir.to_path_buf(),
+            child,
+            url: String::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = node.child.try_wait()? {
@@ -152,7 +183,10 @@ impl ChildNode {
                     }
                 }
             }
-            anyhow::ensure!(Instant::now() < deadline, "herd serve did not become healthy within 30 s");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "herd serve did not become healthy within 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -192,7 +226,12 @@ pub struct CliOutput {
 
 impl Cli {
     pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(args: I) -> Cli {
-        Cli { args: args.into_iter().map(Into::into).collect(), envs: Vec::new(), cwd: None, stdin: None }
+        Cli {
+            args: args.into_iter().map(Into::into).collect(),
+            envs: Vec::new(),
+            cwd: None,
+            stdin: None,
+        }
     }
 
     pub fn env(mut self, k: &str, v: &str) -> Cli {
@@ -213,18 +252,31 @@ impl Cli {
     pub fn run(self) -> CliOutput {
         use std::io::Write;
         let mut cmd = Command::new(herd_bin());
-        cmd.args(&self.args).env_remove("HERD_TOKEN").env_remove("HERD_NODE").env_remove("HERD_DATA_DIR");
+        cmd.args(&self.args)
+            .env_remove("HERD_TOKEN")
+            .env_remove("HERD_NODE")
+            .env_remove("HERD_DATA_DIR")
+            .env_remove("HERD_CA_CERT");
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
         if let Some(d) = &self.cwd {
             cmd.current_dir(d);
         }
-        cmd.stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn herd");
         if let Some(input) = &self.stdin {
-            child.stdin.take().expect("piped stdin").write_all(input.as_bytes()).expect("write stdin");
+            child
+                .stdin
+                .take()
+                .expect("piped stdin")
+                .write_all(input.as_bytes())
+                .expect("write stdin");
         }
         let out = child.wait_with_output().expect("herd runs");
         CliOutput {
@@ -233,4 +285,205 @@ impl Cli {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
     }
+}
+
+impl TestNode {
+    /// `host:port` of the node's API.
+    pub fn addr(&self) -> String {
+        self.url.trim_start_matches("https://").to_owned()
+    }
+
+    /// The node's CA certificate (PEM).
+    pub fn ca(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("tls/ca.crt")).expect("ca")
+    }
+
+    /// The node's revision as `GET /v1/kv/` reports it in `X-Herd-Revision`.
+    pub async fn revision(&self) -> u64 {
+        let r = self.get("/v1/kv/").await;
+        assert_eq!(r.status, 200, "GET /v1/kv/: {:?}", r.body);
+        header_u64(&r, "x-herd-revision")
+    }
+
+    /// Creates a token with `role` (and `prefix`) through the API and returns its secret.
+    pub async fn token(&self, name: &str, role: &str, prefix: Option<&str>) -> String {
+        let mut body = serde_json::json!({"name": name, "role": role});
+        if let Some(p) = prefix {
+            body["prefix"] = p.into();
+        }
+        let r = self
+            .send(Method::POST, "/v1/tokens", &[], Some(&body.to_string()))
+            .await;
+        assert_eq!(r.status, 201, "create token {name}: {:?}", r.body);
+        r.json().expect("json")["token"]
+            .as_str()
+            .expect("token secret")
+            .to_owned()
+    }
+}
+
+/// A numeric response header.
+pub fn header_u64(r: &Response, name: &str) -> u64 {
+    r.headers
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .expect("ascii header")
+        .parse()
+        .expect("numeric header")
+}
+
+/// The value of an `Authorization` header for basic auth.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let input = format!("{user}:{password}");
+    let mut out = String::new();
+    for chunk in input.as_bytes().chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    format!("Basic {out}")
+}
+
+/// A response read off a raw connection.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// The status line and headers, as sent.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not json ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Reads one HTTP/1.1 response (with `Content-Length`, or up to EOF) from `stream`.
+async fn read_response<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+) -> anyhow::Result<RawResponse> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .context("read response head")?;
+        anyhow::ensure!(
+            n > 0,
+            "connection closed before a response head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("status line")?;
+    let length = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())
+            .flatten()
+    });
+    let mut body = buf[head_end..].to_vec();
+    loop {
+        if length.is_some_and(|len| body.len() >= len) {
+            break;
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+            // A close without TLS close_notify ends the body as well.
+            Err(_) if length.is_none() => break,
+            Err(e) => return Err(e).context("read response body"),
+        }
+    }
+    Ok(RawResponse { status, head, body })
+}
+
+/// Sends `request` as raw bytes over TLS (trusting `ca_pem`) to `addr` and reads the response.
+/// For requests the client cannot express, such as a chunked body without `Content-Length`.
+pub async fn raw_https(addr: &str, ca_pem: &[u8], request: &[u8]) -> anyhow::Result<RawResponse> {
+    use tokio::io::AsyncWriteExt;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .context("connect")?;
+    let connector = tokio_rustls::TlsConnector::from(node::tls::client_config(ca_pem)?);
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("literal name");
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .context("tls handshake")?;
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let request = request.to_vec();
+    // Write while reading: the server may answer (413) before it has read everything.
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&request).await;
+        let _ = wr.flush().await;
+        wr
+    });
+    let response = tokio::time::timeout(Duration::from_secs(10), read_response(&mut rd))
+        .await
+        .context("no response within 10 s")??;
+    writer.abort();
+    Ok(response)
+}
+
+/// Sends `request` as plaintext to `addr` (an HTTPS port) and reads the response.
+pub async fn raw_plaintext(addr: &str, request: &[u8]) -> anyhow::Result<RawResponse> {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .context("connect")?;
+    tcp.write_all(request).await.context("write")?;
+    tokio::time::timeout(Duration::from_secs(10), read_response(&mut tcp))
+        .await
+        .context("no response within 10 s")?
+}
+
+/// The next event of a watch, failing the test if none arrives within `timeout` or the stream
+/// ends or fails.
+pub async fn next_event(
+    stream: &mut node::client::EventStream,
+    timeout: Duration,
+) -> node::client::SseEvent {
+    match tokio::time::timeout(timeout, stream.next()).await {
+        Err(_) => panic!("no watch event within {timeout:?}"),
+        Ok(None) => panic!("the watch stream ended"),
+        Ok(Some(Err(e))) => panic!("the watch stream failed: {e}"),
+        Ok(Some(Ok(ev))) => ev,
+    }
+}
+
+/// The next event of a watch as `(event type, data as JSON)`.
+pub async fn next_json(stream: &mut node::client::EventStream) -> (String, serde_json::Value) {
+    let ev = next_event(stream, Duration::from_secs(5)).await;
+    let data = serde_json::from_str(&ev.data)
+        .unwrap_or_else(|e| panic!("event data is not json ({e}): {:?}", ev.data));
+    (ev.event, data)
 }

@@ -1,6 +1,10 @@
 //! Node endpoints: `/v1/health`, `/v1/status`, `/metrics`, and token management `/v1/tokens`.
 
-use super::{json_response, metrics::{counter, gauge}, ApiError, App, Body, Result};
+use super::{
+    json_response,
+    metrics::{counter, gauge},
+    ApiError, App, Body, Result,
+};
 use crate::auth::{self, Role};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -16,7 +20,13 @@ pub fn health() -> Response<Body> {
 pub fn status(app: &App) -> Response<Body> {
     let (revision, registers, tombstones, log_floor, log_events) = {
         let st = app.db.read();
-        (st.revision, st.store.len(), st.store.tombstone_count(), st.log.floor(), st.log.len())
+        (
+            st.revision,
+            st.store.len(),
+            st.store.tombstone_count(),
+            st.log.floor(),
+            st.log.len(),
+        )
     };
     let c = &app.config;
     let body = json!({
@@ -45,21 +55,54 @@ pub fn metrics(app: &App) -> Response<Body> {
     app.metrics.render(&mut out);
     {
         let st = app.db.read();
-        gauge(&mut out, "herd_revision", "The node's newest applied revision.", st.revision);
-        gauge(&mut out, "herd_registers", "Registers in the store (values, directories, tombstones).", st.store.len() as u64);
-        gauge(&mut out, "herd_tombstones", "Deletions and expiries kept for the grace period.", st.store.tombstone_count() as u64);
+        gauge(
+            &mut out,
+            "herd_revision",
+            "The node's newest applied revision.",
+            st.revision,
+        );
+        gauge(
+            &mut out,
+            "herd_registers",
+            "Registers in the store (values, directories, tombstones).",
+            st.store.len() as u64,
+        );
+        gauge(
+            &mut out,
+            "herd_tombstones",
+            "Deletions and expiries kept for the grace period.",
+            st.store.tombstone_count() as u64,
+        );
     }
     let w = app.db.stats();
     use std::sync::atomic::Ordering::Relaxed;
-    counter(&mut out, "herd_commits_total", "Synced storage commits (each serves a group of writes).", w.commits.load(Relaxed));
-    counter(&mut out, "herd_committed_writes_total", "Write requests acknowledged by those commits.", w.committed_requests.load(Relaxed));
+    counter(
+        &mut out,
+        "herd_commits_total",
+        "Synced storage commits (each serves a group of writes).",
+        w.commits.load(Relaxed),
+    );
+    counter(
+        &mut out,
+        "herd_committed_writes_total",
+        "Write requests acknowledged by those commits.",
+        w.committed_requests.load(Relaxed),
+    );
     let secs = w.commit_micros.load(Relaxed) as f64 / 1e6;
     out.push_str(&format!(
         "# HELP herd_commit_seconds_total Time spent in synced storage commits.\n# TYPE herd_commit_seconds_total counter\nherd_commit_seconds_total {secs}\n"
     ));
-    gauge(&mut out, "herd_uptime_seconds", "Seconds since the node started.", app.started.elapsed().as_secs());
+    gauge(
+        &mut out,
+        "herd_uptime_seconds",
+        "Seconds since the node started.",
+        app.started.elapsed().as_secs(),
+    );
     let mut r = Response::new(Body::full(out.into()));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
     r
 }
 
@@ -80,7 +123,10 @@ pub async fn tokens(app: &Arc<App>, rest: &str, req: Request<Incoming>) -> Resul
                 .into_iter()
                 .map(|(name, r)| json!({"name": name, "role": r.role, "prefix": r.prefix, "created": r.created}))
                 .collect();
-            Ok(json_response(StatusCode::OK, json!({ "tokens": list }).to_string()))
+            Ok(json_response(
+                StatusCode::OK,
+                json!({ "tokens": list }).to_string(),
+            ))
         }
         (Method::POST, "") => {
             let body = Limited::new(req.into_body(), 64 * 1024)
@@ -89,17 +135,27 @@ pub async fn tokens(app: &Arc<App>, rest: &str, req: Request<Incoming>) -> Resul
                 .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?
                 .to_bytes();
             let v = crate::store::value::parse(&body)?;
-            let t: NewToken = serde_json::from_value(v)
-                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("not a token request: {e}")))?;
+            let t: NewToken = serde_json::from_value(v).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_json",
+                    format!("not a token request: {e}"),
+                )
+            })?;
             let prefix = t.prefix.unwrap_or_else(|| "/".into());
             let secret = auth::create(&app.db, &app.tokens, &t.name, t.role, &prefix).await?;
-            let prefix = crate::store::Path::parse(&prefix).map(|p| p.to_string()).unwrap_or(prefix);
+            let prefix = crate::store::Path::parse(&prefix)
+                .map(|p| p.to_string())
+                .unwrap_or(prefix);
             let body = json!({"name": t.name, "role": t.role, "prefix": prefix, "token": secret});
             Ok(json_response(StatusCode::CREATED, body.to_string()))
         }
         (Method::DELETE, name) if !name.is_empty() => {
             auth::revoke(&app.db, &app.tokens, name).await?;
-            Ok(json_response(StatusCode::OK, json!({ "revoked": name }).to_string()))
+            Ok(json_response(
+                StatusCode::OK,
+                json!({ "revoked": name }).to_string(),
+            ))
         }
         _ => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -15,7 +15,12 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use std::sync::Arc;
 
-pub fn get<B>(app: &Arc<App>, grant: &Grant, path: &Path, req: &Request<B>) -> Result<Response<Body>> {
+pub fn get<B>(
+    app: &Arc<App>,
+    grant: &Grant,
+    path: &Path,
+    req: &Request<B>,
+) -> Result<Response<Body>> {
     require(grant, Role::Read)?;
     require_path(grant, path)?;
     let now = now_ms();
@@ -25,7 +30,11 @@ pub fn get<B>(app: &Arc<App>, grant: &Grant, path: &Path, req: &Request<B>) -> R
         let kids = match st.store.children(key, now) {
             None => return Err(not_found(path)),
             Some(Err(())) => {
-                return Err(ApiError::new(StatusCode::CONFLICT, "not_a_directory", format!("{path} is a value, not a directory")))
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "not_a_directory",
+                    format!("{path} is a value, not a directory"),
+                ))
             }
             Some(Ok(k)) => k,
         };
@@ -34,7 +43,11 @@ pub fn get<B>(app: &Arc<App>, grant: &Grant, path: &Path, req: &Request<B>) -> R
             if i > 0 {
                 s.push(',');
             }
-            let n = if *dir { format!("{name}/") } else { name.clone() };
+            let n = if *dir {
+                format!("{name}/")
+            } else {
+                name.clone()
+            };
             crate::store::push_json_string(&mut s, &n);
         }
         s.push_str("]}");
@@ -52,7 +65,12 @@ pub fn get<B>(app: &Arc<App>, grant: &Grant, path: &Path, req: &Request<B>) -> R
     Ok(resp)
 }
 
-pub async fn put(app: &Arc<App>, grant: &Grant, path: Path, req: Request<Incoming>) -> Result<Response<Body>> {
+pub async fn put(
+    app: &Arc<App>,
+    grant: &Grant,
+    path: Path,
+    req: Request<Incoming>,
+) -> Result<Response<Body>> {
     require(grant, Role::Write)?;
     require_path(grant, &path)?;
     not_root(&path)?;
@@ -65,19 +83,38 @@ pub async fn put(app: &Arc<App>, grant: &Grant, path: Path, req: Request<Incomin
     let body = read_body(app, req, app.config.max_value_bytes).await?;
     let v = value::parse(&body)?;
     if ttl_ms.is_some() && v.is_object() {
-        return Err(ApiError::bad_request("ttl applies to leaf values only, not to objects"));
+        return Err(ApiError::bad_request(
+            "ttl applies to leaf values only, not to objects",
+        ));
     }
     let op = Op::put(path, &v, ttl_ms)?;
-    let w = app.db.write(WriteRequest { ops: vec![op], condition }).await?;
+    let w = app
+        .db
+        .write(WriteRequest {
+            ops: vec![op],
+            condition,
+        })
+        .await?;
     Ok(written(w))
 }
 
-pub async fn delete<B>(app: &Arc<App>, grant: &Grant, path: Path, req: &Request<B>) -> Result<Response<Body>> {
+pub async fn delete<B>(
+    app: &Arc<App>,
+    grant: &Grant,
+    path: Path,
+    req: &Request<B>,
+) -> Result<Response<Body>> {
     require(grant, Role::Write)?;
     require_path(grant, &path)?;
     not_root(&path)?;
     let condition = condition(req.headers(), false)?;
-    let w = app.db.write(WriteRequest { ops: vec![Op::Delete { path }], condition }).await?;
+    let w = app
+        .db
+        .write(WriteRequest {
+            ops: vec![Op::Delete { path }],
+            condition,
+        })
+        .await?;
     Ok(written(w))
 }
 
@@ -98,14 +135,23 @@ struct BatchOp {
     ttl: Option<String>,
 }
 
-pub async fn batch(app: &Arc<App>, grant: &Grant, req: Request<Incoming>) -> Result<Response<Body>> {
+pub async fn batch(
+    app: &Arc<App>,
+    grant: &Grant,
+    req: Request<Incoming>,
+) -> Result<Response<Body>> {
     require(grant, Role::Write)?;
     check_content_type(req.headers())?;
     let body = read_body(app, req, app.config.max_batch_bytes).await?;
     // Parse strictly first (numbers, depth, UTF-8), then into the batch shape.
     let raw = value::parse(&body)?;
-    let batch: Batch = serde_json::from_value(raw)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("not a batch: {e}")))?;
+    let batch: Batch = serde_json::from_value(raw).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("not a batch: {e}"),
+        )
+    })?;
     if batch.ops.is_empty() {
         return Err(ApiError::bad_request("a batch needs at least one op"));
     }
@@ -113,19 +159,27 @@ pub async fn batch(app: &Arc<App>, grant: &Grant, req: Request<Incoming>) -> Res
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("batch has {} ops, the limit is {}", batch.ops.len(), app.config.max_batch_ops),
+            format!(
+                "batch has {} ops, the limit is {}",
+                batch.ops.len(),
+                app.config.max_batch_ops
+            ),
         ));
     }
     let mut ops = Vec::with_capacity(batch.ops.len());
     for (i, b) in batch.ops.into_iter().enumerate() {
-        let path = Path::parse(&b.path).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_path", format!("op {i}: {e}")))?;
+        let path = Path::parse(&b.path).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_path", format!("op {i}: {e}"))
+        })?;
         require_path(grant, &path)?;
         not_root(&path)?;
         match (b.op.as_str(), b.value) {
             ("put", Some(v)) => {
                 let ttl_ms = b.ttl.as_deref().map(parse_ttl).transpose()?;
                 if ttl_ms.is_some() && v.is_object() {
-                    return Err(ApiError::bad_request(format!("op {i}: ttl applies to leaf values only")));
+                    return Err(ApiError::bad_request(format!(
+                        "op {i}: ttl applies to leaf values only"
+                    )));
                 }
                 let op = Op::put(path, &v, ttl_ms)?;
                 if let Op::Put { text, .. } = &op {
@@ -135,18 +189,37 @@ pub async fn batch(app: &Arc<App>, grant: &Grant, req: Request<Incoming>) -> Res
                 }
                 ops.push(op);
             }
-            ("put", None) => return Err(ApiError::bad_request(format!("op {i}: put needs a value"))),
+            ("put", None) => {
+                return Err(ApiError::bad_request(format!("op {i}: put needs a value")))
+            }
             ("delete", None) if b.ttl.is_none() => ops.push(Op::Delete { path }),
-            ("delete", _) => return Err(ApiError::bad_request(format!("op {i}: delete takes no value or ttl"))),
-            (other, _) => return Err(ApiError::bad_request(format!("op {i}: unknown op {other:?} (expected put or delete)"))),
+            ("delete", _) => {
+                return Err(ApiError::bad_request(format!(
+                    "op {i}: delete takes no value or ttl"
+                )))
+            }
+            (other, _) => {
+                return Err(ApiError::bad_request(format!(
+                    "op {i}: unknown op {other:?} (expected put or delete)"
+                )))
+            }
         }
     }
-    let w = app.db.write(WriteRequest { ops, condition: Condition::None }).await?;
+    let w = app
+        .db
+        .write(WriteRequest {
+            ops,
+            condition: Condition::None,
+        })
+        .await?;
     Ok(written(w))
 }
 
 fn written(w: Written) -> Response<Body> {
-    let body = format!("{{\"version\":\"{}\",\"revision\":{}}}", w.version, w.revision);
+    let body = format!(
+        "{{\"version\":\"{}\",\"revision\":{}}}",
+        w.version, w.revision
+    );
     let mut resp = with_revision(json_response(StatusCode::OK, body), w.revision);
     set_etag(resp.headers_mut(), w.version);
     resp
@@ -159,12 +232,17 @@ fn set_etag(h: &mut HeaderMap, v: Version) {
 }
 
 fn with_revision(mut resp: Response<Body>, revision: u64) -> Response<Body> {
-    resp.headers_mut().insert("x-herd-revision", HeaderValue::from(revision));
+    resp.headers_mut()
+        .insert("x-herd-revision", HeaderValue::from(revision));
     resp
 }
 
 fn not_found(path: &Path) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("nothing at {path}"))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("nothing at {path}"),
+    )
 }
 
 fn not_root(path: &Path) -> Result<()> {
@@ -180,8 +258,9 @@ fn not_root(path: &Path) -> Result<()> {
 
 fn parse_ttl(t: &str) -> Result<u64> {
     let d = parse_duration(t).map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?;
-    if d.is_zero() {
-        return Err(ApiError::bad_request("ttl must be positive"));
+    // Expiry is kept in whole milliseconds: a shorter ttl would be 0 and expire at once.
+    if d.as_millis() == 0 {
+        return Err(ApiError::bad_request("ttl must be at least 1ms"));
     }
     Ok(d.as_millis() as u64)
 }
@@ -189,27 +268,35 @@ fn parse_ttl(t: &str) -> Result<u64> {
 /// Reads `If-Match` / `If-None-Match`.
 fn condition(h: &HeaderMap, allow_none_match: bool) -> Result<Condition> {
     if let Some(v) = h.get(header::IF_MATCH) {
-        let s = v.to_str().map_err(|_| ApiError::bad_request("If-Match is not text"))?;
-        let version: Version = s
-            .parse()
-            .map_err(|e: crate::store::version::ParseError| ApiError::bad_request(format!("If-Match: {e}")))?;
+        let s = v
+            .to_str()
+            .map_err(|_| ApiError::bad_request("If-Match is not text"))?;
+        let version: Version = s.parse().map_err(|e: crate::store::version::ParseError| {
+            ApiError::bad_request(format!("If-Match: {e}"))
+        })?;
         return Ok(Condition::IfMatch(version));
     }
     if let Some(v) = h.get(header::IF_NONE_MATCH) {
         if allow_none_match && v.as_bytes() == b"*" {
             return Ok(Condition::IfNoneMatch);
         }
-        return Err(ApiError::bad_request("If-None-Match only supports * (create only) on PUT"));
+        return Err(ApiError::bad_request(
+            "If-None-Match only supports * (create only) on PUT",
+        ));
     }
     Ok(Condition::None)
 }
 
 /// A missing content type is taken as JSON; anything else than JSON is refused.
 fn check_content_type(h: &HeaderMap) -> Result<()> {
-    let Some(ct) = h.get(header::CONTENT_TYPE) else { return Ok(()) };
+    let Some(ct) = h.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
     let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
     let essence = ct.split(';').next().unwrap_or("").trim();
-    if essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json")) {
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
         Ok(())
     } else {
         Err(ApiError::new(
@@ -221,25 +308,44 @@ fn check_content_type(h: &HeaderMap) -> Result<()> {
 }
 
 fn too_large(len: usize, limit: usize) -> ApiError {
-    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("body is {len} bytes, the limit is {limit}"))
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("body is {len} bytes, the limit is {limit}"),
+    )
 }
 
 /// Reads a body of at most `limit` bytes within the body timeout.
 async fn read_body(app: &App, req: Request<Incoming>, limit: usize) -> Result<Bytes> {
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok()) {
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+    {
         if len > limit {
             return Err(too_large(len, limit));
         }
     }
     let collect = Limited::new(req.into_body(), limit).collect();
     match tokio::time::timeout(app.config.body_timeout, collect).await {
-        Err(_) => Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "timeout", "the request body did not arrive in time")),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("body is larger than the limit of {limit} bytes"),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            "the request body did not arrive in time",
         )),
-        Ok(Err(e)) => Err(ApiError::bad_request(format!("cannot read the request body: {e}"))),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("body is larger than the limit of {limit} bytes"),
+            ))
+        }
+        Ok(Err(e)) => Err(ApiError::bad_request(format!(
+            "cannot read the request body: {e}"
+        ))),
         Ok(Ok(c)) => Ok(c.to_bytes()),
     }
 }

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Upper bounds of the latency buckets, in seconds.
-const BUCKETS: [f64; 11] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+const BUCKETS: [f64; 11] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
 const METHODS: [&str; 5] = ["GET", "PUT", "DELETE", "POST", "other"];
 const CLASSES: [&str; 4] = ["2xx", "4xx", "5xx", "other"];
 
@@ -71,13 +73,18 @@ impl Metrics {
 
     /// The request metrics in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        out.push_str("# HELP herd_http_requests_total HTTP requests answered, by method and status class.\n");
+        out.push_str(
+            "# HELP herd_http_requests_total HTTP requests answered, by method and status class.\n",
+        );
         out.push_str("# TYPE herd_http_requests_total counter\n");
         for (m, name) in METHODS.iter().enumerate() {
             for (c, class) in CLASSES.iter().enumerate() {
                 let n = self.requests[m][c].load(Relaxed);
                 if n > 0 {
-                    let _ = writeln!(out, "herd_http_requests_total{{method=\"{name}\",status=\"{class}\"}} {n}");
+                    let _ = writeln!(
+                        out,
+                        "herd_http_requests_total{{method=\"{name}\",status=\"{class}\"}} {n}"
+                    );
                 }
             }
         }
@@ -95,11 +102,27 @@ impl Metrics {
             }
             let _ = writeln!(out, "herd_http_request_duration_seconds_bucket{{method=\"{name}\",le=\"+Inf\"}} {count}");
             let sum = self.latency_sum_us[m].load(Relaxed) as f64 / 1e6;
-            let _ = writeln!(out, "herd_http_request_duration_seconds_sum{{method=\"{name}\"}} {sum}");
-            let _ = writeln!(out, "herd_http_request_duration_seconds_count{{method=\"{name}\"}} {count}");
+            let _ = writeln!(
+                out,
+                "herd_http_request_duration_seconds_sum{{method=\"{name}\"}} {sum}"
+            );
+            let _ = writeln!(
+                out,
+                "herd_http_request_duration_seconds_count{{method=\"{name}\"}} {count}"
+            );
         }
-        gauge(out, "herd_http_connections", "Open client connections.", self.connections.load(Relaxed));
-        gauge(out, "herd_watchers", "Open watch streams.", self.watchers.load(Relaxed));
+        gauge(
+            out,
+            "herd_http_connections",
+            "Open client connections.",
+            self.connections.load(Relaxed),
+        );
+        gauge(
+            out,
+            "herd_watchers",
+            "Open watch streams.",
+            self.watchers.load(Relaxed),
+        );
     }
 }
 
@@ -110,5 +133,8 @@ pub fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
 
 /// Appends one counter.
 pub fn counter(out: &mut String, name: &str, help: &str, v: u64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+    );
 }

@@ -13,18 +13,41 @@ use tokio::sync::{broadcast::error::RecvError, mpsc};
 /// How often an idle stream sends a comment, so dead connections are noticed.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-pub fn watch<B>(app: &Arc<App>, grant: &Grant, path: &Path, req: &Request<B>) -> Result<Response<Body>> {
+pub fn watch<B>(
+    app: &Arc<App>,
+    grant: &Grant,
+    path: &Path,
+    req: &Request<B>,
+) -> Result<Response<Body>> {
     require(grant, Role::Read)?;
     require_path(grant, path)?;
     let since = query_param(req.uri().query(), "since")
-        .or_else(|| req.headers().get("last-event-id").and_then(|v| v.to_str().ok()))
-        .map(|s| s.parse::<u64>().map_err(|_| ApiError::bad_request(format!("since: {s:?} is not a revision number"))))
+        .or_else(|| {
+            req.headers()
+                .get("last-event-id")
+                .and_then(|v| v.to_str().ok())
+        })
+        .map(|s| {
+            s.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!("since: {s:?} is not a revision number"))
+            })
+        })
         .transpose()?;
     let permit = app.watchers.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_watchers", format!("the node serves at most {} watches", app.config.max_watchers))
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_watchers",
+            format!(
+                "the node serves at most {} watches",
+                app.config.max_watchers
+            ),
+        )
     })?;
     let key: Box<str> = path.key().into();
-    let sub = app.db.subscribe(&key, since).map_err(|e| ApiError::new(StatusCode::GONE, "compacted", e.to_string()))?;
+    let sub = app
+        .db
+        .subscribe(&key, since)
+        .map_err(|e| ApiError::new(StatusCode::GONE, "compacted", e.to_string()))?;
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let app2 = app.clone();
     app.tracker.spawn(async move {
@@ -35,17 +58,26 @@ pub fn watch<B>(app: &Arc<App>, grant: &Grant, path: &Path, req: &Request<B>) ->
     });
     let mut resp = Response::new(Body::Stream(rx));
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(resp)
 }
 
 fn visible_to(watched: &str, ev: &Event) -> bool {
-    db::related(watched, &ev.key) && (!watched.is_empty() || !crate::store::path::key_contains(INTERNAL, &ev.key))
+    db::related(watched, &ev.key)
+        && (!watched.is_empty() || !crate::store::path::key_contains(INTERNAL, &ev.key))
 }
 
 fn frame(ev: &Event) -> Bytes {
-    Bytes::from(format!("event: {}\nid: {}\ndata: {}\n\n", ev.kind.as_str(), ev.revision, ev.to_json()))
+    Bytes::from(format!(
+        "event: {}\nid: {}\ndata: {}\n\n",
+        ev.kind.as_str(),
+        ev.revision,
+        ev.to_json()
+    ))
 }
 
 /// Feeds one watcher until it disconnects, falls too far behind, or the node stops.
@@ -56,7 +88,9 @@ async fn stream(app: &App, key: &str, mut sub: db::Subscription, tx: mpsc::Sende
         }
     }
     let cutoff = sub.revision;
-    let synced = format!("event: synced\nid: {cutoff}\ndata: {{\"type\":\"synced\",\"revision\":{cutoff}}}\n\n");
+    let synced = format!(
+        "event: synced\nid: {cutoff}\ndata: {{\"type\":\"synced\",\"revision\":{cutoff}}}\n\n"
+    );
     if tx.send(Bytes::from(synced)).await.is_err() {
         return;
     }
@@ -79,7 +113,11 @@ async fn stream(app: &App, key: &str, mut sub: db::Subscription, tx: mpsc::Sende
             Err(RecvError::Closed) => return,
             Err(RecvError::Lagged(_)) => {
                 // Too slow for the live feed: catch up from the change log, if it still has it.
-                let from = if last.1 == u32::MAX { last.0 } else { last.0.saturating_sub(1) };
+                let from = if last.1 == u32::MAX {
+                    last.0
+                } else {
+                    last.0.saturating_sub(1)
+                };
                 let replay = app.db.read().log.since(from);
                 match replay {
                     Ok(evs) => evs,

@@ -45,7 +45,8 @@ pub struct Event {
 impl Event {
     /// The event as one line of JSON, as the watch stream sends it.
     pub fn to_json(&self) -> String {
-        let mut s = String::with_capacity(96 + self.key.len() + self.value.as_ref().map_or(0, |v| v.len()));
+        let mut s =
+            String::with_capacity(96 + self.key.len() + self.value.as_ref().map_or(0, |v| v.len()));
         s.push_str("{\"type\":\"");
         s.push_str(self.kind.as_str());
         s.push_str("\",\"path\":");
@@ -56,14 +57,17 @@ impl Event {
             s.push_str(",\"value\":");
             s.push_str(v);
         }
-        s.push_str(&format!(",\"version\":\"{}\",\"revision\":{}}}", self.version, self.revision));
+        s.push_str(&format!(
+            ",\"version\":\"{}\",\"revision\":{}}}",
+            self.version, self.revision
+        ));
         s
     }
 }
 
 /// A resume point that has left the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("revision {requested} is compacted: the change log starts after revision {floor}")]
+#[error("cannot resume from revision {requested}: this node's change log holds the revisions after {floor} up to its current one (revisions are per node); watch again without since")]
 pub struct Compacted {
     pub requested: u64,
     pub floor: u64,
@@ -82,7 +86,11 @@ pub struct ChangeLog {
 impl ChangeLog {
     /// An empty log whose history starts after `revision` (the node's revision at start).
     pub fn new(capacity: usize, revision: u64) -> ChangeLog {
-        ChangeLog { events: VecDeque::new(), capacity: capacity.max(1), floor: revision }
+        ChangeLog {
+            events: VecDeque::new(),
+            capacity: capacity.max(1),
+            floor: revision,
+        }
     }
 
     /// Appends an event (revisions must not decrease), evicting whole revisions when full.
@@ -90,9 +98,15 @@ impl ChangeLog {
         debug_assert!(self.events.back().is_none_or(|b| b.revision <= ev.revision));
         self.events.push_back(ev);
         while self.events.len() > self.capacity {
-            let Some(old) = self.events.pop_front() else { break };
+            let Some(old) = self.events.pop_front() else {
+                break;
+            };
             self.floor = self.floor.max(old.revision);
-            while self.events.front().is_some_and(|e| e.revision == old.revision) {
+            while self
+                .events
+                .front()
+                .is_some_and(|e| e.revision == old.revision)
+            {
                 self.events.pop_front();
             }
         }
@@ -101,7 +115,10 @@ impl ChangeLog {
     /// Events with a revision above `after`, or `Compacted` if some are gone.
     pub fn since(&self, after: u64) -> Result<Vec<Arc<Event>>, Compacted> {
         if after < self.floor {
-            return Err(Compacted { requested: after, floor: self.floor });
+            return Err(Compacted {
+                requested: after,
+                floor: self.floor,
+            });
         }
         let start = self.events.partition_point(|e| e.revision <= after);
         Ok(self.events.range(start..).cloned().collect())
@@ -147,11 +164,24 @@ mod tests {
         assert_eq!(log.floor(), 11);
         assert_eq!(log.since(11).unwrap().len(), 3);
         assert_eq!(log.since(12).unwrap().len(), 1);
-        assert_eq!(log.since(10), Err(Compacted { requested: 10, floor: 11 }));
+        assert_eq!(
+            log.since(10),
+            Err(Compacted {
+                requested: 10,
+                floor: 11
+            })
+        );
         log.push(ev(14));
         // evicting one event of revision 12 evicts both
         assert_eq!(log.floor(), 12);
-        assert_eq!(log.since(12).unwrap().iter().map(|e| e.revision).collect::<Vec<_>>(), vec![13, 14]);
+        assert_eq!(
+            log.since(12)
+                .unwrap()
+                .iter()
+                .map(|e| e.revision)
+                .collect::<Vec<_>>(),
+            vec![13, 14]
+        );
     }
 
     #[test]

@@ -128,7 +128,9 @@ impl Path {
 
     /// Rebuilds a path from a key produced by [`Path::key`] (keys in the store are always valid).
     pub fn from_key(key: &str) -> Path {
-        Path { key: key.to_owned() }
+        Path {
+            key: key.to_owned(),
+        }
     }
 
     /// The key form: segments joined by NUL.
@@ -164,7 +166,9 @@ impl Path {
             return None;
         }
         Some(match self.key.rfind('\0') {
-            Some(i) => Path { key: self.key[..i].to_owned() },
+            Some(i) => Path {
+                key: self.key[..i].to_owned(),
+            },
             None => Path::root(),
         })
     }
@@ -270,7 +274,10 @@ mod tests {
         assert_eq!(Path::parse("/./b"), Err(Error::DotSegment(".".into())));
         assert_eq!(Path::parse("/a\0b"), Err(Error::Nul));
         assert_eq!(Path::parse("a"), Err(Error::NotAbsolute));
-        assert!(matches!(Path::parse(&format!("/{}", "x".repeat(256))), Err(Error::SegmentTooLong(256))));
+        assert!(matches!(
+            Path::parse(&format!("/{}", "x".repeat(256))),
+            Err(Error::SegmentTooLong(256))
+        ));
         assert!(Path::parse(&format!("/{}", "x".repeat(255))).is_ok());
         let deep = "/a".repeat(33);
         assert_eq!(Path::parse(&deep), Err(Error::TooManySegments(33)));
@@ -281,8 +288,14 @@ mod tests {
 
     #[test]
     fn url_decoding_cannot_bypass_grammar() {
-        assert_eq!(Path::parse_url("%2e%2e"), Err(Error::DotSegment("..".into())));
-        assert!(matches!(Path::parse_url("a/%2e%2e%2fb"), Err(Error::Slash(_))));
+        assert_eq!(
+            Path::parse_url("%2e%2e"),
+            Err(Error::DotSegment("..".into()))
+        );
+        assert!(matches!(
+            Path::parse_url("a/%2e%2e%2fb"),
+            Err(Error::Slash(_))
+        ));
         assert_eq!(Path::parse_url("a/%00"), Err(Error::Nul));
         assert_eq!(Path::parse_url("a/%zz"), Err(Error::BadPercent));
         assert_eq!(Path::parse_url("a/%ff"), Err(Error::InvalidUtf8));

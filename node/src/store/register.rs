@@ -69,7 +69,11 @@ impl Register {
         }
         let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8-byte slice"));
         let counter = u32::from_le_bytes(b[9..13].try_into().expect("4-byte slice"));
-        let version = Version { millis: u64_at(1), counter, node: u64_at(13) };
+        let version = Version {
+            millis: u64_at(1),
+            counter,
+            node: u64_at(13),
+        };
         let expires = match u64_at(21) {
             0 => None,
             t => Some(t),
@@ -84,7 +88,11 @@ impl Register {
             3 => Kind::Deleted,
             _ => return Err(DecodeError("unknown register tag")),
         };
-        Ok(Register { kind, version, expires })
+        Ok(Register {
+            kind,
+            version,
+            expires,
+        })
     }
 }
 
@@ -99,11 +107,27 @@ mod tests {
 
     #[test]
     fn encode_decode_round_trip() {
-        let v = Version { millis: 17, counter: 3, node: 0xabcdef };
+        let v = Version {
+            millis: 17,
+            counter: 3,
+            node: 0xabcdef,
+        };
         for r in [
-            Register { kind: Kind::Leaf("\"héllo\"".into()), version: v, expires: Some(99) },
-            Register { kind: Kind::Object, version: v, expires: None },
-            Register { kind: Kind::Deleted, version: v, expires: None },
+            Register {
+                kind: Kind::Leaf("\"héllo\"".into()),
+                version: v,
+                expires: Some(99),
+            },
+            Register {
+                kind: Kind::Object,
+                version: v,
+                expires: None,
+            },
+            Register {
+                kind: Kind::Deleted,
+                version: v,
+                expires: None,
+            },
         ] {
             let mut buf = Vec::new();
             r.encode(&mut buf);
@@ -111,7 +135,12 @@ mod tests {
         }
         assert!(Register::decode(&[1, 2, 3]).is_err());
         let mut buf = Vec::new();
-        Register { kind: Kind::Object, version: v, expires: None }.encode(&mut buf);
+        Register {
+            kind: Kind::Object,
+            version: v,
+            expires: None,
+        }
+        .encode(&mut buf);
         buf[0] = 9;
         assert!(Register::decode(&buf).is_err());
     }
@@ -119,11 +148,25 @@ mod tests {
     #[test]
     fn visibility() {
         let v = Version::ZERO;
-        let leaf = |e| Register { kind: Kind::Leaf("1".into()), version: v, expires: e };
+        let leaf = |e| Register {
+            kind: Kind::Leaf("1".into()),
+            version: v,
+            expires: e,
+        };
         assert!(leaf(None).is_visible(5));
         assert!(leaf(Some(6)).is_visible(5));
         assert!(!leaf(Some(5)).is_visible(5));
-        assert!(Register { kind: Kind::Object, version: v, expires: None }.is_visible(5));
-        assert!(!Register { kind: Kind::Deleted, version: v, expires: None }.is_visible(5));
+        assert!(Register {
+            kind: Kind::Object,
+            version: v,
+            expires: None
+        }
+        .is_visible(5));
+        assert!(!Register {
+            kind: Kind::Deleted,
+            version: v,
+            expires: None
+        }
+        .is_visible(5));
     }
 }

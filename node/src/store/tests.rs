@@ -13,7 +13,10 @@ struct Node {
 
 impl Node {
     fn new(id: u64) -> Node {
-        Node { store: Store::new(), clock: Hlc::new(id, Version::ZERO) }
+        Node {
+            store: Store::new(),
+            clock: Hlc::new(id, Version::ZERO),
+        }
     }
 
     fn apply(&mut self, op: Op, now: u64) -> Vec<(Box<str>, Register)> {
@@ -30,7 +33,12 @@ impl Node {
     }
 
     fn del(&mut self, p: &str) -> Vec<(Box<str>, Register)> {
-        self.apply(Op::Delete { path: Path::parse(p).unwrap() }, 1000)
+        self.apply(
+            Op::Delete {
+                path: Path::parse(p).unwrap(),
+            },
+            1000,
+        )
     }
 
     fn doc(&self) -> Value {
@@ -92,7 +100,10 @@ fn implied_directories_and_lookup() {
 #[test]
 fn rendering_escapes_keys_and_orders_by_bytes() {
     let mut n = Node::new(1);
-    n.put("/q", json!({"a\"b": 1, "tab\t": 2, "a": {"b!": 3, "b": {"c": 4}}, "é": "ü"}));
+    n.put(
+        "/q",
+        json!({"a\"b": 1, "tab\t": 2, "a": {"b!": 3, "b": {"c": 4}}, "é": "ü"}),
+    );
     assert_eq!(
         n.doc(),
         json!({"q": {"a\"b": 1, "tab\t": 2, "a": {"b!": 3, "b": {"c": 4}}, "é": "ü"}})
@@ -108,7 +119,10 @@ fn internal_keys_stay_out_of_the_document() {
     n.put("/.herd/tokens/a", json!({"hash": "x"}));
     n.put("/app", json!(1));
     assert_eq!(n.doc(), json!({"app": 1}));
-    assert_eq!(n.store.children("", 1000).unwrap().unwrap(), vec![("app".into(), false)]);
+    assert_eq!(
+        n.store.children("", 1000).unwrap().unwrap(),
+        vec![("app".into(), false)]
+    );
     let mut out = String::new();
     assert!(n.store.render(".herd\0tokens", 1000, &mut out));
     assert_eq!(out, r#"{"a":{"hash":"x"}}"#);
@@ -124,7 +138,11 @@ fn children_lists_names_and_kinds() {
     let kids = n.store.children("app", 1000).unwrap().unwrap();
     assert_eq!(
         kids,
-        vec![("db".into(), true), ("empty".into(), true), ("name".into(), true)]
+        vec![
+            ("db".into(), true),
+            ("empty".into(), true),
+            ("name".into(), true)
+        ]
     );
     assert_eq!(n.store.children("app\0db\0port", 1000), Some(Err(())));
     assert_eq!(n.store.children("missing", 1000), None);
@@ -164,7 +182,10 @@ fn ttl_expires_locally_and_renewal_wins() {
 #[test]
 fn expired_leaves_and_deletions_are_collected_after_grace() {
     let mut n = Node::new(1);
-    n.apply(Op::put(Path::parse("/t").unwrap(), &json!(1), Some(10)).unwrap(), 1_000);
+    n.apply(
+        Op::put(Path::parse("/t").unwrap(), &json!(1), Some(10)).unwrap(),
+        1_000,
+    );
     n.put("/d", json!(1));
     n.del("/d");
     assert!(n.store.announce_expiry("t"));
@@ -183,11 +204,26 @@ fn expired_leaves_and_deletions_are_collected_after_grace() {
 #[test]
 fn covered_registers_are_ignored_and_duplicates_are_idempotent() {
     let mut s = Store::new();
-    let v = |m| Version { millis: m, counter: 0, node: 1 };
-    let leaf = |m| Register { kind: Kind::Leaf("1".into()), version: v(m), expires: None };
-    let del = |m| Register { kind: Kind::Deleted, version: v(m), expires: None };
+    let v = |m| Version {
+        millis: m,
+        counter: 0,
+        node: 1,
+    };
+    let leaf = |m| Register {
+        kind: Kind::Leaf("1".into()),
+        version: v(m),
+        expires: None,
+    };
+    let del = |m| Register {
+        kind: Kind::Deleted,
+        version: v(m),
+        expires: None,
+    };
     assert!(s.merge("a", del(5)));
-    assert!(!s.merge("a\0b", leaf(4)), "older write under a newer delete stays deleted");
+    assert!(
+        !s.merge("a\0b", leaf(4)),
+        "older write under a newer delete stays deleted"
+    );
     assert!(s.merge("a\0b", leaf(6)));
     assert!(!s.merge("a\0b", leaf(6)), "duplicate");
     assert!(s.merge("a", del(7)));
@@ -203,15 +239,32 @@ fn arb_register() -> impl Strategy<Value = (Box<str>, Register)> {
         Just(Kind::Object),
         Just(Kind::Deleted),
     ];
-    (key, kind, 0u64..20, 0u32..2, 1u64..4, prop::option::of(0u64..30)).prop_map(
-        |(k, kind, millis, counter, node, ttl)| {
+    (
+        key,
+        kind,
+        0u64..20,
+        0u32..2,
+        1u64..4,
+        prop::option::of(0u64..30),
+    )
+        .prop_map(|(k, kind, millis, counter, node, ttl)| {
             let expires = match kind {
                 Kind::Leaf(_) => ttl,
                 _ => None,
             };
-            (k.into(), Register { kind, version: Version { millis, counter, node }, expires })
-        },
-    )
+            (
+                k.into(),
+                Register {
+                    kind,
+                    version: Version {
+                        millis,
+                        counter,
+                        node,
+                    },
+                    expires,
+                },
+            )
+        })
 }
 
 proptest! {

@@ -20,12 +20,18 @@ pub enum Error {
     InvalidUtf8,
     #[error("body is not valid JSON: {0}")]
     Syntax(String),
-    #[error("number {0} cannot be stored exactly (integers must fit in 64 bits, floats must be finite)")]
+    #[error(
+        "number {0} cannot be stored exactly (integers must fit in 64 bits, floats must be finite)"
+    )]
     NumberOutOfRange(String),
     #[error("value nests deeper than {MAX_DEPTH} levels")]
     TooDeep,
     #[error("object key {key:?} under {at}: {source}")]
-    Key { key: String, at: String, source: path::Error },
+    Key {
+        key: String,
+        at: String,
+        source: path::Error,
+    },
 }
 
 /// Parses a request body into a JSON value, strictly.
@@ -77,12 +83,17 @@ fn first_number_out_of_range(text: &str) -> Option<String> {
             }
             b'-' | b'0'..=b'9' => {
                 let start = i;
-                while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
                     i += 1;
                 }
                 let tok = &text[start..i];
                 let ok = if tok.contains(['.', 'e', 'E']) {
-                    tok.parse::<f64>().is_ok_and(f64::is_finite)
+                    // Finite, and not a non-zero literal that underflows to zero (`1e-400`).
+                    let mantissa = tok.split(['e', 'E']).next().unwrap_or(tok);
+                    let nonzero = mantissa.bytes().any(|c| matches!(c, b'1'..=b'9'));
+                    tok.parse::<f64>()
+                        .is_ok_and(|f| f.is_finite() && (f != 0.0 || !nonzero))
                 } else {
                     tok.parse::<i64>().is_ok() || tok.parse::<u64>().is_ok()
                 };
@@ -99,7 +110,9 @@ fn first_number_out_of_range(text: &str) -> Option<String> {
 /// Compact JSON text of a value (how leaves are stored).
 pub fn to_text(v: &Value) -> Box<str> {
     // Serialising a Value into a String cannot fail: keys are strings and numbers are finite.
-    serde_json::to_string(v).expect("a serde_json::Value always serialises").into_boxed_str()
+    serde_json::to_string(v)
+        .expect("a serde_json::Value always serialises")
+        .into_boxed_str()
 }
 
 /// Explodes a value written at `at` into (key, kind) pairs, parents before children: an object
@@ -129,10 +142,22 @@ mod tests {
     #[test]
     fn accepts_good_json() {
         assert_eq!(parse(b"5433").unwrap(), serde_json::json!(5433));
-        assert_eq!(parse(b" {\"a\": [1, 2.5, \"x\"]} \n").unwrap(), serde_json::json!({"a": [1, 2.5, "x"]}));
-        assert_eq!(parse(b"18446744073709551615").unwrap(), serde_json::json!(u64::MAX));
-        assert_eq!(parse(b"-9223372036854775808").unwrap(), serde_json::json!(i64::MIN));
-        assert_eq!(parse(b"\"1e999 in a string\"").unwrap(), serde_json::json!("1e999 in a string"));
+        assert_eq!(
+            parse(b" {\"a\": [1, 2.5, \"x\"]} \n").unwrap(),
+            serde_json::json!({"a": [1, 2.5, "x"]})
+        );
+        assert_eq!(
+            parse(b"18446744073709551615").unwrap(),
+            serde_json::json!(u64::MAX)
+        );
+        assert_eq!(
+            parse(b"-9223372036854775808").unwrap(),
+            serde_json::json!(i64::MIN)
+        );
+        assert_eq!(
+            parse(b"\"1e999 in a string\"").unwrap(),
+            serde_json::json!("1e999 in a string")
+        );
     }
 
     #[test]
@@ -144,10 +169,20 @@ mod tests {
         assert!(matches!(parse(b"{\"a\":"), Err(Error::Syntax(_))));
         assert!(matches!(parse(b"1e400"), Err(Error::NumberOutOfRange(_))));
         assert_eq!(
-            parse(b"[123456789012345678901234567890]"),
-            Err(Error::NumberOutOfRange("123456789012345678901234567890".into()))
+            parse(b"[1e-400]"),
+            Err(Error::NumberOutOfRange("1e-400".into()))
         );
-        assert_eq!(parse(b"-9223372036854775809"), Err(Error::NumberOutOfRange("-9223372036854775809".into())));
+        assert_eq!(parse(b"0.0e-400").unwrap(), serde_json::json!(0.0));
+        assert_eq!(
+            parse(b"[123456789012345678901234567890]"),
+            Err(Error::NumberOutOfRange(
+                "123456789012345678901234567890".into()
+            ))
+        );
+        assert_eq!(
+            parse(b"-9223372036854775809"),
+            Err(Error::NumberOutOfRange("-9223372036854775809".into()))
+        );
         let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
         assert_eq!(parse(deep.as_bytes()), Err(Error::TooDeep));
         let deeper = format!("{}{}", "[".repeat(200), "]".repeat(200));
@@ -160,7 +195,12 @@ mod tests {
     fn explodes_objects_parents_first() {
         let at = Path::parse("/a").unwrap();
         let mut out = Vec::new();
-        explode(&at, &serde_json::json!({"x": 1, "y": {"z": "s"}, "e": {}}), &mut out).unwrap();
+        explode(
+            &at,
+            &serde_json::json!({"x": 1, "y": {"z": "s"}, "e": {}}),
+            &mut out,
+        )
+        .unwrap();
         let keys: Vec<_> = out.iter().map(|(k, _)| k.replace('\0', "/")).collect();
         assert_eq!(keys, vec!["a", "a/e", "a/x", "a/y", "a/y/z"]);
         assert_eq!(out[2].1, Kind::Leaf("1".into()));
@@ -170,7 +210,12 @@ mod tests {
     #[test]
     fn rejects_bad_object_keys() {
         let at = Path::parse("/a").unwrap();
-        for bad in [r#"{"..": 1}"#, r#"{"x/y": 1}"#, r#"{"": 1}"#, r#"{"ok": {".": 2}}"#] {
+        for bad in [
+            r#"{"..": 1}"#,
+            r#"{"x/y": 1}"#,
+            r#"{"": 1}"#,
+            r#"{"ok": {".": 2}}"#,
+        ] {
             let v = parse(bad.as_bytes()).unwrap();
             let err = explode(&at, &v, &mut Vec::new()).unwrap_err();
             assert!(matches!(err, Error::Key { .. }), "{bad}: {err}");

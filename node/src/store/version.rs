@@ -20,7 +20,11 @@ pub struct Version {
 }
 
 impl Version {
-    pub const ZERO: Version = Version { millis: 0, counter: 0, node: 0 };
+    pub const ZERO: Version = Version {
+        millis: 0,
+        counter: 0,
+        node: 0,
+    };
 }
 
 impl fmt::Display for Version {
@@ -47,7 +51,10 @@ impl FromStr for Version {
     fn from_str(s: &str) -> Result<Version, ParseError> {
         let t = s.trim();
         let t = t.strip_prefix("W/").unwrap_or(t);
-        let t = t.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(t);
+        let t = t
+            .strip_prefix('"')
+            .and_then(|t| t.strip_suffix('"'))
+            .unwrap_or(t);
         let bad = || ParseError(s.to_owned());
         let mut parts = t.splitn(3, '-');
         let millis = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
@@ -57,7 +64,11 @@ impl FromStr for Version {
             .filter(|p| p.len() == 16)
             .and_then(|p| u64::from_str_radix(p, 16).ok())
             .ok_or_else(bad)?;
-        Ok(Version { millis, counter, node })
+        Ok(Version {
+            millis,
+            counter,
+            node,
+        })
     }
 }
 
@@ -73,17 +84,32 @@ pub struct Hlc {
 impl Hlc {
     /// A clock for `node` that will never issue anything at or below `high_water`.
     pub fn new(node: u64, high_water: Version) -> Hlc {
-        Hlc { last: high_water, node }
+        Hlc {
+            last: high_water,
+            node,
+        }
     }
 
     /// Issues a new version, strictly greater than everything issued or observed so far.
     pub fn tick(&mut self, now_ms: u64) -> Version {
         let next = if now_ms > self.last.millis {
-            Version { millis: now_ms, counter: 0, node: self.node }
+            Version {
+                millis: now_ms,
+                counter: 0,
+                node: self.node,
+            }
         } else if self.last.counter == u32::MAX {
-            Version { millis: self.last.millis + 1, counter: 0, node: self.node }
+            Version {
+                millis: self.last.millis + 1,
+                counter: 0,
+                node: self.node,
+            }
         } else {
-            Version { millis: self.last.millis, counter: self.last.counter + 1, node: self.node }
+            Version {
+                millis: self.last.millis,
+                counter: self.last.counter + 1,
+                node: self.node,
+            }
         };
         self.last = next;
         next
@@ -113,7 +139,11 @@ mod tests {
 
     #[test]
     fn display_parse_round_trip() {
-        let v = Version { millis: 1_763_712_000_123, counter: 7, node: 0x3f2a_9c1e_5b7d_4e60 };
+        let v = Version {
+            millis: 1_763_712_000_123,
+            counter: 7,
+            node: 0x3f2a_9c1e_5b7d_4e60,
+        };
         assert_eq!(v.to_string(), "1763712000123-7-3f2a9c1e5b7d4e60");
         assert_eq!(v.to_string().parse::<Version>().unwrap(), v);
         assert_eq!(format!("\"{v}\"").parse::<Version>().unwrap(), v);
@@ -130,9 +160,19 @@ mod tests {
         let d = c.tick(100);
         assert!(a < b && b < d);
         assert_eq!(b.millis, 100);
-        c.observe(Version { millis: 500, counter: 3, node: 2 });
+        c.observe(Version {
+            millis: 500,
+            counter: 3,
+            node: 2,
+        });
         let e = c.tick(200);
-        assert!(e > Version { millis: 500, counter: 3, node: 2 });
+        assert!(
+            e > Version {
+                millis: 500,
+                counter: 3,
+                node: 2
+            }
+        );
         let mut restarted = Hlc::new(1, c.high_water());
         assert!(restarted.tick(0) > e);
     }

@@ -1,0 +1,314 @@
+//! The parsed command line: clap types and nothing else. Every flag also reads a `HERD_*`
+//! environment variable (a flag wins over its variable).
+//!
+//! Must not know how a command is carried out: turning `serve` flags into a
+//! [`Config`](crate::config::Config) is `cli::serve`'s job, finding the node is `cli::discover`'s.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Shown at the end of `herd --help`; the same list as in the `cli` module documentation.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  any other error
+  2  usage error (bad flags or arguments)
+  3  not found (404)
+  4  precondition failed or conflict (409, 412)
+  5  authentication or permission (401, 403)
+  6  cannot reach the node (connection, timeout or TLS failure)
+  7  rejected input (400, 413, 415, 422, or an unusable input file)";
+
+/// herd: a replicated JSON configuration store for the edge.
+#[derive(Debug, Parser)]
+#[command(name = "herd", version, arg_required_else_help = true, after_help = EXIT_CODES)]
+pub struct Args {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How a client command reaches its node. `--data-dir` is also the node's directory for `serve`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConnectionArgs {
+    /// API URL of the node, e.g. https://10.0.0.5:7440 [default: the `api` of DATA/node.json]
+    #[arg(long, env = "HERD_NODE", value_name = "URL", global = true)]
+    pub node: Option<String>,
+
+    /// Access token [default: DATA/admin.token]
+    #[arg(
+        long,
+        env = "HERD_TOKEN",
+        value_name = "TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// PEM file of the CA that issued the node's certificate [default: DATA/tls/ca.crt]
+    #[arg(long, env = "HERD_CA_CERT", value_name = "FILE", global = true)]
+    pub ca_cert: Option<PathBuf>,
+
+    /// The node's data directory [default: ./herd-data]
+    #[arg(long, env = "HERD_DATA_DIR", value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node
+    Serve(ServeArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// The commands that talk to a running node.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Print the value at PATH (a string as raw text, a directory as JSON)
+    Get(GetArgs),
+    /// Write a value at PATH and print its version
+    Put(PutArgs),
+    /// Delete PATH and everything below it, and print the version of the deletion
+    Rm(RmArgs),
+    /// List the children of PATH, directories with a trailing `/`
+    Ls(LsArgs),
+    /// Print changes at, below and above PATH as they happen, until Ctrl-C
+    Watch(WatchArgs),
+    /// Print the whole document, or the subtree at PATH, as JSON
+    Export(ExportArgs),
+    /// Write each top-level key of a JSON file, in one atomic batch
+    Import(ImportArgs),
+    /// Print the node's status as JSON
+    Status,
+    /// Manage access tokens (needs an admin token)
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `herd serve`: flags override `HERD_*` variables, which override the config file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML config file; its settings apply where no flag or variable is given
+    #[arg(long, env = "HERD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address of the HTTPS API [default: 0.0.0.0:7440]
+    #[arg(long, env = "HERD_API_ADDR", value_name = "ADDR")]
+    pub api_addr: Option<SocketAddr>,
+
+    /// PEM certificate chain for the API, instead of the node's own CA [needs --tls-key]
+    #[arg(long, env = "HERD_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "HERD_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Extra DNS name or IP address for the node's own API certificate (repeatable;
+    /// comma-separated in HERD_TLS_SAN)
+    #[arg(long, env = "HERD_TLS_SAN", value_name = "NAME", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+
+    /// Largest value accepted in one write, in bytes [default: 1048576]
+    #[arg(long, env = "HERD_MAX_VALUE_BYTES", value_name = "N")]
+    pub max_value_bytes: Option<usize>,
+
+    /// Log level or tracing filter, e.g. `debug` or `info,node::db=trace`
+    #[arg(long, env = "HERD_LOG", value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Print the effective configuration and exit without starting the node
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct GetArgs {
+    /// Store path, e.g. /app/db/port
+    pub path: String,
+    /// Print JSON also for a string leaf (quoted)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+#[command(allow_negative_numbers = true)]
+pub struct PutArgs {
+    /// Store path, e.g. /app/db/port
+    pub path: String,
+    /// The value: stored as JSON if it parses as JSON (8080, true, {"a":1}, "\"quoted\""),
+    /// else as a string (use `--` before a value starting with `-`)
+    #[arg(required_unless_present = "file")]
+    pub value: Option<String>,
+    /// Read the value from FILE (`-` for stdin), one trailing newline dropped, same JSON rule
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        conflicts_with = "value"
+    )]
+    pub file: Option<PathBuf>,
+    /// Expire the value after this long: 500ms, 30s, 5m, 2h, 1d or plain seconds
+    #[arg(long, value_name = "DUR")]
+    pub ttl: Option<String>,
+    /// Write only if PATH's current version is VERSION (compare-and-set)
+    #[arg(long, value_name = "VERSION")]
+    pub if_match: Option<String>,
+    /// Write only if nothing is at PATH yet
+    #[arg(long, conflicts_with = "if_match")]
+    pub create: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RmArgs {
+    /// Store path, e.g. /app/db
+    pub path: String,
+    /// Delete only if PATH's current version is VERSION
+    #[arg(long, value_name = "VERSION")]
+    pub if_match: Option<String>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LsArgs {
+    /// Store path of a directory [default: the root]
+    #[arg(default_value = "/")]
+    pub path: String,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct WatchArgs {
+    /// Store path to watch [default: the root]
+    #[arg(default_value = "/")]
+    pub path: String,
+    /// Replay the changes after this revision of the node first
+    #[arg(long, value_name = "REV")]
+    pub since: Option<u64>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportArgs {
+    /// Store path of the subtree [default: the whole document]
+    #[arg(default_value = "/")]
+    pub path: String,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ImportArgs {
+    /// JSON file holding an object (`-` for stdin)
+    pub file: PathBuf,
+    /// Also delete the top-level keys that are not in FILE
+    #[arg(long)]
+    pub replace: bool,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print its secret (shown only once)
+    Create {
+        /// Unique name of the token
+        name: String,
+        /// What the token may do
+        #[arg(long, value_enum)]
+        role: Role,
+        /// Limit the token to this store path and everything below it
+        #[arg(long, value_name = "PATH")]
+        prefix: Option<String>,
+    },
+    /// List the tokens (never their secrets)
+    List,
+    /// Revoke a token on every node
+    Revoke {
+        /// Name of the token
+        name: String,
+    },
+}
+
+/// A token's role, as the API spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// Read values, watch, status
+    Read,
+    /// Also write and delete values
+    Write,
+    /// Also manage tokens
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("herd").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_go_before_or_after_the_command() {
+        let args = parse(&["--data-dir", "/d", "get", "/a", "--node", "https://h:1"]).unwrap();
+        assert_eq!(args.connection.data_dir, Some(PathBuf::from("/d")));
+        assert_eq!(args.connection.node.as_deref(), Some("https://h:1"));
+        let args = parse(&[
+            "serve",
+            "--data-dir",
+            "/d",
+            "--tls-san",
+            "a,b",
+            "--tls-san",
+            "c",
+        ]);
+        let args = args.unwrap();
+        assert_eq!(args.connection.data_dir, Some(PathBuf::from("/d")));
+        let Command::Serve(serve) = args.command else {
+            panic!("not serve")
+        };
+        assert_eq!(serve.tls_san, ["a", "b", "c"]);
+        assert_eq!(serve.log_level, "info");
+    }
+
+    #[test]
+    fn put_takes_a_value_or_a_file_and_negative_numbers() {
+        let Command::Client(ClientCommand::Put(put)) = parse(&["put", "/a", "-5"]).unwrap().command
+        else {
+            panic!("not put")
+        };
+        assert_eq!(put.value.as_deref(), Some("-5"));
+        let Command::Client(ClientCommand::Put(put)) =
+            parse(&["put", "/a", "-f", "-"]).unwrap().command
+        else {
+            panic!("not put")
+        };
+        assert_eq!(put.file, Some(PathBuf::from("-")));
+        assert!(parse(&["put", "/a"]).is_err());
+        assert!(parse(&["put", "/a", "1", "-f", "x"]).is_err());
+        assert!(parse(&["put", "/a", "1", "--create", "--if-match", "v"]).is_err());
+    }
+
+    #[test]
+    fn usage_errors_exit_with_2() {
+        let error = parse(&["token", "create", "ci", "--role", "root"]).unwrap_err();
+        assert_eq!(error.exit_code(), 2);
+        let error = parse(&["watch", "/a", "--since", "x"]).unwrap_err();
+        assert_eq!(error.exit_code(), 2);
+    }
+}

@@ -1,0 +1,125 @@
+//! How command-line input becomes request parts: store paths into URL paths, `put` values into
+//! JSON bodies, versions into precondition headers. Pure functions.
+//!
+//! Must not validate paths or values: the node does, and its error is what the user sees.
+
+/// The store path as typed, with a leading `/` added when it is missing (`app/x` → `/app/x`).
+pub fn store_path(path: &str) -> String {
+    if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    }
+}
+
+/// The URL path of a store path under an API prefix such as `/v1/kv`: every segment
+/// percent-encoded, empty segments and a trailing `/` kept for the node to judge.
+pub fn api_path(prefix: &str, path: &str) -> String {
+    let path = store_path(path);
+    let segments: Vec<String> = path.split('/').map(encode_component).collect();
+    format!("{prefix}{}", segments.join("/"))
+}
+
+/// Percent-encodes everything except the unreserved characters `A-Za-z0-9-._~`.
+pub fn encode_component(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+/// The JSON body for a `put` value: the text itself when it parses as JSON (`8080`, `true`,
+/// `{"a":1}`, `"8080"`), else the text as a JSON string (`hi` → `"hi"`). Valid JSON is sent as
+/// typed, not re-serialised, so the node judges numbers and keys exactly as given.
+pub fn put_body(text: &str) -> String {
+    if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+        text.to_string()
+    } else {
+        serde_json::Value::String(text.to_string()).to_string()
+    }
+}
+
+/// File content as a value: one trailing newline dropped (`echo 8080 > f` holds `8080\n`).
+pub fn strip_one_newline(text: &str) -> &str {
+    text.strip_suffix('\n').unwrap_or(text)
+}
+
+/// An `If-Match` header value for a version, quoted once whether or not it was typed quoted.
+pub fn if_match(version: &str) -> String {
+    let bare = version
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(version);
+    format!("\"{bare}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn stored(text: &str) -> Value {
+        serde_json::from_str(&put_body(text)).unwrap()
+    }
+
+    #[test]
+    fn put_values_are_json_when_they_parse_else_strings() {
+        assert_eq!(stored("8080"), json!(8080));
+        assert_eq!(stored("-1.5"), json!(-1.5));
+        assert_eq!(stored("hi"), json!("hi"));
+        assert_eq!(stored("\"8080\""), json!("8080"));
+        assert_eq!(stored("true"), json!(true));
+        assert_eq!(stored("null"), json!(null));
+        assert_eq!(stored("[1, 2]"), json!([1, 2]));
+        assert_eq!(stored("{\"a\": {\"b\": 1}}"), json!({"a": {"b": 1}}));
+        assert_eq!(stored(""), json!(""));
+        assert_eq!(stored("hello world"), json!("hello world"));
+        assert_eq!(stored("{not json"), json!("{not json"));
+        assert_eq!(stored("8080 8081"), json!("8080 8081"));
+        assert_eq!(
+            stored("line\nbreak \"q\" \\"),
+            json!("line\nbreak \"q\" \\")
+        );
+        // Valid JSON goes out byte for byte, so the node sees numbers as typed.
+        assert_eq!(
+            put_body("100000000000000000000000"),
+            "100000000000000000000000"
+        );
+        assert_eq!(put_body(" 1 "), " 1 ");
+    }
+
+    #[test]
+    fn file_content_loses_exactly_one_newline() {
+        assert_eq!(strip_one_newline("8080\n"), "8080");
+        assert_eq!(strip_one_newline("a\n\n"), "a\n");
+        assert_eq!(strip_one_newline("a"), "a");
+        assert_eq!(stored(strip_one_newline("\"8080\"\n")), json!("8080"));
+        assert_eq!(stored(strip_one_newline("hi\n")), json!("hi"));
+    }
+
+    #[test]
+    fn paths_get_a_leading_slash_and_encoded_segments() {
+        assert_eq!(api_path("/v1/kv", "/app/db/port"), "/v1/kv/app/db/port");
+        assert_eq!(api_path("/v1/kv", "app/db"), "/v1/kv/app/db");
+        assert_eq!(api_path("/v1/kv", "/"), "/v1/kv/");
+        assert_eq!(api_path("/v1/kv", ""), "/v1/kv/");
+        assert_eq!(api_path("/v1/watch", "/a b/ü"), "/v1/watch/a%20b/%C3%BC");
+        assert_eq!(api_path("/v1/kv", "/a?b#c%d"), "/v1/kv/a%3Fb%23c%25d");
+        assert_eq!(api_path("/v1/kv", "/A-z_0.9~"), "/v1/kv/A-z_0.9~");
+        // Not judged here: the node answers bad_path for these.
+        assert_eq!(api_path("/v1/kv", "/a//b/"), "/v1/kv/a//b/");
+        assert_eq!(api_path("/v1/kv", "/../x"), "/v1/kv/../x");
+        assert_eq!(api_path("/v1/kv", "/a+b:c@d"), "/v1/kv/a%2Bb%3Ac%40d");
+    }
+
+    #[test]
+    fn if_match_is_quoted_once() {
+        assert_eq!(if_match("1-0-ab"), "\"1-0-ab\"");
+        assert_eq!(if_match("\"1-0-ab\""), "\"1-0-ab\"");
+    }
+}
