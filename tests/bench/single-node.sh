@@ -479,7 +479,7 @@ bench_herd_memory() {
   ready_ms=$(json_field "$dir/spawned.json" ready_ms)
   rss2=$(rss_kb "$HERD_PID")
   local readback=ok
-  python3 "$BENCH_DIR/load_keys.py" readback "${keys_args[@]}" >&2 || readback=failed
+  python3 "$BENCH_DIR/load_keys.py" readback "${keys_args[@]}" >/dev/null || readback=failed
   log "herd memory: ready $ready_ms ms after spawn; read-back $readback; RSS $rss2 kB"
   printf 'restart\t%s\t%s\t%s\n' "$ready_ms" "$rss2" "$readback" >>"$RESULTS"
   stop_pid "$HERD_PID"; forget_pid "$HERD_PID"

@@ -34,6 +34,7 @@ pub struct Args {
 
 /// How a client command reaches its node. `--data-dir` is also the node's directory for `serve`.
 #[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Node options (every command)")]
 pub struct ConnectionArgs {
     /// API URL of the node, e.g. https://10.0.0.5:7440 [default: the `api` of DATA/node.json]
     #[arg(long, env = "HERD_NODE", value_name = "URL", global = true)]

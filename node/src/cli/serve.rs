@@ -4,6 +4,7 @@
 //! Precedence, highest first: flags, environment variables, the config file, the defaults.
 //! Must not know what the settings mean: [`Config`] documents and validates them.
 
+use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::Context;
@@ -15,14 +16,14 @@ use crate::config::{self, Config};
 pub fn run(args: &ServeArgs, data_dir: Option<&Path>) -> anyhow::Result<()> {
     let config = config(args, data_dir)?;
     if args.check_config {
-        println!("{config:#?}");
-        return Ok(());
+        return Ok(super::print(&format!("{config:#?}\n"))?);
     }
     let filter = EnvFilter::try_new(&args.log_level)
         .with_context(|| format!("bad --log-level / HERD_LOG {:?}", args.log_level))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

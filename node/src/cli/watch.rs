@@ -30,9 +30,7 @@ pub async fn watch(api: &Api, args: &WatchArgs) -> Result<(), Error> {
             None => return Err(Error::StreamEnded { last_revision }),
         };
         print(&format!("{}\n", line(&event)))?;
-        if let Some(revision) = event.id.as_deref().and_then(|id| id.parse().ok()) {
-            last_revision = Some(revision);
-        }
+        last_revision = revision(&event).or(last_revision);
     }
 }
 
@@ -55,6 +53,17 @@ pub fn line(event: &SseEvent) -> String {
             None => format!("{kind} {path}"),
         },
         None => format!("{} {}", event.event, event.data),
+    }
+}
+
+/// The revision an event brings the watcher to: its `id`, else the `revision` in its data.
+fn revision(event: &SseEvent) -> Option<u64> {
+    match event.id.as_deref().and_then(|id| id.parse().ok()) {
+        Some(revision) => Some(revision),
+        None => serde_json::from_str::<Value>(&event.data)
+            .ok()?
+            .get("revision")?
+            .as_u64(),
     }
 }
 
@@ -84,5 +93,21 @@ mod tests {
         let synced = r#"{"type":"synced","revision":41}"#;
         assert_eq!(line(&event("synced", synced)), "synced 41");
         assert_eq!(line(&event("message", "hello")), "message hello");
+    }
+
+    #[test]
+    fn revision_comes_from_the_id_or_the_data() {
+        assert_eq!(revision(&event("put", "{}")), Some(42));
+        let synced = SseEvent {
+            event: "synced".into(),
+            id: None,
+            data: r#"{"type":"synced","revision":41}"#.into(),
+        };
+        assert_eq!(revision(&synced), Some(41));
+        let bare = SseEvent {
+            id: None,
+            ..event("message", "hello")
+        };
+        assert_eq!(revision(&bare), None);
     }
 }
