@@ -392,6 +392,12 @@ pub fn require(grant: &Grant, role: Role) -> Result<()> {
     }
 }
 
+/// Requires at least `role` on path `p`: the role, a prefix that covers `p`, and `p` not reserved.
+pub fn authorize(grant: &Grant, role: Role, p: &Path) -> Result<()> {
+    require(grant, role)?;
+    require_path(grant, p)
+}
+
 /// Requires that the token's prefix covers `p` and that `p` is not reserved.
 pub fn require_path(grant: &Grant, p: &Path) -> Result<()> {
     if p.first() == Some(auth::RESERVED) {

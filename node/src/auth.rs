@@ -197,6 +197,23 @@ pub fn list(db: &Db) -> Vec<(String, Record)> {
         .collect()
 }
 
+/// The write that stores `record` as token `name`.
+fn put_record(name: &str, record: &Record) -> Result<Op, Error> {
+    let value = serde_json::to_value(record).expect("a token record always serialises");
+    Ok(Op::put(token_path(name)?, &value, None).expect("token record keys are valid segments"))
+}
+
+/// Applies one token change and refreshes the cache, so the change holds for the next request.
+async fn change(db: &Db, tokens: &Tokens, op: Op, condition: Condition) -> Result<(), db::Error> {
+    db.write(WriteRequest {
+        ops: vec![op],
+        condition,
+    })
+    .await?;
+    tokens.reload(db);
+    Ok(())
+}
+
 /// Creates a token and returns its secret (the only time it is shown).
 pub async fn create(
     db: &Db,
@@ -205,7 +222,6 @@ pub async fn create(
     role: Role,
     prefix: &str,
 ) -> Result<String, Error> {
-    let path = token_path(name)?;
     let prefix_path =
         Path::parse(prefix).map_err(|e| Error::BadPrefix(prefix.into(), e.to_string()))?;
     let secret = new_secret();
@@ -215,39 +231,30 @@ pub async fn create(
         prefix: prefix_path.to_string(),
         created: now_ms(),
     };
-    let value = serde_json::to_value(&record).expect("a token record always serialises");
-    let op = Op::put(path, &value, None).expect("token record keys are valid segments");
-    match db
-        .write(WriteRequest {
-            ops: vec![op],
-            condition: Condition::IfNoneMatch,
-        })
-        .await
+    match change(
+        db,
+        tokens,
+        put_record(name, &record)?,
+        Condition::IfNoneMatch,
+    )
+    .await
     {
-        Ok(_) => {}
-        Err(db::Error::AlreadyExists(_)) => return Err(Error::Exists(name.into())),
-        Err(e) => return Err(e.into()),
+        Ok(()) => Ok(secret),
+        Err(db::Error::AlreadyExists(_)) => Err(Error::Exists(name.into())),
+        Err(e) => Err(e.into()),
     }
-    tokens.reload(db);
-    Ok(secret)
 }
 
 /// Revokes a token by name.
 pub async fn revoke(db: &Db, tokens: &Tokens, name: &str) -> Result<(), Error> {
-    let path = token_path(name)?;
-    match db
-        .write(WriteRequest {
-            ops: vec![Op::Delete { path }],
-            condition: Condition::None,
-        })
-        .await
-    {
-        Ok(_) => {}
-        Err(db::Error::NotFound(_)) => return Err(Error::NoSuchToken(name.into())),
-        Err(e) => return Err(e.into()),
+    let op = Op::Delete {
+        path: token_path(name)?,
+    };
+    match change(db, tokens, op, Condition::None).await {
+        Ok(()) => Ok(()),
+        Err(db::Error::NotFound(_)) => Err(Error::NoSuchToken(name.into())),
+        Err(e) => Err(e.into()),
     }
-    tokens.reload(db);
-    Ok(())
 }
 
 /// Makes sure the bootstrap admin token exists: `DATA/admin.token` (mode 0600) and its record.
@@ -263,30 +270,24 @@ pub async fn bootstrap(db: &Db, tokens: &Tokens, data_dir: &std::path::Path) -> 
             s
         }
     };
-    let record = Record {
-        hash: hex(&hash(&secret)),
-        role: Role::Admin,
-        prefix: "/".into(),
-        created: now_ms(),
-    };
+    let hash = hex(&hash(&secret));
     let current = list(db)
         .into_iter()
         .find(|(n, _)| *n == name)
         .map(|(_, r)| r);
-    if current
-        .as_ref()
-        .is_none_or(|r| r.hash != record.hash || r.role != Role::Admin || r.prefix != "/")
-    {
-        let value = serde_json::to_value(&record).expect("a token record always serialises");
-        let op = Op::put(token_path(&name)?, &value, None)
-            .expect("token record keys are valid segments");
-        db.write(WriteRequest {
-            ops: vec![op],
-            condition: Condition::None,
-        })
-        .await?;
+    let intact =
+        current.is_some_and(|r| r.hash == hash && r.role == Role::Admin && r.prefix == "/");
+    if intact {
+        tokens.reload(db);
+        return Ok(());
     }
-    tokens.reload(db);
+    let record = Record {
+        hash,
+        role: Role::Admin,
+        prefix: "/".into(),
+        created: now_ms(),
+    };
+    change(db, tokens, put_record(&name, &record)?, Condition::None).await?;
     Ok(())
 }
 

@@ -128,25 +128,15 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("base_url", &self.inner.base_url)
+            .field("base_url", &self.inner.target.base_url)
             .field("token", &self.inner.authorization.is_some())
             .finish_non_exhaustive()
     }
 }
 
 struct Inner {
-    /// The base URL as given (without a trailing `/`), for error messages.
-    base_url: String,
-    /// Host to connect to: a DNS name or an IP address without brackets.
-    host: String,
-    /// Port to connect to (443 when the URL has none).
-    port: u16,
-    /// The name the server certificate must be valid for (sent as SNI unless an IP address).
-    server_name: ServerName<'static>,
-    /// Value of the `host` header: the URL's authority.
-    authority: HeaderValue,
-    /// Path of the base URL without its trailing `/`, prepended to every request path.
-    prefix: String,
+    /// Where and how to connect, parsed from the base URL.
+    target: Target,
     /// `Bearer <token>`, when a token was given; marked sensitive so it is never logged.
     authorization: Option<HeaderValue>,
     /// TLS with exactly the given CA as trust anchor.
@@ -176,12 +166,7 @@ impl Client {
         let connector = TlsConnector::from(crate::tls::client_config(ca_pem).map_err(Error::Ca)?);
         Ok(Client {
             inner: Arc::new(Inner {
-                base_url: target.base_url,
-                host: target.host,
-                port: target.port,
-                server_name: target.server_name,
-                authority: target.authority,
-                prefix: target.prefix,
+                target,
                 authorization,
                 connector,
                 idle: Mutex::new(Vec::new()),
@@ -191,7 +176,7 @@ impl Client {
 
     /// The base URL this client talks to, without a trailing `/`.
     pub fn base_url(&self) -> &str {
-        &self.inner.base_url
+        &self.inner.target.base_url
     }
 
     /// Sends one request and reads the whole response. Any status is a successful response here;
@@ -272,7 +257,7 @@ impl Client {
             body: response.into_body(),
             parser: SseParser::default(),
             finished: false,
-            base_url: self.inner.base_url.clone(),
+            base_url: self.inner.target.base_url.clone(),
             _sender: sender,
             _connection: connection,
         })
@@ -292,7 +277,7 @@ impl Client {
         if !path_and_query.starts_with('/') {
             return Err(bad_path("must start with '/'"));
         }
-        let uri: Uri = format!("{}{}", self.inner.prefix, path_and_query)
+        let uri: Uri = format!("{}{}", self.inner.target.prefix, path_and_query)
             .parse()
             .map_err(|e: http::uri::InvalidUri| bad_path(&e.to_string()))?;
         let mut request = Request::builder()
@@ -309,7 +294,7 @@ impl Client {
             map.append(name.clone(), value);
         }
         if !map.contains_key(HOST) {
-            map.insert(HOST, self.inner.authority.clone());
+            map.insert(HOST, self.inner.target.authority.clone());
         }
         if let Some(authorization) = &self.inner.authorization {
             if !map.contains_key(AUTHORIZATION) {
@@ -358,16 +343,16 @@ impl Client {
     /// connection runs in a task that ends when the connection closes or all senders are gone.
     async fn open(&self) -> Result<(SendRequest<Full<Bytes>>, JoinHandle<()>), Error> {
         let inner = &self.inner;
-        let url = || inner.base_url.clone();
+        let url = || inner.target.base_url.clone();
         let open = async {
-            let tcp = TcpStream::connect((inner.host.as_str(), inner.port))
+            let tcp = TcpStream::connect((inner.target.host.as_str(), inner.target.port))
                 .await
                 .map_err(|cause| Error::Connect { url: url(), cause })?;
             // Requests are small and latency matters more than packet count.
             let _ = tcp.set_nodelay(true);
             let tls = inner
                 .connector
-                .connect(inner.server_name.clone(), tcp)
+                .connect(inner.target.server_name.clone(), tcp)
                 .await
                 .map_err(|cause| Error::Tls { url: url(), cause })?;
             let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -391,7 +376,7 @@ impl Client {
 
     fn http_error(&self, cause: hyper::Error) -> Error {
         Error::Http {
-            url: self.inner.base_url.clone(),
+            url: self.inner.target.base_url.clone(),
             cause,
         }
     }
@@ -570,11 +555,17 @@ impl SseParser {
 
 /// What a base URL says about where and how to connect.
 struct Target {
+    /// The base URL as given (without a trailing `/`), for error messages.
     base_url: String,
+    /// Host to connect to: a DNS name or an IP address without brackets.
     host: String,
+    /// Port to connect to (443 when the URL has none).
     port: u16,
+    /// The name the server certificate must be valid for (sent as SNI unless an IP address).
     server_name: ServerName<'static>,
+    /// Value of the `host` header: the URL's authority.
     authority: HeaderValue,
+    /// Path of the base URL without its trailing `/`, prepended to every request path.
     prefix: String,
 }
 

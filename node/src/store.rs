@@ -259,6 +259,12 @@ impl Store {
         if self.lookup(key, now) == Lookup::Missing {
             return None;
         }
+        Some(self.newest_version(key))
+    }
+
+    /// The newest version at or below `key` (deletions included), whatever is visible there;
+    /// [`Store::etag`] for a path known to exist.
+    pub fn newest_version(&self, key: &str) -> Version {
         let own = self.regs.get(key).map(|r| r.version);
         let root = key.is_empty();
         let below = self
@@ -266,7 +272,7 @@ impl Store {
             .filter(|(k, _)| !(root && is_internal(k)))
             .map(|(_, r)| r.version)
             .max();
-        Some(own.max(below).unwrap_or(Version::ZERO))
+        own.max(below).unwrap_or(Version::ZERO)
     }
 
     /// For a local write at `key`: the nearest ancestor that shows as a leaf, which the write

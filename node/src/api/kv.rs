@@ -3,7 +3,9 @@
 //! The request body is validated and exploded into registers here, on the connection's task,
 //! so the single writer only plans and commits.
 
-use super::{json_response, query_param, require, require_path, ApiError, App, Body, Result};
+use super::{
+    authorize, json_response, query_param, require, require_path, ApiError, App, Body, Result,
+};
 use crate::auth::{Grant, Role};
 use crate::config::parse_duration;
 use crate::db::{now_ms, Condition, WriteRequest, Written};
@@ -21,8 +23,7 @@ pub fn get<B>(
     path: &Path,
     req: &Request<B>,
 ) -> Result<Response<Body>> {
-    require(grant, Role::Read)?;
-    require_path(grant, path)?;
+    authorize(grant, Role::Read, path)?;
     let now = now_ms();
     let st = app.db.read();
     let key = path.key();
@@ -57,7 +58,8 @@ pub fn get<B>(
     if !st.store.render(key, now, &mut s) {
         return Err(not_found(path));
     }
-    let etag = st.store.etag(key, now).unwrap_or(Version::ZERO);
+    // render() found something there, so the newest version is its ETag.
+    let etag = st.store.newest_version(key);
     let revision = st.revision;
     drop(st);
     let mut resp = with_revision(json_response(StatusCode::OK, s), revision);
@@ -71,8 +73,7 @@ pub async fn put(
     path: Path,
     req: Request<Incoming>,
 ) -> Result<Response<Body>> {
-    require(grant, Role::Write)?;
-    require_path(grant, &path)?;
+    authorize(grant, Role::Write, &path)?;
     not_root(&path)?;
     let ttl_ms = match query_param(req.uri().query(), "ttl") {
         None => None,
@@ -104,8 +105,7 @@ pub async fn delete<B>(
     path: Path,
     req: &Request<B>,
 ) -> Result<Response<Body>> {
-    require(grant, Role::Write)?;
-    require_path(grant, &path)?;
+    authorize(grant, Role::Write, &path)?;
     not_root(&path)?;
     let condition = condition(req.headers(), false)?;
     let w = app

@@ -1,6 +1,6 @@
 //! `GET /v1/watch/{path}`: server-sent events from the change log and the live event feed.
 
-use super::{query_param, require, require_path, ApiError, App, Body, Result};
+use super::{authorize, query_param, ApiError, App, Body, Result};
 use crate::auth::{Grant, Role};
 use crate::db;
 use crate::store::{Event, Path, INTERNAL};
@@ -19,8 +19,7 @@ pub fn watch<B>(
     path: &Path,
     req: &Request<B>,
 ) -> Result<Response<Body>> {
-    require(grant, Role::Read)?;
-    require_path(grant, path)?;
+    authorize(grant, Role::Read, path)?;
     let since = query_param(req.uri().query(), "since")
         .or_else(|| {
             req.headers()
