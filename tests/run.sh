@@ -9,8 +9,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { printf '==> %s\n' "$*" >&2; }
 
-# Debian packages the tests need (installed only when missing).
-packages=(curl ca-certificates)
+# Debian packages the tests need (installed only when missing): curl for the tour checks,
+# fuse3, vim and python3 for the file-view tests (real tools on a real mount).
+packages=(curl ca-certificates fuse3 vim python3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -1,5 +1,65 @@
-//! The herd file view: the store as a FUSE filesystem.
+//! The herd file view: the store as a FUSE filesystem. Objects are directories, leaves are
+//! files; reading a file shows its value, writing one stores a value (see [`content`] for the
+//! exact encoding), and changes made elsewhere reach the kernel's caches as they happen.
 //!
-//! Not built yet: it arrives with the filesystem issue. It will know the store only through a
-//! small backend trait (get, put, delete, list, subscribe) that `node` implements in-process and
-//! over HTTPS, and it must never depend on `node`.
+//! It knows the store only through the [`Backend`] trait, which `node` implements in-process
+//! and over HTTPS; this crate never depends on `node`.
+//!
+//! Layout:
+//! - [`backend`]: the trait the store implements, and its error kinds (each maps to one errno).
+//! - [`content`]: how a value is shown as file bytes and how written bytes become a value.
+//! - [`scratch`]: which new file names are editors' scratch files, kept in memory only
+//!   ([`SCRATCH_RULES`]).
+//! - `table`: inode numbers for paths, and the mount's local files.
+//! - `fs`: the filesystem's logic without FUSE types (handles, the write path, rename and the
+//!   deferred deletion of keys renamed to backups, `/.herd`), tested without a mount.
+//! - `rejections`: the record behind `/.herd/errors` and the `user.herd.error` xattr.
+//! - `invalidation`: the thread turning changes into kernel cache invalidations.
+//! - `kernel`: the `fuser` adapter, one `fs` call per request.
+//! - [`mount()`](mount()): mounting, stale-mount recovery, unmounting ([`Mount`]).
+//! - [`mem`]: an in-memory backend for tests and `examples/memfs.rs`.
+//!
+//! Writes: a handle opened for writing buffers the whole content and commits it as one
+//! atomic update when it is flushed (each `close`, once the process wrote or truncated
+//! through it), synced or released, so nobody sees a partial value; with several writers the
+//! last to close wins. A handle changed only by `O_TRUNC` or by being created commits at
+//! release: bash opens, `dup2`s and closes a descriptor before `echo` writes, and that first
+//! close must not store "". Writes go through (no writeback cache). The first write of a handle
+//! that ends at the end of its buffer and is not a whole number of 4 KiB pages (so it is
+//! likely the whole value, as with `echo` or a small `cp`) is checked with the store at once
+//! and refused by `write()` itself, because bash's `echo` ignores errors seen only at
+//! `close()`. A handle that was refused never commits: the old value stays.
+//!
+//! Scratch names (exactly these; a name already in the store stays a key):
+//! `.NAME.swp` … `.NAME.swa`, `.NAME.swpx`, `.NAME.swx` (vim swap files and probes), `NAME~`
+//! (backups), `4913` + 123·k for k < 10 (vim's write probe), `#NAME#` and `.#NAME` (emacs),
+//! `sed` + 6 letters or digits (`sed -i`). Nothing else: not `*.tmp`, not `*.bak`.
+//!
+//! New files stay local until their first commit (a `touch` commits the empty string), so no
+//! empty key appears while `cp` or an editor is still writing. Scratch files (see
+//! [`SCRATCH_RULES`]) never reach the store; renaming one onto a key stores its content
+//! (`sed -i`, editors). Renaming a key to a scratch name (vim's backup on save) keeps its value
+//! in a local file and defers deleting the key until that file is unlinked, unless the key is
+//! written again first, so peers never see the key disappear during a save.
+//!
+//! Rejections (from the store, or content that is neither JSON nor UTF-8) are logged with
+//! `tracing::warn!`, listed in `/.herd/errors` (last 100) and readable per path with
+//! `getfattr -n user.herd.error FILE` until the path is written successfully. Ordinary
+//! filesystem answers (`ENOENT`, `EEXIST`, `ENOTEMPTY`...) are not rejections.
+
+pub mod backend;
+pub mod content;
+mod fs;
+mod invalidation;
+mod kernel;
+pub mod mem;
+mod mount;
+mod rejections;
+pub mod scratch;
+#[allow(unsafe_code, reason = "umount2 and geteuid have no safe std wrapper")]
+mod sys;
+mod table;
+
+pub use backend::{Backend, Change, ChangeSink, Child, Error, ErrorKind, Node, Op, Segments};
+pub use mount::{mount, Mount, MountOptions};
+pub use scratch::SCRATCH_RULES;

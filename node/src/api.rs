@@ -5,6 +5,7 @@
 //! `api/admin.rs` (status, health, metrics, tokens). Must not know how the store is persisted.
 
 mod admin;
+pub use admin::status_value;
 mod body;
 mod kv;
 mod metrics;

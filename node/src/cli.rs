@@ -28,9 +28,10 @@
 mod api;
 mod args;
 mod discover;
-mod encoding;
+pub(crate) mod encoding;
 mod error;
 mod kv;
+mod mount;
 mod serve;
 mod tokens;
 mod watch;
@@ -76,6 +77,9 @@ fn report_to(error: &anyhow::Error, stderr: &mut impl Write) -> u8 {
 
 fn run_client(connection: &ConnectionArgs, command: ClientCommand) -> Result<(), Error> {
     let target = discover::discover(connection, Path::new("."))?;
+    if let ClientCommand::Mount(args) = &command {
+        return mount::run(&target, args);
+    }
     let api = api::Api::new(&target)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -90,6 +94,7 @@ fn run_client(connection: &ConnectionArgs, command: ClientCommand) -> Result<(),
             ClientCommand::Watch(args) => watch::watch(&api, &args).await,
             ClientCommand::Export(args) => kv::export(&api, &args).await,
             ClientCommand::Import(args) => kv::import(&api, &args).await,
+            ClientCommand::Mount(_) => unreachable!("mount runs on its own runtime"),
             ClientCommand::Status => {
                 let status = api.get("/v1/status").await?;
                 print(&format!("{}\n", pretty(&status)))

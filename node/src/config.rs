@@ -69,6 +69,9 @@ pub struct Config {
     /// redb page cache in bytes. The store keeps its own copy in memory, so this is small.
     /// Default 16 MiB.
     pub cache_bytes: usize,
+    /// Directory where the node mounts its store as files (FUSE, see README "The file view").
+    /// Default none: no mount.
+    pub mount: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -89,6 +92,7 @@ impl Default for Config {
             log_events: 10_000,
             tombstone_grace: Duration::from_secs(7 * 24 * 3600),
             cache_bytes: 16 << 20,
+            mount: None,
         }
     }
 }

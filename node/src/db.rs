@@ -504,21 +504,23 @@ impl Writer {
             return;
         }
         drop(commit);
+        let mut replies = Vec::with_capacity(group.planned.len());
         {
             let mut st = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
-            for p in &group.planned {
-                for (k, r) in &p.regs {
-                    st.store.merge(k, r.clone());
+            for p in group.planned {
+                for (k, r) in p.regs {
+                    st.store.merge(&k, r);
                 }
-                for ev in &p.events {
+                for ev in p.events {
                     st.log.push(ev.clone());
-                    let _ = self.inner.events.send(ev.clone());
+                    let _ = self.inner.events.send(ev);
                 }
+                replies.push((p.reply, p.written));
             }
             st.revision = last_revision;
         }
-        for p in group.planned {
-            let _ = p.reply.send(Ok(p.written));
+        for (reply, written) in replies {
+            let _ = reply.send(Ok(written));
         }
     }
 

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod db;
+pub mod mount;
 pub mod node;
 pub mod storage;
 pub mod store;

@@ -27,6 +27,8 @@ pub struct NodeHandle {
     cancel: CancellationToken,
     tracker: TaskTracker,
     writer: WriterHandle,
+    /// The file view, when `config.mount` asked for one.
+    mount: Option<fuse_mount::Mount>,
 }
 
 impl NodeHandle {
@@ -37,8 +39,17 @@ impl NodeHandle {
             tracker,
             writer,
             db,
+            mount,
             ..
         } = self;
+        if let Some(mount) = mount {
+            let dir = mount.dir().display().to_string();
+            match tokio::task::spawn_blocking(move || mount.unmount()).await {
+                Ok(Ok(())) => tracing::info!(dir, "file view unmounted"),
+                Ok(Err(e)) => tracing::warn!(dir, error = %e, "cannot unmount the file view"),
+                Err(e) => tracing::warn!(dir, error = %e, "the unmount task failed"),
+            }
+        }
         cancel.cancel();
         tracker.close();
         tracker.wait().await;
@@ -125,6 +136,26 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let config = Arc::new(config);
+    let mount = match &config.mount {
+        None => None,
+        Some(dir) => {
+            let backend = crate::mount::Local::new(
+                db.clone(),
+                config.clone(),
+                tokio::runtime::Handle::current(),
+                cancel.clone(),
+            );
+            let dir = dir.clone();
+            let mounted = tokio::task::spawn_blocking(move || {
+                fuse_mount::mount(Arc::new(backend), &dir, fuse_mount::MountOptions::default())
+                    .with_context(|| format!("cannot mount the file view at {}", dir.display()))
+            })
+            .await
+            .context("the mount task failed")??;
+            tracing::info!(dir = %mounted.dir().display(), "file view mounted");
+            Some(mounted)
+        }
+    };
     let app = Arc::new(App {
         db: db.clone(),
         tokens: tokens.clone(),
@@ -152,6 +183,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         cancel,
         tracker,
         writer,
+        mount,
     })
 }
 

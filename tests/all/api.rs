@@ -49,6 +49,22 @@ fn keys(r: &Response) -> Value {
 }
 
 #[tokio::test]
+async fn dry_run_checks_a_put_and_stores_nothing() {
+    let n = TestNode::start().await;
+    let rev = n.revision().await;
+    let r = n.put("/v1/kv/app/port?dry_run", "8080").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json().unwrap(), json!({"dry_run": true}));
+    assert_eq!(n.get("/v1/kv/app/port").await.status, 404);
+    let r = n.put("/v1/kv/app/port?dry_run", r#"{"a/b": 1}"#).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json().unwrap()["error"]["code"], "bad_key");
+    let r = n.put("/v1/kv/.herd/x?dry_run", "1").await;
+    assert_eq!(r.status, 403);
+    assert_eq!(n.revision().await, rev, "a dry run never writes");
+}
+
+#[tokio::test]
 async fn leaves_and_directories_follow_the_visibility_rule() {
     let n = TestNode::start().await;
     // A leaf with a newer write below it becomes a directory.

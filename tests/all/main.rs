@@ -3,5 +3,6 @@
 mod api;
 mod cli;
 mod crash;
+mod mount;
 mod ttl;
 mod watch;

@@ -5,6 +5,9 @@
 //! - [`ChildNode`]: a `herd serve` child process (for crash tests and the CLI), found next to
 //!   the test binary in the target directory (or at `$HERD_BIN`).
 //! - [`Cli`]: runs the `herd` binary as a user would and captures its output.
+//! - [`mount::MountedNode`]: a `herd serve --mount` child and shell commands run in its mount.
+
+pub mod mount;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -152,10 +155,16 @@ pub struct ChildNode {
 impl ChildNode {
     /// Starts `herd serve` on `dir` and waits until its API answers.
     pub async fn start(dir: &Path) -> anyhow::Result<ChildNode> {
+        ChildNode::start_with_args(dir, &[]).await
+    }
+
+    /// Starts `herd serve ARGS` on `dir` and waits until its API answers.
+    pub async fn start_with_args(dir: &Path, args: &[&str]) -> anyhow::Result<ChildNode> {
         let _ = std::fs::remove_file(dir.join("node.json"));
         let child = Command::new(herd_bin())
             .args(["serve", "--api-addr", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
+            .args(args)
             .env("HERD_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -193,6 +202,25 @@ impl ChildNode {
 
     pub fn client(&self) -> Client {
         admin_client(&self.dir, &self.url)
+    }
+
+    /// SIGTERM, then waits up to 10 s for a graceful exit (SIGKILL after that); the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+        None
     }
 
     /// SIGKILL, as a crash.

@@ -6,20 +6,29 @@ use super::{
     ApiError, App, Body, Result,
 };
 use crate::auth::{self, Role};
+use crate::config::Config;
+use crate::db::Db;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
+use std::time::Instant;
 
 pub fn health() -> Response<Body> {
     json_response(StatusCode::OK, r#"{"status":"ok"}"#)
 }
 
 pub fn status(app: &App) -> Response<Body> {
+    let body = status_value(&app.db, &app.config, app.started);
+    json_response(StatusCode::OK, body.to_string())
+}
+
+/// The node's status document (`GET /v1/status`, and `/.herd/status` in the file view).
+pub fn status_value(db: &Db, c: &Config, started: Instant) -> serde_json::Value {
     let (revision, registers, tombstones, log_floor, log_events) = {
-        let st = app.db.read();
+        let st = db.read();
         (
             st.revision,
             st.store.len(),
@@ -28,15 +37,14 @@ pub fn status(app: &App) -> Response<Body> {
             st.log.len(),
         )
     };
-    let c = &app.config;
-    let body = json!({
-        "node_id": format!("{:016x}", app.db.node_id()),
+    json!({
+        "node_id": format!("{:016x}", db.node_id()),
         "version": env!("CARGO_PKG_VERSION"),
         "revision": revision,
         "registers": registers,
         "tombstones": tombstones,
         "change_log": {"oldest_resumable_revision": log_floor, "events": log_events},
-        "uptime_seconds": app.started.elapsed().as_secs(),
+        "uptime_seconds": started.elapsed().as_secs(),
         "api_addr": c.api_addr.to_string(),
         "data_dir": c.data_dir.display().to_string(),
         "limits": {
@@ -46,8 +54,7 @@ pub fn status(app: &App) -> Response<Body> {
             "max_connections": c.max_connections,
             "max_watchers": c.max_watchers,
         },
-    });
-    json_response(StatusCode::OK, body.to_string())
+    })
 }
 
 pub fn metrics(app: &App) -> Response<Body> {

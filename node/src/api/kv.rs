@@ -79,6 +79,7 @@ pub async fn put(
         None => None,
         Some(t) => Some(parse_ttl(t)?),
     };
+    let dry_run = query_param(req.uri().query(), "dry_run").is_some();
     let condition = condition(req.headers(), true)?;
     check_content_type(req.headers())?;
     let body = read_body(app, req, app.config.max_value_bytes).await?;
@@ -89,6 +90,10 @@ pub async fn put(
         ));
     }
     let op = Op::put(path, &v, ttl_ms)?;
+    if dry_run {
+        // Everything a write checks has been checked; nothing is stored.
+        return Ok(json_response(StatusCode::OK, r#"{"dry_run":true}"#));
+    }
     let w = app
         .db
         .write(WriteRequest {

@@ -86,6 +86,8 @@ pub enum ClientCommand {
     Import(ImportArgs),
     /// Print the node's status as JSON
     Status,
+    /// Mount the node's store as files at DIR until Ctrl-C or SIGTERM (FUSE)
+    Mount(MountArgs),
     /// Manage access tokens (needs an admin token)
     #[command(subcommand)]
     Token(TokenCommand),
@@ -118,6 +120,10 @@ pub struct ServeArgs {
     /// Largest value accepted in one write, in bytes [default: 1048576]
     #[arg(long, env = "HERD_MAX_VALUE_BYTES", value_name = "N")]
     pub max_value_bytes: Option<usize>,
+
+    /// Mount the store as files at DIR (FUSE) while the node runs [default: no mount]
+    #[arg(long, env = "HERD_MOUNT", value_name = "DIR")]
+    pub mount: Option<PathBuf>,
 
     /// Log level or tracing filter, e.g. `debug` or `info,node::db=trace`
     #[arg(long, env = "HERD_LOG", value_name = "LEVEL", default_value = "info")]
@@ -179,6 +185,16 @@ pub struct LsArgs {
     /// Store path of a directory [default: the root]
     #[arg(default_value = "/")]
     pub path: String,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MountArgs {
+    /// Directory to mount on (must exist; a stale mount left there by a crash is replaced)
+    pub dir: PathBuf,
+    /// Let other users than the one mounting see the files (needs `user_allow_other` in
+    /// /etc/fuse.conf unless run as root)
+    #[arg(long)]
+    pub allow_other: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]

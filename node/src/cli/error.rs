@@ -82,6 +82,13 @@ pub enum Error {
 
     #[error("cannot start the async runtime: {}", io_reason(.0))]
     Runtime(io::Error),
+
+    #[error("cannot mount at {}: {}", .dir.display(), io_reason(.cause))]
+    Mount { dir: PathBuf, cause: io::Error },
+
+    /// The node refused or failed the first calls of a mount.
+    #[error("cannot mount: {0}")]
+    MountBackend(fuse_mount::Error),
 }
 
 impl From<client::Error> for Error {

@@ -53,6 +53,9 @@ pub fn config(args: &ServeArgs, data_dir: Option<&Path>) -> Result<Config, confi
     if !args.tls_san.is_empty() {
         config.tls_san = args.tls_san.clone();
     }
+    if let Some(dir) = &args.mount {
+        config.mount = Some(dir.clone());
+    }
     if let Some(bytes) = args.max_value_bytes {
         config.max_value_bytes = bytes;
         // A batch must hold at least one value: raising the value limit raises it too.

@@ -1,0 +1,344 @@
+//! The filesystem's logic, free of FUSE types: every operation is a method returning
+//! `Result<T, Errno>` that the kernel adapter calls once per request. It owns open handles, the
+//! deferred deletions and the rejection record, and shares the inode table with the
+//! invalidation thread.
+//!
+//! Invariant: it never talks to the kernel; cache invalidations it needs are queued as
+//! [`Job`]s for the invalidation thread, so no request handler waits on the kernel.
+//!
+//! Children: `lookup` (names, attributes, listings, xattrs), `open` (handles, open, create,
+//! read), `write` (the write path and commits), `namespace` (mkdir, unlink, rmdir, rename),
+//! `control` (the synthesized `/.herd` directory).
+
+mod control;
+mod lookup;
+mod namespace;
+mod open;
+#[cfg(test)]
+mod tests;
+mod write;
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::backend::{self, Backend, Node};
+use crate::content::encode;
+use crate::invalidation::Job;
+use crate::rejections::Rejections;
+use crate::table::{Ino, Kind, Local, Table};
+
+pub(crate) use control::is_control as control_path;
+pub(crate) use open::Handle;
+
+/// An errno to answer a request with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Errno(pub i32);
+
+/// What every operation returns.
+pub(crate) type Result<T> = std::result::Result<T, Errno>;
+
+/// `FOPEN_KEEP_CACHE`: the kernel may keep the pages it cached for this file.
+pub(crate) const FOPEN_KEEP_CACHE: u32 = 1 << 1;
+/// `FOPEN_DIRECT_IO`: reads bypass the page cache (for generated content).
+pub(crate) const FOPEN_DIRECT_IO: u32 = 1 << 0;
+/// `FOPEN_NOFLUSH`: the kernel need not send `flush` when a reader closes.
+pub(crate) const FOPEN_NOFLUSH: u32 = 1 << 5;
+
+/// The name of the extended attribute holding a path's last error.
+pub(crate) const ERROR_XATTR: &str = "user.herd.error";
+
+/// The attributes of a file, as the adapter turns them into a `stat`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Stat {
+    pub ino: Ino,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub perm: u16,
+    pub nlink: u32,
+    /// Generated content that changes without notice: not to be cached by the kernel.
+    pub volatile: bool,
+}
+
+/// An opened file or directory: the handle number and the `FOPEN_*` flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Opened {
+    pub fh: u64,
+    pub flags: u32,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DirEntry {
+    pub ino: Ino,
+    pub kind: Kind,
+    pub name: String,
+}
+
+/// What is at a path, from the mount's point of view.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Found {
+    /// A file or directory of `/.herd`.
+    Control(control::Node),
+    /// A local scratch file.
+    Scratch(Ino),
+    /// A created file not yet committed.
+    Pending(Ino),
+    /// What the store holds.
+    Key(Node),
+}
+
+impl Found {
+    fn kind(&self) -> Kind {
+        match self {
+            Found::Control(node) => node.kind(),
+            Found::Scratch(_) | Found::Pending(_) => Kind::File,
+            Found::Key(Node::Leaf { .. }) => Kind::File,
+            Found::Key(Node::Dir { .. }) => Kind::Dir,
+        }
+    }
+}
+
+/// The filesystem.
+pub(crate) struct Fs {
+    /// The store.
+    backend: Arc<dyn Backend>,
+    /// Inodes, shared with the invalidation thread.
+    table: Arc<Mutex<Table>>,
+    /// Work for the invalidation thread.
+    jobs: Sender<Job>,
+    /// Open files and directories by handle number.
+    handles: HashMap<u64, Handle>,
+    /// The next handle number (never reused).
+    next_fh: u64,
+    /// Orders writes across handles, so `stat` shows the newest unsaved buffer.
+    write_seq: u64,
+    /// Keys renamed to a scratch name whose deletion is deferred; they look absent.
+    hidden: BTreeSet<Vec<String>>,
+    /// Rejected operations, for `/.herd/errors` and `user.herd.error`.
+    rejections: Rejections,
+    /// Owner shown for every file (the mounting process's).
+    uid: u32,
+    gid: u32,
+}
+
+/// Lock the table, surviving a panic in another holder (the table stays consistent per call).
+fn lock(table: &Mutex<Table>) -> MutexGuard<'_, Table> {
+    table.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn child(parent: &[String], name: &str) -> Vec<String> {
+    let mut path = parent.to_vec();
+    path.push(name.to_owned());
+    path
+}
+
+fn millis(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+fn fingerprint(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+impl Fs {
+    /// A filesystem over `backend`; files belong to `uid`/`gid`.
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        table: Arc<Mutex<Table>>,
+        jobs: Sender<Job>,
+        uid: u32,
+        gid: u32,
+    ) -> Self {
+        Fs {
+            backend,
+            table,
+            jobs,
+            handles: HashMap::new(),
+            next_fh: 1,
+            write_seq: 0,
+            hidden: BTreeSet::new(),
+            rejections: Rejections::default(),
+            uid,
+            gid,
+        }
+    }
+
+    /// The owner every file shows.
+    pub fn owner(&self) -> (u32, u32) {
+        (self.uid, self.gid)
+    }
+
+    /// Record a rejection (log, `/.herd/errors`, `user.herd.error`) and return its errno.
+    fn reject(&mut self, path: &[String], errno: i32, message: &str) -> Errno {
+        self.rejections
+            .record(SystemTime::now(), path, errno, message);
+        Errno(errno)
+    }
+
+    /// [`Fs::reject`] for an error of the store.
+    fn refused(&mut self, path: &[String], e: &backend::Error) -> Errno {
+        self.reject(path, e.kind.errno(), &e.message)
+    }
+
+    /// Apply `ops` to the store; a refusal is recorded against `path`.
+    fn apply(&mut self, path: &[String], ops: Vec<backend::Op>) -> Result<()> {
+        match self.backend.apply(ops) {
+            Ok(()) => {
+                self.rejections.clear(path);
+                Ok(())
+            }
+            Err(e) => Err(self.refused(path, &e)),
+        }
+    }
+
+    fn add_handle(&mut self, handle: Handle) -> u64 {
+        let fh = self.next_fh;
+        self.next_fh += 1;
+        self.handles.insert(fh, handle);
+        fh
+    }
+
+    /// What is at `path` (`None`: nothing visible).
+    fn resolve(&self, t: &Table, path: &[String]) -> Result<Option<Found>> {
+        if control::is_control(path) {
+            return Ok(control::Node::at(path).map(Found::Control));
+        }
+        if let Some(inode) = t.ino(path).and_then(|ino| Some((ino, t.get(ino)?))) {
+            match inode.1.local {
+                Some(Local::Pending) => return Ok(Some(Found::Pending(inode.0))),
+                Some(Local::Scratch { .. }) => return Ok(Some(Found::Scratch(inode.0))),
+                None => {}
+            }
+        }
+        if self.hidden.contains(path) {
+            return Ok(None);
+        }
+        match self.backend.get(path) {
+            Ok(Some(node)) => Ok(Some(Found::Key(node))),
+            Ok(None) if path.is_empty() => Ok(Some(Found::Key(Node::Dir {
+                mtime_ms: 0,
+                read_only: false,
+            }))),
+            Ok(None) => Ok(None),
+            Err(e) if e.kind == backend::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Errno(e.kind.errno())),
+        }
+    }
+
+    /// The path of an attached inode, and the path's directory contents must be a directory.
+    fn dir_path(&self, t: &Table, ino: Ino) -> Result<Vec<String>> {
+        let path = t.path(ino).cloned().ok_or(Errno(libc::ENOENT))?;
+        match self.resolve(t, &path)? {
+            Some(found) if found.kind() == Kind::Dir => Ok(path),
+            Some(_) => Err(Errno(libc::ENOTDIR)),
+            None => Err(Errno(libc::ENOENT)),
+        }
+    }
+
+    /// The length of the newest unsaved buffer open on `ino`.
+    fn dirty_len(&self, ino: Ino) -> Option<usize> {
+        self.handles
+            .values()
+            .filter_map(|h| match h {
+                Handle::Key(k) if k.ino == ino && k.dirty && !k.is_poisoned() => Some(k),
+                _ => None,
+            })
+            .max_by_key(|k| k.seq)
+            .map(|k| k.buf.len())
+    }
+
+    fn stat(&self, t: &Table, ino: Ino, path: &[String], found: &Found) -> Stat {
+        let file = |size: usize, mtime, perm| Stat {
+            ino,
+            kind: Kind::File,
+            size: size as u64,
+            mtime,
+            perm,
+            nlink: 1,
+            volatile: false,
+        };
+        let now = SystemTime::now();
+        match found {
+            Found::Control(node) => self.control_stat(ino, *node),
+            Found::Scratch(_) => match t.get(ino).and_then(|i| i.local.as_ref()) {
+                Some(Local::Scratch { content, mtime, .. }) => file(content.len(), *mtime, 0o644),
+                _ => file(0, now, 0o644),
+            },
+            Found::Pending(_) => file(self.dirty_len(ino).unwrap_or(0), now, 0o644),
+            Found::Key(Node::Leaf {
+                value,
+                mtime_ms,
+                read_only,
+            }) => {
+                let perm = if *read_only { 0o444 } else { 0o644 };
+                match self.dirty_len(ino) {
+                    Some(len) => file(len, now, perm),
+                    None => file(encode(value).len(), millis(*mtime_ms), perm),
+                }
+            }
+            Found::Key(Node::Dir {
+                mtime_ms,
+                read_only,
+            }) => {
+                let subdirs = match self.backend.list(path) {
+                    Ok(children) => children.iter().filter(|c| c.is_dir).count(),
+                    Err(_) => 0,
+                };
+                Stat {
+                    ino,
+                    kind: Kind::Dir,
+                    size: 0,
+                    mtime: millis(*mtime_ms),
+                    perm: if *read_only { 0o555 } else { 0o755 },
+                    nlink: u32::try_from(2 + subdirs).unwrap_or(u32::MAX),
+                    volatile: false,
+                }
+            }
+        }
+    }
+
+    /// Ask the invalidation thread to drop the kernel's entry for `path`.
+    fn queue_entry(&self, t: &Table, path: &[String]) {
+        if let Some((name, parent)) = path.split_last() {
+            if let Some(parent) = t.ino(parent) {
+                let _ = self.jobs.send(Job::Entry {
+                    parent,
+                    name: name.clone(),
+                });
+            }
+        }
+    }
+
+    /// The names in directory `path` and their kinds: the store's (without `/.herd` at the root
+    /// and without hidden keys), then local files, then `/.herd` itself.
+    fn children(&self, t: &Table, path: &[String]) -> Result<BTreeMap<String, Kind>> {
+        let mut names = BTreeMap::new();
+        let listed = match self.backend.list(path) {
+            Ok(listed) => listed,
+            Err(e) if e.kind == backend::ErrorKind::NotFound && path.is_empty() => Vec::new(),
+            Err(e) => return Err(Errno(e.kind.errno())),
+        };
+        for c in listed {
+            if (path.is_empty() && c.name == control::DIR)
+                || self.hidden.contains(&child(path, &c.name))
+            {
+                continue;
+            }
+            names.insert(c.name, if c.is_dir { Kind::Dir } else { Kind::File });
+        }
+        for (name, _) in t.local_children(path) {
+            names.insert(name, Kind::File);
+        }
+        if path.is_empty() {
+            names.insert(control::DIR.to_owned(), Kind::Dir);
+        }
+        Ok(names)
+    }
+}

@@ -1,0 +1,217 @@
+//! The invalidation thread: turns the store's changes (and the filesystem's own requests) into
+//! kernel cache invalidations. It runs apart from the request thread because a notification
+//! sent from inside a request handler can deadlock the kernel.
+//!
+//! Invariant: the table lock is never held while talking to the kernel or the store.
+//!
+//! A changed path drops the kernel's cached attributes and pages of its inode, its known
+//! descendants and its ancestors; a directory entry is invalidated only when the path's kind
+//! changed or it vanished (invalidating a directory that still exists would orphan the working
+//! directory of every shell inside it).
+
+use std::io;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+
+use crate::backend::{Backend, Change, Node};
+use crate::fs::control_path;
+use crate::table::{Ino, Kind, Table};
+
+/// Work for the invalidation thread.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Job {
+    /// The store changed.
+    Change(Change),
+    /// Drop the kernel's entry `name` in directory `parent`.
+    Entry { parent: Ino, name: String },
+    /// Drop the kernel's attributes and pages of an inode.
+    Inode(Ino),
+    /// End the thread.
+    Stop,
+}
+
+/// One invalidation to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Inval {
+    Inode(Ino),
+    Entry(Ino, String),
+}
+
+/// Where invalidations go (the FUSE notifier; a recorder in tests).
+pub(crate) trait Kernel: Send + 'static {
+    fn inval_inode(&self, ino: Ino) -> io::Result<()>;
+    fn inval_entry(&self, parent: Ino, name: &str) -> io::Result<()>;
+}
+
+/// Start the thread; it ends on [`Job::Stop`] or when every sender is gone.
+pub(crate) fn spawn(
+    table: Arc<Mutex<Table>>,
+    backend: Arc<dyn Backend>,
+    kernel: impl Kernel,
+    jobs: Receiver<Job>,
+) -> io::Result<JoinHandle<()>> {
+    thread::Builder::new()
+        .name("herd-fuse-inval".to_owned())
+        .spawn(move || {
+            while let Ok(job) = jobs.recv() {
+                let invals = match job {
+                    Job::Stop => break,
+                    Job::Change(change) => plan(&table, backend.as_ref(), &change),
+                    Job::Entry { parent, name } => vec![Inval::Entry(parent, name)],
+                    Job::Inode(ino) => vec![Inval::Inode(ino)],
+                };
+                for inval in invals {
+                    let result = match &inval {
+                        Inval::Inode(ino) => kernel.inval_inode(*ino),
+                        Inval::Entry(parent, name) => kernel.inval_entry(*parent, name),
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!("cache invalidation {inval:?} failed: {e}");
+                    }
+                }
+            }
+        })
+}
+
+/// One inode the kernel may cache, as the table knew it.
+struct Target {
+    path: Vec<String>,
+    ino: Ino,
+    kind: Kind,
+    parent: Option<Ino>,
+    local: bool,
+}
+
+/// The invalidations a change needs.
+pub(crate) fn plan(table: &Mutex<Table>, backend: &dyn Backend, change: &Change) -> Vec<Inval> {
+    let (changed, targets) = {
+        let mut t = table.lock().unwrap_or_else(PoisonError::into_inner);
+        let (changed, mut paths) = match change {
+            Change::All => (Vec::new(), t.all()),
+            Change::Path(p) => {
+                let mut paths: Vec<_> = (0..p.len())
+                    .filter_map(|i| Some((p[..i].to_vec(), t.ino(&p[..i])?)))
+                    .collect();
+                paths.extend(t.subtree(p));
+                (p.clone(), paths)
+            }
+        };
+        paths.retain(|(p, _)| !control_path(p));
+        let targets: Vec<Target> = paths
+            .into_iter()
+            .filter_map(|(path, ino)| {
+                let inode = t.get_mut(ino)?;
+                inode.served = None;
+                let (kind, local) = (inode.kind, inode.local.is_some());
+                let parent = path.split_last().and_then(|(_, parent)| t.ino(parent));
+                Some(Target {
+                    path,
+                    ino,
+                    kind,
+                    parent,
+                    local,
+                })
+            })
+            .collect();
+        (changed, targets)
+    };
+    let mut invals = Vec::new();
+    let mut dropped: Vec<&[String]> = Vec::new();
+    for target in &targets {
+        if target.local {
+            continue; // the mount's own files; the store does not know them
+        }
+        invals.push(Inval::Inode(target.ino));
+        let ancestor_dir = target.path.len() < changed.len() && target.kind == Kind::Dir;
+        let (Some(parent), Some(name)) = (target.parent, target.path.last()) else {
+            continue;
+        };
+        if ancestor_dir || dropped.iter().any(|d| target.path.starts_with(d)) {
+            continue;
+        }
+        let now = match backend.get(&target.path) {
+            Ok(Some(Node::Leaf { .. })) => Some(Kind::File),
+            Ok(Some(Node::Dir { .. })) => Some(Kind::Dir),
+            Ok(None) => None,
+            Err(_) => continue,
+        };
+        if now != Some(target.kind) {
+            invals.push(Inval::Entry(parent, name.clone()));
+            dropped.push(&target.path);
+        }
+    }
+    invals
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Op;
+    use crate::mem::MemBackend;
+    use serde_json::json;
+
+    fn p(s: &str) -> Vec<String> {
+        s.split('/')
+            .filter(|x| !x.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn check(setup: &[(&str, Kind)], store: serde_json::Value, change: Change, expect: &[Inval]) {
+        let backend = MemBackend::new();
+        backend.apply(vec![Op::Put(Vec::new(), store)]).unwrap();
+        let table = Mutex::new(Table::new());
+        let mut inos = Vec::new();
+        for (path, kind) in setup {
+            inos.push(table.lock().unwrap().intern(&p(path), *kind));
+        }
+        assert_eq!(plan(&table, &backend, &change), expect);
+    }
+
+    #[test]
+    fn a_changed_value_drops_attributes_not_entries() {
+        // Inodes: a = 2, a/b = 3.
+        let store = json!({"a": {"b": 1}});
+        let setup = [("a", Kind::Dir), ("a/b", Kind::File)];
+        let expect = [Inval::Inode(1), Inval::Inode(2), Inval::Inode(3)];
+        check(&setup, store, Change::Path(p("a/b")), &expect);
+    }
+
+    #[test]
+    fn a_deleted_or_retyped_path_drops_its_entry_once() {
+        let setup = [("a", Kind::Dir), ("a/b", Kind::File), ("a/c", Kind::File)];
+        let expect = [
+            Inval::Inode(1),
+            Inval::Inode(2),
+            Inval::Entry(1, "a".to_owned()),
+            Inval::Inode(3),
+            Inval::Inode(4),
+        ];
+        check(&setup, json!({"x": 1}), Change::Path(p("a")), &expect);
+        let expect = [
+            Inval::Inode(1),
+            Inval::Inode(2),
+            Inval::Inode(3),
+            Inval::Entry(2, "b".to_owned()),
+        ];
+        check(
+            &setup[..2],
+            json!({"a": {"b": {"c": 1}}}),
+            Change::Path(p("a/b/c")),
+            &expect,
+        );
+    }
+
+    #[test]
+    fn everything_known_is_checked_on_all() {
+        let setup = [("a", Kind::File), ("b", Kind::File)];
+        let expect = [
+            Inval::Inode(1),
+            Inval::Inode(2),
+            Inval::Inode(3),
+            Inval::Entry(1, "b".to_owned()),
+        ];
+        check(&setup, json!({"a": 1}), Change::All, &expect);
+    }
+}
