@@ -19,11 +19,14 @@ pub(crate) struct Adapter {
     fs: Fs,
     /// How long the kernel may cache entries and attributes (changes are pushed).
     ttl: Duration,
+    /// A read-only mount: files are never opened through the daemon (see
+    /// `MountOptions::read_only`), so reads come without a handle.
+    read_only: bool,
 }
 
 impl Adapter {
-    pub fn new(fs: Fs, ttl: Duration) -> Self {
-        Adapter { fs, ttl }
+    pub fn new(fs: Fs, ttl: Duration, read_only: bool) -> Self {
+        Adapter { fs, ttl, read_only }
     }
 
     fn attr(&self, s: &Stat) -> (Duration, FileAttr) {
@@ -199,6 +202,12 @@ impl Filesystem for Adapter {
     }
 
     fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        if self.read_only {
+            // The kernel stops sending `open` (and `release`) for files on this mount and keeps
+            // their page cache across opens; invalidations still drop it when a key changes.
+            // Writes never get here: the mount is `ro`.
+            return reply.error(libc::ENOSYS);
+        }
         match self.fs.open(ino, flags) {
             Ok(opened) => reply.opened(opened.fh, opened.flags),
             Err(Errno(e)) => reply.error(e),
@@ -208,7 +217,7 @@ impl Filesystem for Adapter {
     fn read(
         &mut self,
         _req: &Request<'_>,
-        _ino: u64,
+        ino: u64,
         fh: u64,
         offset: i64,
         size: u32,
@@ -217,7 +226,12 @@ impl Filesystem for Adapter {
         reply: ReplyData,
     ) {
         let offset = u64::try_from(offset).unwrap_or(0);
-        match self.fs.read(fh, offset, size) {
+        let data = if self.read_only {
+            self.fs.read_unopened(ino, offset, size)
+        } else {
+            self.fs.read(fh, offset, size)
+        };
+        match data {
             Ok(data) => reply.data(&data),
             Err(Errno(e)) => reply.error(e),
         }
@@ -243,6 +257,10 @@ impl Filesystem for Adapter {
     }
 
     fn flush(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _lock: u64, reply: ReplyEmpty) {
+        if self.read_only {
+            // Nothing to commit on a read-only mount; the kernel stops sending `flush`.
+            return reply.error(libc::ENOSYS);
+        }
         empty(self.fs.flush(fh), reply);
     }
 

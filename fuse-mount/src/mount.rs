@@ -38,6 +38,12 @@ pub struct MountOptions {
     /// How long the kernel may cache names and attributes. Changes are pushed to the kernel as
     /// they happen, so this only bounds staleness if a notification is lost. Default: 60 s.
     pub ttl: Duration,
+    /// A read-only view: every change through the mount fails with `EROFS`, and the kernel
+    /// serves `open`, `read` and `close` of unchanged keys from its caches without asking this
+    /// process (the daemon answers `open` and `flush` with `ENOSYS`, which the kernel remembers),
+    /// so reads cost about what they cost on a local disk. Changes made elsewhere still show
+    /// in the next read. Default: false.
+    pub read_only: bool,
 }
 
 impl Default for MountOptions {
@@ -46,6 +52,7 @@ impl Default for MountOptions {
             allow_other: false,
             fs_name: "herd".to_owned(),
             ttl: Duration::from_secs(60),
+            read_only: false,
         }
     }
 }
@@ -94,12 +101,16 @@ pub fn mount(backend: Arc<dyn Backend>, dir: &Path, opts: MountOptions) -> io::R
         MountOption::DefaultPermissions,
         MountOption::NoDev,
         MountOption::NoSuid,
-        MountOption::RW,
+        if opts.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
     ];
     if opts.allow_other {
         options.push(MountOption::AllowOther);
     }
-    let mut session = Session::new(Adapter::new(fs, opts.ttl), dir, &options)?;
+    let mut session = Session::new(Adapter::new(fs, opts.ttl, opts.read_only), dir, &options)?;
     let notifier = session.notifier();
     let unmounter = session.unmount_callable();
     let invalidator =

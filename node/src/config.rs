@@ -72,6 +72,9 @@ pub struct Config {
     /// Directory where the node mounts its store as files (FUSE, see README "The file view").
     /// Default none: no mount.
     pub mount: Option<PathBuf>,
+    /// Make that mount read-only: writes through it fail with EROFS, and the kernel serves
+    /// reads of unchanged keys from its caches without asking the node. Default false.
+    pub mount_read_only: bool,
 }
 
 impl Default for Config {
@@ -93,6 +96,7 @@ impl Default for Config {
             tombstone_grace: Duration::from_secs(7 * 24 * 3600),
             cache_bytes: 16 << 20,
             mount: None,
+            mount_read_only: false,
         }
     }
 }

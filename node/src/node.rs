@@ -146,8 +146,13 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
                 cancel.clone(),
             );
             let dir = dir.clone();
+            let read_only_mount = config.mount_read_only;
             let mounted = tokio::task::spawn_blocking(move || {
-                fuse_mount::mount(Arc::new(backend), &dir, fuse_mount::MountOptions::default())
+                let opts = fuse_mount::MountOptions {
+                    read_only: read_only_mount,
+                    ..Default::default()
+                };
+                fuse_mount::mount(Arc::new(backend), &dir, opts)
                     .with_context(|| format!("cannot mount the file view at {}", dir.display()))
             })
             .await

@@ -225,6 +225,26 @@ impl Fs {
         self.lookup(parent, name)
     }
 
+    /// `read` of a file the kernel did not open through us (read-only mounts): its current
+    /// content.
+    pub fn read_unopened(&mut self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let table = std::sync::Arc::clone(&self.table);
+        let t = lock(&table);
+        let path = t.path(ino).cloned().ok_or(Errno(libc::ENOENT))?;
+        let content = match self.resolve(&t, &path)? {
+            Some(Found::Control(node)) => self.control_content(node),
+            Some(Found::Key(Node::Leaf { value, .. })) => encode(&value),
+            Some(Found::Key(Node::Dir { .. })) => return Err(Errno(libc::EISDIR)),
+            Some(Found::Scratch(_) | Found::Pending(_)) => Vec::new(),
+            None => return Err(Errno(libc::ENOENT)),
+        };
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(content.len());
+        let end = start.saturating_add(size as usize).min(content.len());
+        Ok(content[start..end].to_vec())
+    }
+
     /// `read` from an open file.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let slice = |bytes: &[u8]| {

@@ -125,6 +125,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HERD_MOUNT", value_name = "DIR")]
     pub mount: Option<PathBuf>,
 
+    /// Make --mount read-only (EROFS on writes; reads served from the kernel's caches)
+    #[arg(long, env = "HERD_MOUNT_READ_ONLY")]
+    pub mount_read_only: bool,
+
     /// Log level or tracing filter, e.g. `debug` or `info,node::db=trace`
     #[arg(long, env = "HERD_LOG", value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
@@ -195,6 +199,10 @@ pub struct MountArgs {
     /// /etc/fuse.conf unless run as root)
     #[arg(long)]
     pub allow_other: bool,
+    /// Read-only view: writes fail with EROFS, and the kernel serves reads of unchanged keys
+    /// from its caches without asking herd (fastest for programs that only read)
+    #[arg(long)]
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -26,6 +26,7 @@ pub fn run(target: &Target, args: &MountArgs) -> Result<(), Error> {
         .map_err(Error::MountBackend)?;
     let opts = fuse_mount::MountOptions {
         allow_other: args.allow_other,
+        read_only: args.read_only,
         ..Default::default()
     };
     let mount =

@@ -56,6 +56,9 @@ pub fn config(args: &ServeArgs, data_dir: Option<&Path>) -> Result<Config, confi
     if let Some(dir) = &args.mount {
         config.mount = Some(dir.clone());
     }
+    if args.mount_read_only {
+        config.mount_read_only = true;
+    }
     if let Some(bytes) = args.max_value_bytes {
         config.max_value_bytes = bytes;
         // A batch must hold at least one value: raising the value limit raises it too.
