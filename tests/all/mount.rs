@@ -405,3 +405,37 @@ async fn a_stale_mount_left_by_a_crash_is_replaced_on_the_next_start() {
         lazy_unmount(&m.mnt);
     }
 }
+
+#[tokio::test]
+async fn a_read_only_mount_serves_reads_follows_changes_and_refuses_writes() {
+    if !require_fuse("a_read_only_mount") {
+        return;
+    }
+    let m = MountedNode::start_with_args(&["--mount-read-only"]).await;
+    m.put("/app", r#"{"port":8080,"name":"web"}"#).await;
+    for _ in 0..3 {
+        assert_eq!(m.ok("cat app/port app/name"), "8080\nweb\n");
+    }
+    m.put("/app/port", "9090").await;
+    wait_for(
+        "the read-only mount to see 9090",
+        Duration::from_secs(2),
+        || async { (m.ok("cat app/port") == "9090\n").then_some(()) },
+    )
+    .await;
+    for script in [
+        "echo 1 > app/port",
+        "touch app/new",
+        "mkdir d",
+        "rm app/name",
+        "mv app/name app/x",
+    ] {
+        let out = m.sh(script);
+        assert_ne!(out.code, 0, "`{script}` must fail: {out:?}");
+        assert!(out.stderr.contains("Read-only file system"), "{out:?}");
+    }
+    assert_eq!(
+        m.get("/app").await,
+        Some(json!({"port": 9090, "name": "web"}))
+    );
+}
