@@ -151,12 +151,7 @@ mod tests {
     use crate::mem::MemBackend;
     use serde_json::json;
 
-    fn p(s: &str) -> Vec<String> {
-        s.split('/')
-            .filter(|x| !x.is_empty())
-            .map(str::to_owned)
-            .collect()
-    }
+    use crate::test_path as p;
 
     fn check(setup: &[(&str, Kind)], store: serde_json::Value, change: Change, expect: &[Inval]) {
         let backend = MemBackend::new();

@@ -60,6 +60,16 @@ impl Adapter {
             Err(Errno(e)) => reply.error(e),
         }
     }
+
+    fn reply_attr(&self, result: Result<Stat, Errno>, reply: ReplyAttr) {
+        match result {
+            Ok(stat) => {
+                let (ttl, attr) = self.attr(&stat);
+                reply.attr(&ttl, &attr);
+            }
+            Err(Errno(e)) => reply.error(e),
+        }
+    }
 }
 
 fn file_type(kind: Kind) -> FileType {
@@ -107,13 +117,8 @@ impl Filesystem for Adapter {
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        match self.fs.getattr(ino) {
-            Ok(stat) => {
-                let (ttl, attr) = self.attr(&stat);
-                reply.attr(&ttl, &attr);
-            }
-            Err(Errno(e)) => reply.error(e),
-        }
+        let result = self.fs.getattr(ino);
+        self.reply_attr(result, reply);
     }
 
     fn setattr(
@@ -134,13 +139,8 @@ impl Filesystem for Adapter {
         _flags: Option<u32>,
         reply: ReplyAttr,
     ) {
-        match self.fs.setattr(ino, size, fh) {
-            Ok(stat) => {
-                let (ttl, attr) = self.attr(&stat);
-                reply.attr(&ttl, &attr);
-            }
-            Err(Errno(e)) => reply.error(e),
-        }
+        let result = self.fs.setattr(ino, size, fh);
+        self.reply_attr(result, reply);
     }
 
     fn mknod(

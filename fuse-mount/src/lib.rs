@@ -63,3 +63,12 @@ mod table;
 pub use backend::{Backend, Change, ChangeSink, Child, Error, ErrorKind, Node, Op, Segments};
 pub use mount::{mount, Mount, MountOptions};
 pub use scratch::SCRATCH_RULES;
+
+/// `["a", "b"]` for `"/a/b"`: how the crate's tests name paths.
+#[cfg(test)]
+pub(crate) fn test_path(s: &str) -> Vec<String> {
+    s.split('/')
+        .filter(|x| !x.is_empty())
+        .map(str::to_owned)
+        .collect()
+}

@@ -297,12 +297,7 @@ impl Backend for MemBackend {
 mod tests {
     use super::*;
 
-    fn p(s: &str) -> Vec<String> {
-        s.split('/')
-            .filter(|x| !x.is_empty())
-            .map(str::to_owned)
-            .collect()
-    }
+    use crate::test_path as p;
 
     #[test]
     fn batches_are_all_or_nothing() {

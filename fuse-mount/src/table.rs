@@ -224,12 +224,7 @@ fn inode(path: Vec<String>, kind: Kind) -> Inode {
 mod tests {
     use super::*;
 
-    fn p(s: &str) -> Vec<String> {
-        s.split('/')
-            .filter(|x| !x.is_empty())
-            .map(str::to_owned)
-            .collect()
-    }
+    use crate::test_path as p;
 
     /// The invariant tying the two maps together.
     fn check(t: &Table) {

@@ -25,7 +25,7 @@
 //! | 6 | cannot reach the node: connection refused or broken, timeout, TLS failure |
 //! | 7 | rejected input (400, 413, 415, 422, or an input file that is not usable) |
 
-mod api;
+pub(crate) mod api;
 mod args;
 mod discover;
 pub(crate) mod encoding;

@@ -65,19 +65,27 @@ pub fn put_op(segs: &Segments, v: &Value, max_value_bytes: usize) -> Result<stor
             "the root itself cannot be replaced; write a key below it",
         ));
     }
-    let text = value::to_text(v);
-    if text.len() > max_value_bytes {
+    if value::depth(v) > value::MAX_DEPTH {
         return Err(Error::new(
-            ErrorKind::TooBig,
-            format!(
-                "value of {} bytes is over the limit of {max_value_bytes} bytes",
-                text.len()
-            ),
+            ErrorKind::Invalid,
+            value::Error::TooDeep.to_string(),
         ));
     }
-    // The same strict checks as a request body: depth, number range.
-    value::parse(text.as_bytes()).map_err(|e| Error::new(ErrorKind::Invalid, e.to_string()))?;
-    store::Op::put(p, v, None).map_err(|e| Error::new(ErrorKind::Invalid, e.to_string()))
+    // Numbers in a `Value` are already within 64 bits or finite; the key grammar is checked
+    // while the value is exploded.
+    let op =
+        store::Op::put(p, v, None).map_err(|e| Error::new(ErrorKind::Invalid, e.to_string()))?;
+    let size = match &op {
+        store::Op::Put { text, .. } => text.len(),
+        store::Op::Delete { .. } => 0,
+    };
+    if size > max_value_bytes {
+        return Err(Error::new(
+            ErrorKind::TooBig,
+            format!("value of {size} bytes is over the limit of {max_value_bytes} bytes"),
+        ));
+    }
+    Ok(op)
 }
 
 /// The errno-level kind of a refused database write.

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tests::mount::{is_mounted, lazy_unmount, require_fuse, sh_in, MountedNode};
+use tests::mount::{is_mounted, lazy_unmount, put_json, require_fuse, sh_in, MountedNode};
 use tests::{wait_for, ChildNode, Cli};
 
 #[tokio::test]
@@ -309,24 +309,7 @@ async fn herd_mount_follows_a_node_over_https_and_honours_the_token() {
     })
     .await;
 
-    let put = |path: &str, body: &str| {
-        let client = client.clone();
-        let path = format!("/v1/kv{path}");
-        let body = body.to_owned();
-        async move {
-            let r = client
-                .request(
-                    http::Method::PUT,
-                    &path,
-                    &[(http::header::CONTENT_TYPE, "application/json".into())],
-                    Some(body.into()),
-                )
-                .await
-                .unwrap();
-            assert_eq!(r.status, 200);
-        }
-    };
-    put("/app/port", "8080").await;
+    put_json(&client, "/app/port", "8080").await;
     let out = sh_in(&mnt, "cat app/port");
     assert_eq!(out.stdout, "8080\n", "{out:?}");
     let out = sh_in(&mnt, "echo 9090 > app/port && echo '{\"a\":1}' > app/obj");
@@ -337,7 +320,7 @@ async fn herd_mount_follows_a_node_over_https_and_honours_the_token() {
         .unwrap();
     assert_eq!(r.json().unwrap(), json!({"port": 9090, "obj": {"a": 1}}));
     // Freshness through the watch stream.
-    put("/app/port", "7070").await;
+    put_json(&client, "/app/port", "7070").await;
     wait_for(
         "the remote mount to see 7070",
         Duration::from_secs(2),

@@ -118,17 +118,7 @@ impl MountedNode {
 
     /// Writes a JSON value at a store path over REST.
     pub async fn put(&self, path: &str, json: &str) {
-        let r = self
-            .client
-            .request(
-                Method::PUT,
-                &format!("/v1/kv{path}"),
-                &[(http::header::CONTENT_TYPE, "application/json".into())],
-                Some(bytes::Bytes::from(json.to_owned())),
-            )
-            .await
-            .expect("PUT answers");
-        assert_eq!(r.status, 200, "PUT {path}: {:?}", r.body);
+        put_json(&self.client, path, json).await;
     }
 
     /// Deletes a store path over REST.
@@ -158,6 +148,20 @@ impl Drop for MountedNode {
             lazy_unmount(&self.mnt);
         }
     }
+}
+
+/// `PUT /v1/kv{path}` of a JSON text, which must succeed.
+pub async fn put_json(client: &Client, path: &str, json: &str) {
+    let r = client
+        .request(
+            Method::PUT,
+            &format!("/v1/kv{path}"),
+            &[(http::header::CONTENT_TYPE, "application/json".into())],
+            Some(bytes::Bytes::from(json.to_owned())),
+        )
+        .await
+        .expect("PUT answers");
+    assert_eq!(r.status, 200, "PUT {path}: {:?}", r.body);
 }
 
 /// Runs a bash script in `dir`, with `$M` set to `dir`.

@@ -25,12 +25,7 @@ struct Check {
     _jobs: Receiver<Job>,
 }
 
-fn p(s: &str) -> Vec<String> {
-    s.split('/')
-        .filter(|x| !x.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
+use crate::test_path as p;
 
 fn store() -> MemBackend {
     MemBackend::new()

@@ -11,12 +11,7 @@ use super::*;
 use crate::backend::Op;
 use crate::mem::MemBackend;
 
-fn p(s: &str) -> Vec<String> {
-    s.split('/')
-        .filter(|x| !x.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
+use crate::test_path as p;
 
 /// The store mounted on a fresh temporary directory, or `None` where FUSE is unavailable.
 fn mounted(initial: Value) -> Option<(Arc<MemBackend>, Mount, tempfile::TempDir)> {

@@ -13,8 +13,10 @@ use serde_json::{json, Value};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::encoding::encode_component;
+use crate::cli::api::KV;
+use crate::cli::encoding::api_path;
 use crate::client::{self, Client, Response};
+use crate::store::Path;
 
 /// The limit assumed when the node's status does not say.
 const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
@@ -74,11 +76,7 @@ impl Remote {
 
 /// `/v1/kv/a/b` for `["a", "b"]`, with every segment percent-encoded.
 fn kv_url(segs: &Segments, query: &str) -> String {
-    let mut url = String::from("/v1/kv/");
-    let parts: Vec<String> = segs.iter().map(|s| encode_component(s)).collect();
-    url.push_str(&parts.join("/"));
-    url.push_str(query);
-    url
+    format!("{}{query}", api_path(KV, &store_path(segs)))
 }
 
 /// `/a/b` for `["a", "b"]`, as batch ops name paths.
@@ -253,13 +251,10 @@ async fn follow(client: Client, sink: ChangeSink) {
                     if let Some(rev) = event.id.as_deref().and_then(|id| id.parse().ok()) {
                         since = Some(rev);
                     }
-                    if let Some(p) = data["path"].as_str() {
-                        let segs = p
-                            .split('/')
-                            .filter(|s| !s.is_empty())
-                            .map(String::from)
-                            .collect();
-                        sink(Change::Path(segs));
+                    match data["path"].as_str().map(Path::parse) {
+                        Some(Ok(p)) => sink(Change::Path(p.segments().map(String::from).collect())),
+                        Some(Err(_)) => sink(Change::All),
+                        None => {}
                     }
                 }
             }
