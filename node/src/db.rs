@@ -1,22 +1,26 @@
 //! The live database of one node: the store behind a lock, the change log, the event fan-out,
-//! and the single writer thread that plans, group-commits and applies every change.
+//! the single writer thread that plans and logs every change, and the sync thread that makes
+//! groups durable and applies them.
 //!
 //! Write path: callers send requests to the writer thread; it drains whatever is queued, checks
 //! preconditions and plans each request against the committed state (stamping versions and
-//! revisions), commits the whole group to storage with one synced transaction, and only then
-//! applies it to the in-memory store, appends the events and answers. Readers therefore never see
-//! a write that is not durable, and concurrent writers share fsyncs. Two requests whose paths
-//! overlap (one contains the other) never share a group, so planning against the committed state
+//! revisions), and appends the whole group to the write-ahead log as one record. The sync thread
+//! then syncs the log (one `fdatasync` for every group appended meanwhile), and only then applies
+//! the groups to the in-memory store in order, appends the events and answers. So the writer
+//! plans and appends the next group while the previous one is being synced, readers never see a
+//! write that is not durable, and concurrent writers share fsyncs. Two requests whose paths
+//! overlap (one contains the other) never share a group, and a request that overlaps a group
+//! still being synced waits until that group is applied, so planning against the committed state
 //! is exact.
 //!
 //! Must not know about HTTP, TLS or the CLI.
 
-use crate::storage::{self, Storage};
+use crate::storage::{self, LogSync, Storage};
 use crate::store::log::Compacted;
 use crate::store::{path, ChangeLog, Event, EventKind, Hlc, Lookup, Op, Register, Store, Version};
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -126,6 +130,9 @@ pub struct WriteStats {
 
 struct Inner {
     state: RwLock<State>,
+    /// The last group (numbered by the writer from 1) that the sync thread has applied.
+    applied: Mutex<u64>,
+    applied_changed: Condvar,
     stats: WriteStats,
     events: broadcast::Sender<Arc<Event>>,
     node_id: u64,
@@ -160,7 +167,7 @@ impl Db {
         node_id: u64,
         opts: Options,
     ) -> Result<(Db, WriterHandle), storage::Error> {
-        let storage = Storage::open(file, opts.cache_bytes)?;
+        let mut storage = Storage::open(file, opts.cache_bytes)?;
         let loaded = storage.load()?;
         let max_version = loaded
             .registers
@@ -178,17 +185,29 @@ impl Db {
         let (events, _) = broadcast::channel(4096);
         let inner = Arc::new(Inner {
             state: RwLock::new(state),
+            applied: Mutex::new(0),
+            applied_changed: Condvar::new(),
             stats: WriteStats::default(),
             events,
             node_id,
         });
         let (tx, rx) = mpsc::channel(4096);
+        let (sync_tx, sync_rx) = std::sync::mpsc::channel();
+        let sync_inner = inner.clone();
+        let syncer = std::thread::Builder::new()
+            .name("herd-sync".into())
+            .spawn(move || sync_loop(&sync_inner, sync_rx))
+            .map_err(|e| storage::Error::Read(format!("cannot start sync thread: {e}")))?;
         let writer = Writer {
             inner: inner.clone(),
             storage,
             clock,
             revision: loaded.revision,
             opts,
+            sync_tx: Some(sync_tx),
+            syncer: Some(syncer),
+            sent: 0,
+            inflight: VecDeque::new(),
         };
         let thread = std::thread::Builder::new()
             .name("herd-writer".into())
@@ -320,6 +339,14 @@ impl Group {
     }
 }
 
+/// A group appended to the log, on its way through the sync thread.
+struct Synced {
+    seq: u64,
+    sync: LogSync,
+    planned: Vec<Planned>,
+    last_revision: u64,
+}
+
 /// The single owner of all mutation.
 struct Writer {
     inner: Arc<Inner>,
@@ -328,6 +355,12 @@ struct Writer {
     /// The last revision handed out (committed or in the current group).
     revision: u64,
     opts: Options,
+    sync_tx: Option<std::sync::mpsc::Sender<Synced>>,
+    syncer: Option<std::thread::JoinHandle<()>>,
+    /// Groups handed to the sync thread so far.
+    sent: u64,
+    /// The keys of groups handed to the sync thread and perhaps not applied yet, by number.
+    inflight: VecDeque<(u64, Group)>,
 }
 
 impl Writer {
@@ -345,9 +378,11 @@ impl Writer {
             for cmd in cmds.drain(..) {
                 match cmd {
                     Command::Write(req, reply) => {
-                        if req.ops.iter().any(|op| group.overlaps(op.path().key())) {
+                        let overlaps = |g: &Group| req.ops.iter().any(|op| g.overlaps(op.path().key()));
+                        if overlaps(&group) {
                             self.flush(std::mem::take(&mut group));
                         }
+                        self.wait_for_inflight(overlaps);
                         match self.plan(req) {
                             Ok((regs, removes, events, written)) => {
                                 for (k, _) in &regs {
@@ -368,13 +403,49 @@ impl Writer {
                     }
                     Command::Housekeeping => {
                         self.flush(std::mem::take(&mut group));
+                        self.wait_for_inflight(|_| true);
                         self.housekeeping();
                     }
                 }
             }
             self.flush(group);
         }
+        // The sync thread finishes what it was given, then the storage checkpoints on drop.
+        drop(self.sync_tx.take());
+        if let Some(t) = self.syncer.take() {
+            let _ = t.join();
+        }
         tracing::debug!("writer stopped");
+    }
+
+    /// Waits until the newest in-flight group for which `overlaps` is true has been applied.
+    fn wait_for_inflight(&mut self, overlaps: impl Fn(&Group) -> bool) {
+        let mut applied = *self.inner.applied.lock().unwrap_or_else(|e| e.into_inner());
+        while self.inflight.front().is_some_and(|(seq, _)| *seq <= applied) {
+            self.inflight.pop_front();
+        }
+        let Some(wanted) = self
+            .inflight
+            .iter()
+            .rev()
+            .find(|(_, g)| overlaps(g))
+            .map(|(seq, _)| *seq)
+        else {
+            return;
+        };
+        let mut guard = self.inner.applied.lock().unwrap_or_else(|e| e.into_inner());
+        while *guard < wanted {
+            guard = self
+                .inner
+                .applied_changed
+                .wait(guard)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        applied = *guard;
+        drop(guard);
+        while self.inflight.front().is_some_and(|(seq, _)| *seq <= applied) {
+            self.inflight.pop_front();
+        }
     }
 
     fn state(&self) -> RwLockReadGuard<'_, State> {
@@ -465,67 +536,55 @@ impl Writer {
         Ok((regs, removes, events, Written { version, revision }))
     }
 
-    /// Commits a group durably, then applies it and answers its requests.
-    fn flush(&mut self, group: Group) {
-        let Some(last) = group.planned.last() else {
+    /// Appends a group to the log and hands it to the sync thread, which syncs, applies and
+    /// answers it.
+    fn flush(&mut self, mut group: Group) {
+        let planned = std::mem::take(&mut group.planned);
+        let Some(last) = planned.last() else {
             return;
         };
         let last_revision = last.written.revision;
         let commit = storage::Commit {
-            removes: group
-                .planned
+            removes: planned
                 .iter()
                 .flat_map(|p| p.removes.iter().map(|k| &**k))
                 .collect(),
-            puts: group
-                .planned
+            puts: planned
                 .iter()
                 .flat_map(|p| p.regs.iter().map(|(k, r)| (&**k, r)))
                 .collect(),
             revision: last_revision,
             high_water: self.clock.high_water(),
         };
-        let t0 = std::time::Instant::now();
-        let committed = self.storage.commit(&commit);
-        let stats = &self.inner.stats;
-        stats
-            .commit_micros
-            .fetch_add(t0.elapsed().as_micros() as u64, Relaxed);
-        stats.commits.fetch_add(1, Relaxed);
-        stats
-            .committed_requests
-            .fetch_add(group.planned.len() as u64, Relaxed);
-        if let Err(e) = committed {
-            tracing::error!(error = %e, "group commit failed; its writes are refused");
-            self.revision = group.planned[0].written.revision - 1;
-            for p in group.planned {
-                let _ = p.reply.send(Err(Error::Storage(e.to_string())));
-            }
-            return;
-        }
+        let appended = self.storage.append(&commit);
         drop(commit);
-        let mut replies = Vec::with_capacity(group.planned.len());
-        {
-            let mut st = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
-            for p in group.planned {
-                for (k, r) in p.regs {
-                    st.store.merge(&k, r);
+        let sync = match appended {
+            Ok(sync) => sync,
+            Err(e) => {
+                tracing::error!(error = %e, "group commit failed; its writes are refused");
+                self.revision = planned[0].written.revision - 1;
+                for p in planned {
+                    let _ = p.reply.send(Err(Error::Storage(e.to_string())));
                 }
-                for ev in p.events {
-                    st.log.push(ev.clone());
-                    let _ = self.inner.events.send(ev);
-                }
-                replies.push((p.reply, p.written));
+                return;
             }
-            st.revision = last_revision;
-        }
-        for (reply, written) in replies {
-            let _ = reply.send(Ok(written));
+        };
+        self.sent += 1;
+        self.inflight.push_back((self.sent, group));
+        if let Some(tx) = &self.sync_tx {
+            // Only fails if the sync thread panicked; the callers then see `ShuttingDown`.
+            let _ = tx.send(Synced {
+                seq: self.sent,
+                sync,
+                planned,
+                last_revision,
+            });
         }
     }
 
     /// Announces expiries that are due and collects tombstones past the grace period.
     fn housekeeping(&mut self) {
+        self.storage.tick();
         let now = now_ms();
         let (due, old) = {
             let st = self.state();
@@ -579,6 +638,73 @@ impl Writer {
                 collected = old.len(),
                 "tombstones past the grace period collected"
             );
+        }
+    }
+}
+
+/// The sync thread: syncs the log once for every group appended meanwhile, then applies those
+/// groups in order and answers their requests.
+fn sync_loop(inner: &Inner, rx: std::sync::mpsc::Receiver<Synced>) {
+    let mut batch = Vec::new();
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        batch.extend(rx.try_iter());
+        let t0 = std::time::Instant::now();
+        let mut synced = Ok(());
+        // Every group in the batch was appended before it was sent, so one sync per segment
+        // (the last group's) covers them all.
+        for (i, s) in batch.iter().enumerate() {
+            let last_in_segment = batch
+                .get(i + 1)
+                .is_none_or(|next: &Synced| !next.sync.same_segment(&s.sync));
+            if last_in_segment {
+                if let Err(e) = s.sync.sync() {
+                    synced = Err(e);
+                    break;
+                }
+            }
+        }
+        let stats = &inner.stats;
+        stats
+            .commit_micros
+            .fetch_add(t0.elapsed().as_micros() as u64, Relaxed);
+        stats.commits.fetch_add(1, Relaxed);
+        let requests: usize = batch.iter().map(|s| s.planned.len()).sum();
+        stats
+            .committed_requests
+            .fetch_add(requests as u64, Relaxed);
+        let last_seq = batch.last().map_or(0, |s| s.seq);
+        let mut replies = Vec::with_capacity(requests);
+        match synced {
+            Ok(()) => {
+                let mut st = inner.state.write().unwrap_or_else(|e| e.into_inner());
+                for s in batch.drain(..) {
+                    for p in s.planned {
+                        for (k, r) in p.regs {
+                            st.store.merge(&k, r);
+                        }
+                        for ev in p.events {
+                            st.log.push(ev.clone());
+                            let _ = inner.events.send(ev);
+                        }
+                        replies.push((p.reply, Ok(p.written)));
+                    }
+                    st.revision = s.last_revision;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "group commit failed; its writes are refused");
+                for s in batch.drain(..) {
+                    for p in s.planned {
+                        replies.push((p.reply, Err(Error::Storage(e.to_string()))));
+                    }
+                }
+            }
+        }
+        *inner.applied.lock().unwrap_or_else(|e| e.into_inner()) = last_seq;
+        inner.applied_changed.notify_all();
+        for (reply, result) in replies {
+            let _ = reply.send(result);
         }
     }
 }
