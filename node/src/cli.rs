@@ -36,12 +36,13 @@ mod serve;
 mod tokens;
 mod watch;
 
+use anyhow::Context as _;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 pub use args::Args;
-use args::{ClientCommand, Command, ConnectionArgs, TokenCommand};
+use args::{ClientCommand, ClusterCommand, Command, ConnectionArgs, TokenCommand};
 pub use error::{
     status_exit_code, Error, EXIT_AUTH, EXIT_CONFLICT, EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_REJECTED,
     EXIT_UNREACHABLE, EXIT_USAGE,
@@ -51,6 +52,25 @@ pub use error::{
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::Serve(serve) => serve::run(&serve, args.connection.data_dir.as_deref()),
+        Command::Cluster(ClusterCommand::Init { out, force }) => {
+            let path = out.unwrap_or_else(|| {
+                args.connection
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(discover::DEFAULT_DATA_DIR))
+                    .join("cluster.secret")
+            });
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            crate::cluster::trust::ClusterSecret::create(&path, force)?;
+            print(&format!("{}\n", path.display()))?;
+            eprintln!(
+                "wrote a new cluster secret; copy it (mode 0600) to every node of the cluster"
+            );
+            Ok(())
+        }
         Command::Client(command) => Ok(run_client(&args.connection, command)?),
     }
 }

@@ -378,7 +378,8 @@ impl Writer {
             for cmd in cmds.drain(..) {
                 match cmd {
                     Command::Write(req, reply) => {
-                        let overlaps = |g: &Group| req.ops.iter().any(|op| g.overlaps(op.path().key()));
+                        let overlaps =
+                            |g: &Group| req.ops.iter().any(|op| g.overlaps(op.path().key()));
                         if overlaps(&group) {
                             self.flush(std::mem::take(&mut group));
                         }
@@ -421,7 +422,11 @@ impl Writer {
     /// Waits until the newest in-flight group for which `overlaps` is true has been applied.
     fn wait_for_inflight(&mut self, overlaps: impl Fn(&Group) -> bool) {
         let mut applied = *self.inner.applied.lock().unwrap_or_else(|e| e.into_inner());
-        while self.inflight.front().is_some_and(|(seq, _)| *seq <= applied) {
+        while self
+            .inflight
+            .front()
+            .is_some_and(|(seq, _)| *seq <= applied)
+        {
             self.inflight.pop_front();
         }
         let Some(wanted) = self
@@ -443,7 +448,11 @@ impl Writer {
         }
         applied = *guard;
         drop(guard);
-        while self.inflight.front().is_some_and(|(seq, _)| *seq <= applied) {
+        while self
+            .inflight
+            .front()
+            .is_some_and(|(seq, _)| *seq <= applied)
+        {
             self.inflight.pop_front();
         }
     }
@@ -670,9 +679,7 @@ fn sync_loop(inner: &Inner, rx: std::sync::mpsc::Receiver<Synced>) {
             .fetch_add(t0.elapsed().as_micros() as u64, Relaxed);
         stats.commits.fetch_add(1, Relaxed);
         let requests: usize = batch.iter().map(|s| s.planned.len()).sum();
-        stats
-            .committed_requests
-            .fetch_add(requests as u64, Relaxed);
+        stats.committed_requests.fetch_add(requests as u64, Relaxed);
         let last_seq = batch.last().map_or(0, |s| s.seq);
         let mut replies = Vec::with_capacity(requests);
         match synced {

@@ -234,10 +234,7 @@ impl Storage {
         }
         self.log = Some(wal::Writer::create(&self.wal_dir, next)?);
         (self.lsn, self.revision, self.high_water) = (lsn, revision, high_water);
-        self.checkpointer = Some(Checkpointer::start(
-            self.db.clone(),
-            self.wal_dir.clone(),
-        )?);
+        self.checkpointer = Some(Checkpointer::start(self.db.clone(), self.wal_dir.clone())?);
         Ok(Loaded {
             registers,
             revision,
@@ -708,7 +705,10 @@ mod tests {
         // The checkpoint runs on its own thread; it deletes segment 1 when it is in redb.
         let t0 = Instant::now();
         while wal::segments(&s.wal_dir).unwrap()[0].0 == 1 {
-            assert!(t0.elapsed() < Duration::from_secs(10), "checkpoint never finished");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "checkpoint never finished"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         s.commit(&Commit {
@@ -746,7 +746,9 @@ mod tests {
         let mut r = Storage::open(&copy, 1 << 20).unwrap();
         assert_eq!(keys(&r.load().unwrap()), vec![("a".to_string(), a2)]);
         assert_eq!(
-            wal::segments(&image.path().join("store.wal")).unwrap().len(),
+            wal::segments(&image.path().join("store.wal"))
+                .unwrap()
+                .len(),
             1,
             "only the new, empty segment is left"
         );

@@ -256,7 +256,7 @@ async fn refuse_plaintext(mut tcp: TcpStream) {
     .await;
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -560,7 +560,7 @@ fn read_ca_key(path: &Path) -> Result<KeyPair, Error> {
 
 /// Writes `contents` to `path` with exactly `mode`, atomically: a temporary file in the same
 /// directory is written, synced and renamed over `path`, then the directory is synced.
-fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
+pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
     let write_err = |cause| Error::Write {
         path: path.to_path_buf(),
         cause,

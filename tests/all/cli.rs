@@ -502,3 +502,36 @@ async fn watch_prints_the_state_then_changes() {
     assert_eq!(next().await, "delete /app/x");
     child.kill().await.unwrap();
 }
+
+#[test]
+fn cluster_init_writes_a_private_secret_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herd-data/cluster.secret");
+    let out = ok(Cli::new(["cluster", "init"]).cwd(dir.path()).run());
+    assert_eq!(out, "herd-data/cluster.secret\n");
+    let first = std::fs::read_to_string(&path).unwrap();
+    assert!(first.starts_with("herd-cluster-secret-v1:"), "{first:?}");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // A second init would split the cluster: refused, the secret unchanged.
+    fails(
+        Cli::new(["cluster", "init"]).cwd(dir.path()).run(),
+        1,
+        "exists already",
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), first);
+
+    let out = ok(Cli::new([
+        "cluster",
+        "init",
+        "--force",
+        "--out",
+        path.to_str().unwrap(),
+    ])
+    .cwd(dir.path())
+    .run());
+    assert_eq!(out, format!("{}\n", path.display()));
+    assert_ne!(std::fs::read_to_string(&path).unwrap(), first);
+}

@@ -63,6 +63,9 @@ pub struct ConnectionArgs {
 pub enum Command {
     /// Run a node
     Serve(ServeArgs),
+    /// Manage the cluster's shared secret
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -229,6 +232,20 @@ pub struct ImportArgs {
     /// Also delete the top-level keys that are not in FILE
     #[arg(long)]
     pub replace: bool,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClusterCommand {
+    /// Write a new random cluster secret (mode 0600) and print its path; copy the file to
+    /// every node of the cluster
+    Init {
+        /// Where to write it [default: DATA/cluster.secret]
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Replace an existing secret (nodes that keep the old one no longer trust this one)
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]
