@@ -10,7 +10,7 @@ use fuser::{
     Request, TimeOrNow,
 };
 
-use crate::fs::{Errno, Fs, Stat};
+use crate::fs::{Errno, Fs, Opened, Stat};
 use crate::table::Kind;
 
 /// The filesystem as `fuser` drives it.
@@ -87,6 +87,13 @@ fn utf8(name: &OsStr) -> Result<&str, Errno> {
 fn empty(result: Result<(), Errno>, reply: ReplyEmpty) {
     match result {
         Ok(()) => reply.ok(),
+        Err(Errno(e)) => reply.error(e),
+    }
+}
+
+fn opened(result: Result<Opened, Errno>, reply: ReplyOpen) {
+    match result {
+        Ok(o) => reply.opened(o.fh, o.flags),
         Err(Errno(e)) => reply.error(e),
     }
 }
@@ -208,10 +215,7 @@ impl Filesystem for Adapter {
             // Writes never get here: the mount is `ro`.
             return reply.error(libc::ENOSYS);
         }
-        match self.fs.open(ino, flags) {
-            Ok(opened) => reply.opened(opened.fh, opened.flags),
-            Err(Errno(e)) => reply.error(e),
-        }
+        opened(self.fs.open(ino, flags), reply);
     }
 
     fn read(
@@ -282,10 +286,7 @@ impl Filesystem for Adapter {
     }
 
     fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
-        match self.fs.opendir(ino) {
-            Ok(opened) => reply.opened(opened.fh, opened.flags),
-            Err(Errno(e)) => reply.error(e),
-        }
+        opened(self.fs.opendir(ino), reply);
     }
 
     fn readdir(

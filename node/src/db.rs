@@ -124,8 +124,6 @@ pub struct WriteStats {
     pub committed_requests: AtomicU64,
     /// Time spent in storage commits, in microseconds.
     pub commit_micros: AtomicU64,
-    /// Time spent planning and applying, in microseconds.
-    pub cpu_micros: AtomicU64,
 }
 
 struct Inner {
@@ -421,14 +419,8 @@ impl Writer {
 
     /// Waits until the newest in-flight group for which `overlaps` is true has been applied.
     fn wait_for_inflight(&mut self, overlaps: impl Fn(&Group) -> bool) {
-        let mut applied = *self.inner.applied.lock().unwrap_or_else(|e| e.into_inner());
-        while self
-            .inflight
-            .front()
-            .is_some_and(|(seq, _)| *seq <= applied)
-        {
-            self.inflight.pop_front();
-        }
+        let applied = *self.inner.applied.lock().unwrap_or_else(|e| e.into_inner());
+        self.forget_applied(applied);
         let Some(wanted) = self
             .inflight
             .iter()
@@ -446,8 +438,13 @@ impl Writer {
                 .wait(guard)
                 .unwrap_or_else(|e| e.into_inner());
         }
-        applied = *guard;
+        let applied = *guard;
         drop(guard);
+        self.forget_applied(applied);
+    }
+
+    /// Drops the in-flight groups numbered up to `applied`.
+    fn forget_applied(&mut self, applied: u64) {
         while self
             .inflight
             .front()

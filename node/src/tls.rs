@@ -381,7 +381,9 @@ fn ensure_ca(dir: &Path) -> Result<CertificateDer<'static>, Error> {
         write_atomic(&ca_key, key.serialize_pem().as_bytes(), 0o600)?;
         key
     };
-    let cert = ca_params().self_signed(&key).map_err(Error::Generate)?;
+    let cert = ca_params(CA_COMMON_NAME, VALIDITY)
+        .self_signed(&key)
+        .map_err(Error::Generate)?;
     write_atomic(&ca_crt, cert.pem().as_bytes(), 0o644)?;
     tracing::info!(path = %ca_crt.display(), "created the local CA; clients trust this file");
     Ok(cert.der().clone())
@@ -436,7 +438,10 @@ fn issue_api_material(
             dir: dir.to_path_buf(),
         });
     }
-    let issuer = Issuer::new(ca_params(), read_ca_key(&ca_key_path)?);
+    let issuer = Issuer::new(
+        ca_params(CA_COMMON_NAME, VALIDITY),
+        read_ca_key(&ca_key_path)?,
+    );
 
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
@@ -447,7 +452,7 @@ fn issue_api_material(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
-    set_validity(&mut params);
+    set_validity(&mut params, VALIDITY);
     let key = KeyPair::generate().map_err(Error::Generate)?;
     let cert = params.signed_by(&key, &issuer).map_err(Error::Generate)?;
 
@@ -467,31 +472,31 @@ fn issue_api_material(
     Ok((vec![cert.der().clone()], key_der))
 }
 
-/// The parameters of the local CA. An [`Issuer`] needs only the subject, key identifier method
-/// and key usages, so rebuilding these equals parsing `ca.crt` (checked after each issue).
-fn ca_params() -> CertificateParams {
+/// The parameters of a CA named `common_name`. An [`Issuer`] needs only the subject, key
+/// identifier method and key usages, so rebuilding these equals parsing the CA certificate
+/// (checked after each issue of the API certificate; the cluster CA relies on it too).
+pub(crate) fn ca_params(common_name: &str, validity: Duration) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params
         .distinguished_name
-        .push(DnType::CommonName, CA_COMMON_NAME);
+        .push(DnType::CommonName, common_name);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    set_validity(&mut params);
+    set_validity(&mut params, validity);
     params
 }
 
-fn set_validity(params: &mut CertificateParams) {
+/// Valid from a day before now (clock skew) until `validity` from now.
+pub(crate) fn set_validity(params: &mut CertificateParams, validity: Duration) {
     let epoch = rcgen::date_time_ymd(1970, 1, 1);
-    let since_epoch = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
+    let since_epoch = now();
     params.not_before = epoch + since_epoch.saturating_sub(BACKDATE);
-    params.not_after = epoch + since_epoch + VALIDITY;
+    params.not_after = epoch + since_epoch + validity;
 }
 
 fn now() -> Duration {

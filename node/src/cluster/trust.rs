@@ -11,8 +11,8 @@
 
 use crate::tls;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use ring::hkdf;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -22,7 +22,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// How a secret file starts; the version names the derivation below.
 const SECRET_PREFIX: &str = "herd-cluster-secret-v1:";
@@ -41,8 +41,9 @@ pub const PEER_SERVER_NAME: &str = "herd-peer";
 pub const ALPN_PEER: &[u8] = b"herd-peer/1";
 /// Node certificates are valid this long; a node issues a new one at every start.
 const NODE_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 60 * 60);
-/// ...starting this long before "now", to tolerate clock skew between nodes.
-const BACKDATE: Duration = Duration::from_secs(24 * 60 * 60);
+/// Every node builds its own copy of the cluster CA certificate with this validity (peers
+/// check node certificates against the CA's key and subject only).
+const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -214,8 +215,11 @@ fn issue(
     Error,
 > {
     let ca_key = secret.ca_key()?;
-    let ca_cert = ca_params().self_signed(&ca_key)?.der().clone();
-    let issuer = Issuer::new(ca_params(), ca_key);
+    let ca_cert = tls::ca_params(CA_COMMON_NAME, CA_VALIDITY)
+        .self_signed(&ca_key)?
+        .der()
+        .clone();
+    let issuer = Issuer::new(tls::ca_params(CA_COMMON_NAME, CA_VALIDITY), ca_key);
 
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
@@ -240,7 +244,7 @@ fn issue(
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
     params.use_authority_key_identifier_extension = true;
-    set_validity(&mut params, NODE_CERT_VALIDITY);
+    tls::set_validity(&mut params, NODE_CERT_VALIDITY);
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
     let chain = vec![cert.der().clone()];
@@ -295,33 +299,6 @@ fn uri_part(s: &str) -> String {
             }
         })
         .collect()
-}
-
-/// The CA's parameters; every node builds the same subject and key usages, so an [`Issuer`]
-/// built from them matches every other node's copy of the CA certificate.
-fn ca_params() -> CertificateParams {
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, CA_COMMON_NAME);
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    set_validity(&mut params, 10 * NODE_CERT_VALIDITY);
-    params
-}
-
-fn set_validity(params: &mut CertificateParams, validity: Duration) {
-    let epoch = rcgen::date_time_ymd(1970, 1, 1);
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    params.not_before = epoch + now.saturating_sub(BACKDATE);
-    params.not_after = epoch + now + validity;
 }
 
 #[cfg(test)]

@@ -107,8 +107,6 @@ pub struct Writer {
     /// Shared with [`Segment`]s that sync it from another thread.
     file: Arc<File>,
     seq: u64,
-    /// Bytes in the current segment.
-    len: u64,
 }
 
 impl Writer {
@@ -128,18 +126,12 @@ impl Writer {
             dir: dir.to_path_buf(),
             file: Arc::new(file),
             seq,
-            len: 0,
         })
     }
 
     #[cfg(test)]
     pub fn seq(&self) -> u64 {
         self.seq
-    }
-
-    #[cfg(test)]
-    pub fn len(&self) -> u64 {
-        self.len
     }
 
     /// Appends one record, framing `payload`; [`Segment::sync`] makes it durable. `buf` is
@@ -155,7 +147,6 @@ impl Writer {
         (&*self.file)
             .write_all(buf)
             .map_err(io_err(&segment_path(&self.dir, self.seq)))?;
-        self.len += buf.len() as u64;
         Ok(())
     }
 
@@ -216,7 +207,8 @@ mod tests {
         w.append(b"", &mut buf).unwrap();
         w.append(&[7u8; 1000], &mut buf).unwrap();
         w.segment().sync().unwrap();
-        assert_eq!(w.len(), 3 * 8 + 3 + 1000);
+        let written = fs::metadata(segment_path(dir.path(), 1)).unwrap().len();
+        assert_eq!(written, 3 * 8 + 3 + 1000);
         let first = w.rotate().unwrap();
         assert_eq!((first, w.seq()), (1, 2));
         w.append(b"two", &mut buf).unwrap();
