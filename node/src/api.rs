@@ -42,6 +42,8 @@ pub struct App {
     /// Every task a handler spawns (watch feeds) joins this, so shutdown waits for them.
     pub tracker: TaskTracker,
     pub started: Instant,
+    /// The cluster side, when clustering is on.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// An error answer: status, stable code, message.
@@ -270,6 +272,13 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>>
             kv::batch(app, &grant, req).await
         }
         "/v1/health" => Ok(admin::health()),
+        "/v1/members" => {
+            authenticate(app, &req)?;
+            if req.method() != Method::GET {
+                return Err(method_not_allowed("GET"));
+            }
+            Ok(admin::members(app))
+        }
         "/v1/status" => {
             authenticate(app, &req)?;
             Ok(admin::status(app))

@@ -119,6 +119,14 @@ fn run_client(connection: &ConnectionArgs, command: ClientCommand) -> Result<(),
                 let status = api.get("/v1/status").await?;
                 print(&format!("{}\n", pretty(&status)))
             }
+            ClientCommand::Members(args) => {
+                let view = api.get("/v1/members").await?;
+                if args.json {
+                    print(&format!("{}\n", pretty(&view)))
+                } else {
+                    print(&members_table(&view))
+                }
+            }
             ClientCommand::Token(TokenCommand::Create { name, role, prefix }) => {
                 tokens::create(&api, &name, role, prefix.as_deref()).await
             }
@@ -142,6 +150,59 @@ fn print(text: &str) -> Result<(), Error> {
 /// Writes a message for the user to stderr; a failure to do so is not worth failing for.
 fn note(text: &str) {
     let _ = writeln!(io::stderr(), "{text}");
+}
+
+/// The members view as a table: this node first, then each peer.
+fn members_table(view: &serde_json::Value) -> String {
+    let me = &view["self"];
+    let mut out = format!(
+        "node {} cluster {} env {}\n",
+        me["node_id"].as_str().unwrap_or("?"),
+        me["cluster"].as_str().unwrap_or("?"),
+        me["env"].as_str().unwrap_or("?"),
+    );
+    if let Some(why) = view["clustering"].as_str() {
+        out.push_str(&format!("clustering {why}\n"));
+        return out;
+    }
+    out.push_str(&format!(
+        "{:<16}  {:<8}  {:<21}  {:<7}  {:>10}  {:>8}\n",
+        "NODE", "STATE", "ADDRESS", "SOURCE", "SEEN", "LAG"
+    ));
+    for m in view["members"].as_array().into_iter().flatten() {
+        let seen = m["last_seen_ago_ms"]
+            .as_u64()
+            .map_or("never".to_owned(), |ms| {
+                format!("{:.1}s ago", ms as f64 / 1000.0)
+            });
+        let state = match m["state"].as_str() {
+            Some("refused") => format!(
+                "refused ({} {})",
+                m["cluster"].as_str().unwrap_or("?"),
+                m["env"].as_str().unwrap_or("?")
+            ),
+            s => s.unwrap_or("?").to_owned(),
+        };
+        out.push_str(&format!(
+            "{:<16}  {:<8}  {:<21}  {:<7}  {:>10}  {:>6}ms\n",
+            m["node_id"].as_str().unwrap_or("?"),
+            state,
+            m["addr"].as_str().unwrap_or("?"),
+            m["source"].as_str().unwrap_or("?"),
+            seen,
+            m["replication_lag_ms"].as_u64().unwrap_or(0),
+        ));
+    }
+    for s in view["seeds"].as_array().into_iter().flatten() {
+        if s["node_id"].is_null() {
+            out.push_str(&format!(
+                "seed {} not reached: {}\n",
+                s["target"].as_str().unwrap_or("?"),
+                s["last_error"].as_str().unwrap_or("not tried yet")
+            ));
+        }
+    }
+    out
 }
 
 /// Indented JSON, as printed for directories, export and status.

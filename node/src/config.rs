@@ -75,6 +75,41 @@ pub struct Config {
     /// Make that mount read-only: writes through it fail with EROFS, and the kernel serves
     /// reads of unchanged keys from its caches without asking the node. Default false.
     pub mount_read_only: bool,
+
+    // Cluster (README "Running a cluster"). Clustering is on when the node has a cluster
+    // secret (or an operator CA); without one it runs alone and opens no peer port.
+    /// Name of the cluster; nodes of another cluster are never merged with. Default `herd`.
+    pub cluster: String,
+    /// Environment: `production`, `staging`, `testing`, `development` or any name; nodes of
+    /// another environment are never merged with. Default `development`.
+    pub env: String,
+    /// Address of the peer port (HTTPS with mutual TLS only). Default `0.0.0.0:7441`.
+    pub peer_addr: SocketAddr,
+    /// The cluster secret file (`herd cluster init` writes one; copy it to every node).
+    /// Default `DATA/cluster.secret` when that file exists.
+    pub cluster_secret: Option<PathBuf>,
+    /// Operator-provided trust instead of a secret: the cluster CA certificate (PEM), and
+    /// this node's certificate chain and key issued by it. Default none.
+    pub peer_ca: Option<PathBuf>,
+    pub peer_cert: Option<PathBuf>,
+    pub peer_key: Option<PathBuf>,
+    /// Static seed peers, `host:port` of their peer ports (DNS names are resolved again at
+    /// every attempt). Default none.
+    pub peers: Vec<String>,
+    /// Discover peers by mDNS (`_herd._tcp.local.`). Default true (when clustering is on).
+    pub mdns: bool,
+    /// Interfaces mDNS runs on, e.g. `eth0`. Default: every interface but loopback.
+    pub mdns_interfaces: Vec<String>,
+    /// Time between anti-entropy rounds with a random live peer, e.g. `2s`. Default 2 s.
+    #[serde(with = "duration")]
+    pub anti_entropy_interval: Duration,
+    /// Longest wait between attempts to reach an unreachable peer (the wait doubles from 1 s
+    /// up to this). Default 5 minutes.
+    #[serde(with = "duration")]
+    pub peer_retry_max: Duration,
+    /// Push every local write to the live peers at once. Turning this off (a test hook)
+    /// leaves replication to anti-entropy alone. Default true.
+    pub replication_push: bool,
 }
 
 impl Default for Config {
@@ -97,6 +132,19 @@ impl Default for Config {
             cache_bytes: 16 << 20,
             mount: None,
             mount_read_only: false,
+            cluster: "herd".into(),
+            env: "development".into(),
+            peer_addr: SocketAddr::from(([0, 0, 0, 0], 7441)),
+            cluster_secret: None,
+            peer_ca: None,
+            peer_cert: None,
+            peer_key: None,
+            peers: Vec::new(),
+            mdns: true,
+            mdns_interfaces: Vec::new(),
+            anti_entropy_interval: Duration::from_secs(2),
+            peer_retry_max: Duration::from_secs(300),
+            replication_push: true,
         }
     }
 }
@@ -133,6 +181,41 @@ impl Config {
         }
         if self.max_connections == 0 || self.max_batch_ops == 0 || self.log_events == 0 {
             return invalid("max_connections", "limits must be positive");
+        }
+        for (field, name) in [("cluster", &self.cluster), ("env", &self.env)] {
+            let ok = (1..=63).contains(&name.len())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !ok {
+                return invalid(
+                    field,
+                    "must be 1 to 63 characters of letters, digits, '-', '_' or '.'",
+                );
+            }
+        }
+        let operator = [&self.peer_ca, &self.peer_cert, &self.peer_key];
+        if operator.iter().any(|p| p.is_some()) && operator.iter().any(|p| p.is_none()) {
+            return invalid("peer_ca", "peer_ca, peer_cert and peer_key go together");
+        }
+        if self.peer_ca.is_some() && self.cluster_secret.is_some() {
+            return invalid(
+                "peer_ca",
+                "use either a cluster secret or an operator CA, not both",
+            );
+        }
+        if self.anti_entropy_interval < Duration::from_millis(10) {
+            return invalid("anti_entropy_interval", "must be at least 10ms");
+        }
+        if self.peer_retry_max < Duration::from_secs(1) {
+            return invalid("peer_retry_max", "must be at least 1s");
+        }
+        for p in &self.peers {
+            if p.rsplit_once(':')
+                .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
+            {
+                return invalid("peers", &format!("{p:?} is not host:port"));
+            }
         }
         Ok(())
     }

@@ -17,7 +17,9 @@
 
 use crate::storage::{self, LogSync, Storage};
 use crate::store::log::Compacted;
-use crate::store::{path, ChangeLog, Event, EventKind, Hlc, Lookup, Op, Register, Store, Version};
+use crate::store::{
+    path, ChangeLog, Event, EventKind, Hlc, Kind, Lookup, Op, Register, Store, Version,
+};
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
@@ -26,6 +28,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Most requests planned into one group commit.
 const MAX_GROUP: usize = 1024;
+/// Local writes the replication feed holds for a slow reader before that reader lags (and is
+/// then repaired by anti-entropy instead).
+const CHANGE_FEED: usize = 8192;
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -111,6 +116,11 @@ pub struct Subscription {
 
 enum Command {
     Write(WriteRequest, oneshot::Sender<Result<Written, Error>>),
+    /// Registers from a peer, merged by the store's rule; answers how many were applied.
+    Merge(
+        Vec<(Box<str>, Register)>,
+        oneshot::Sender<Result<usize, Error>>,
+    ),
     /// Announce due expiries and collect old tombstones.
     Housekeeping,
 }
@@ -133,8 +143,13 @@ struct Inner {
     applied_changed: Condvar,
     stats: WriteStats,
     events: broadcast::Sender<Arc<Event>>,
+    /// The registers of every local write once applied, for pushing to peers.
+    changes: broadcast::Sender<Change>,
     node_id: u64,
 }
+
+/// The registers one local write produced, as replicated to peers.
+pub type Change = Arc<[(Box<str>, Register)]>;
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]
@@ -181,12 +196,14 @@ impl Db {
             log: ChangeLog::new(opts.log_events, loaded.revision),
         };
         let (events, _) = broadcast::channel(4096);
+        let (changes, _) = broadcast::channel(CHANGE_FEED);
         let inner = Arc::new(Inner {
             state: RwLock::new(state),
             applied: Mutex::new(0),
             applied_changed: Condvar::new(),
             stats: WriteStats::default(),
             events,
+            changes,
             node_id,
         });
         let (tx, rx) = mpsc::channel(4096);
@@ -242,6 +259,29 @@ impl Db {
             .await
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Merges registers that came from a peer, durably, by the same rule as local writes:
+    /// covered or duplicate registers are skipped (so merging is idempotent and commutative),
+    /// and tombstones older than the grace period are ignored (this node has collected or will
+    /// collect them). Answers how many registers were applied. Applied registers produce
+    /// change events like local writes do, but are not fed back to [`Db::changes`].
+    pub async fn merge(&self, regs: Vec<(Box<str>, Register)>) -> Result<usize, Error> {
+        if regs.is_empty() {
+            return Ok(0);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Merge(regs, reply))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// The feed of local writes' registers, once each is durable and applied. A reader that
+    /// falls more than a few thousand writes behind gets `Lagged` and must resynchronise.
+    pub fn changes(&self) -> broadcast::Receiver<Change> {
+        self.inner.changes.subscribe()
     }
 
     /// Asks the writer to announce expiries and collect tombstones that are due.
@@ -301,13 +341,40 @@ pub fn related(watched: &str, event_key: &str) -> bool {
     path::key_contains(watched, event_key) || path::key_contains(event_key, watched)
 }
 
+/// Who waits for a planned request.
+enum Origin {
+    /// A local write: its events are planned, its registers feed replication.
+    Local(oneshot::Sender<Result<Written, Error>>),
+    /// A merge from a peer: its events are made once applied (an object register shows what
+    /// its subtree holds then).
+    Remote(oneshot::Sender<Result<usize, Error>>),
+}
+
+impl Origin {
+    fn fail(self, e: Error) {
+        self.answer(Err(e));
+    }
+
+    /// Answers with what the request was given and how many registers it applied.
+    fn answer(self, result: Result<(Written, usize), Error>) {
+        match self {
+            Origin::Local(reply) => {
+                let _ = reply.send(result.map(|(w, _)| w));
+            }
+            Origin::Remote(reply) => {
+                let _ = reply.send(result.map(|(_, n)| n));
+            }
+        }
+    }
+}
+
 /// One planned request inside a group.
 struct Planned {
     regs: Vec<(Box<str>, Register)>,
     removes: Vec<Box<str>>,
     events: Vec<Arc<Event>>,
     written: Written,
-    reply: oneshot::Sender<Result<Written, Error>>,
+    origin: Origin,
 }
 
 #[derive(Default)]
@@ -392,11 +459,35 @@ impl Writer {
                                     removes,
                                     events,
                                     written,
-                                    reply,
+                                    origin: Origin::Local(reply),
                                 });
                             }
                             Err(e) => {
                                 let _ = reply.send(Err(e));
+                            }
+                        }
+                    }
+                    Command::Merge(regs, reply) => {
+                        let overlaps = |g: &Group| regs.iter().any(|(k, _)| g.overlaps(k));
+                        if overlaps(&group) {
+                            self.flush(std::mem::take(&mut group));
+                        }
+                        self.wait_for_inflight(overlaps);
+                        match self.plan_remote(regs) {
+                            Some((regs, removes, written)) => {
+                                for (k, _) in &regs {
+                                    group.touch(k);
+                                }
+                                group.planned.push(Planned {
+                                    regs,
+                                    removes,
+                                    events: Vec::new(),
+                                    written,
+                                    origin: Origin::Remote(reply),
+                                });
+                            }
+                            None => {
+                                let _ = reply.send(Ok(0));
                             }
                         }
                     }
@@ -542,6 +633,63 @@ impl Writer {
         Ok((regs, removes, events, Written { version, revision }))
     }
 
+    /// Plans registers from a peer against the committed state: keeps those no committed or
+    /// other incoming register covers, in version order, and lists the committed keys they
+    /// cover. `None` if nothing would change.
+    #[allow(
+        clippy::type_complexity,
+        reason = "a private tuple consumed right at the call site"
+    )]
+    fn plan_remote(
+        &mut self,
+        mut regs: Vec<(Box<str>, Register)>,
+    ) -> Option<(Vec<(Box<str>, Register)>, Vec<Box<str>>, Written)> {
+        let now = now_ms();
+        let floor = now.saturating_sub(self.opts.tombstone_grace_ms);
+        regs.sort_by(|a, b| a.1.version.cmp(&b.1.version).then_with(|| a.0.cmp(&b.0)));
+        let st = self.inner.state.read().unwrap_or_else(|e| e.into_inner());
+        let mut accepted: std::collections::BTreeMap<Box<str>, Register> = Default::default();
+        let mut removes = Vec::new();
+        for (k, r) in regs {
+            if past_grace(&r, floor) {
+                continue;
+            }
+            let covered_here = accepted.get(&k).is_some_and(|c| c.version >= r.version)
+                || path::key_ancestors(&k)
+                    .any(|a| accepted.get(a).is_some_and(|c| c.version > r.version));
+            if covered_here {
+                continue;
+            }
+            let Some(rm) = st.store.plan_merge(&k, &r) else {
+                continue;
+            };
+            let below: Vec<Box<str>> = accepted
+                .range::<str, _>((std::ops::Bound::Excluded(&*k), std::ops::Bound::Unbounded))
+                .take_while(|(x, _)| path::key_contains(&k, x))
+                .filter(|(_, c)| c.version < r.version)
+                .map(|(x, _)| x.clone())
+                .collect();
+            for x in below {
+                accepted.remove(&x);
+            }
+            removes.extend(rm);
+            self.clock.observe(r.version);
+            accepted.insert(k, r);
+        }
+        drop(st);
+        if accepted.is_empty() {
+            return None;
+        }
+        let mut regs: Vec<(Box<str>, Register)> = accepted.into_iter().collect();
+        regs.sort_by(|a, b| a.1.version.cmp(&b.1.version).then_with(|| a.0.cmp(&b.0)));
+        self.revision += 1;
+        let written = Written {
+            version: self.clock.high_water(),
+            revision: self.revision,
+        };
+        Some((regs, removes, written))
+    }
+
     /// Appends a group to the log and hands it to the sync thread, which syncs, applies and
     /// answers it.
     fn flush(&mut self, mut group: Group) {
@@ -570,7 +718,7 @@ impl Writer {
                 tracing::error!(error = %e, "group commit failed; its writes are refused");
                 self.revision = planned[0].written.revision - 1;
                 for p in planned {
-                    let _ = p.reply.send(Err(Error::Storage(e.to_string())));
+                    p.origin.fail(Error::Storage(e.to_string()));
                 }
                 return;
             }
@@ -681,17 +829,11 @@ fn sync_loop(inner: &Inner, rx: std::sync::mpsc::Receiver<Synced>) {
         let mut replies = Vec::with_capacity(requests);
         match synced {
             Ok(()) => {
+                let feed = inner.changes.receiver_count() > 0;
                 let mut st = inner.state.write().unwrap_or_else(|e| e.into_inner());
                 for s in batch.drain(..) {
                     for p in s.planned {
-                        for (k, r) in p.regs {
-                            st.store.merge(&k, r);
-                        }
-                        for ev in p.events {
-                            st.log.push(ev.clone());
-                            let _ = inner.events.send(ev);
-                        }
-                        replies.push((p.reply, Ok(p.written)));
+                        apply(inner, &mut st, p, feed, &mut replies);
                     }
                     st.revision = s.last_revision;
                 }
@@ -700,16 +842,90 @@ fn sync_loop(inner: &Inner, rx: std::sync::mpsc::Receiver<Synced>) {
                 tracing::error!(error = %e, "group commit failed; its writes are refused");
                 for s in batch.drain(..) {
                     for p in s.planned {
-                        replies.push((p.reply, Err(Error::Storage(e.to_string()))));
+                        replies.push((p.origin, Err(Error::Storage(e.to_string()))));
                     }
                 }
             }
         }
         *inner.applied.lock().unwrap_or_else(|e| e.into_inner()) = last_seq;
         inner.applied_changed.notify_all();
-        for (reply, result) in replies {
-            let _ = reply.send(result);
+        for (origin, result) in replies {
+            origin.answer(result);
         }
+    }
+}
+
+/// Answers waiting for the end of a sync batch.
+type Replies = Vec<(Origin, Result<(Written, usize), Error>)>;
+
+/// Applies one planned request to the committed state: merges its registers, logs and
+/// broadcasts its events, feeds a local write's registers to replication.
+fn apply(inner: &Inner, st: &mut State, p: Planned, feed: bool, replies: &mut Replies) {
+    let Planned {
+        regs,
+        events,
+        written,
+        origin,
+        ..
+    } = p;
+    let mut events = events;
+    let mut applied = 0;
+    match &origin {
+        Origin::Local(_) => {
+            if feed {
+                let _ = inner.changes.send(regs.clone().into());
+            }
+            for (k, r) in regs {
+                st.store.merge(&k, r);
+            }
+        }
+        Origin::Remote(_) => {
+            let mut keys = Vec::with_capacity(regs.len());
+            for (k, r) in regs {
+                let version = r.version;
+                if st.store.merge(&k, r) {
+                    keys.push((k, version));
+                }
+            }
+            // Events once every register is in, so an object shows what its subtree holds.
+            let now = now_ms();
+            for (seq, (k, version)) in keys.into_iter().enumerate() {
+                let (kind, value) = match st.store.register(&k).map(|r| &r.kind) {
+                    Some(Kind::Leaf(text)) => (EventKind::Put, Some(text.clone())),
+                    Some(Kind::Object) => {
+                        let mut out = String::new();
+                        st.store.render(&k, now, &mut out);
+                        (EventKind::Put, Some(out.into()))
+                    }
+                    Some(Kind::Deleted) | None => (EventKind::Delete, None),
+                };
+                events.push(Arc::new(Event {
+                    revision: written.revision,
+                    seq: seq as u32,
+                    kind,
+                    key: k,
+                    value,
+                    version,
+                }));
+            }
+            applied = events.len();
+        }
+    }
+    for ev in events {
+        st.log.push(ev.clone());
+        let _ = inner.events.send(ev);
+    }
+    replies.push((origin, Ok((written, applied))));
+}
+
+/// True if a register from a peer is a tombstone (a deletion or an expired leaf) whose grace
+/// period ended before `floor`: this node collects such registers, so it must not take them
+/// back from a peer that has not collected them yet.
+fn past_grace(r: &Register, floor: u64) -> bool {
+    match (&r.kind, r.expires) {
+        (Kind::Deleted, _) => r.version.millis < floor,
+        (_, Some(t)) => t < floor,
+        _ => false,
     }
 }
 

@@ -4,6 +4,10 @@
 
 use crate::api::{self, App, Metrics};
 use crate::auth::{self, Tokens};
+use crate::cluster::mdns::{self, Discovery};
+use crate::cluster::peer::Stated;
+use crate::cluster::trust::{ClusterSecret, NodeIdentity, PeerTls};
+use crate::cluster::{self, Cluster};
 use crate::config::Config;
 use crate::db::{self, Db, WriterHandle};
 use anyhow::Context;
@@ -29,6 +33,11 @@ pub struct NodeHandle {
     writer: WriterHandle,
     /// The file view, when `config.mount` asked for one.
     mount: Option<fuse_mount::Mount>,
+    /// The peer port's address, when clustering is on.
+    pub peer_addr: Option<SocketAddr>,
+    /// The cluster side (peers, replication), when clustering is on.
+    pub cluster: Option<Arc<Cluster>>,
+    discovery: Option<Discovery>,
 }
 
 impl NodeHandle {
@@ -40,8 +49,13 @@ impl NodeHandle {
             writer,
             db,
             mount,
+            discovery,
+            cluster,
             ..
         } = self;
+        if let Some(d) = discovery {
+            d.shutdown().await;
+        }
         if let Some(mount) = mount {
             let dir = mount.dir().display().to_string();
             match tokio::task::spawn_blocking(move || mount.unmount()).await {
@@ -53,6 +67,8 @@ impl NodeHandle {
         cancel.cancel();
         tracker.close();
         tracker.wait().await;
+        // The writer ends once every handle to the database is gone.
+        drop(cluster);
         drop(db);
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     }
@@ -85,6 +101,47 @@ pub fn local_url(addr: SocketAddr) -> String {
         ip => ip.to_string(),
     };
     format!("https://{host}:{}", addr.port())
+}
+
+/// The peer port's trust, if the node is configured for a cluster: the operator's CA and
+/// certificate, or the cluster secret (`--cluster-secret`, or `DATA/cluster.secret` when that
+/// file exists). `None`: the node runs alone.
+fn peer_trust(config: &Config, me: &NodeIdentity) -> anyhow::Result<Option<PeerTls>> {
+    if let (Some(ca), Some(cert), Some(key)) =
+        (&config.peer_ca, &config.peer_cert, &config.peer_key)
+    {
+        let ca_cert = crate::tls::read_chain(ca)?
+            .into_iter()
+            .next()
+            .with_context(|| format!("{} holds no certificate", ca.display()))?;
+        let chain = crate::tls::read_chain(cert)?;
+        let key = crate::tls::read_key(key)?;
+        return Ok(Some(
+            PeerTls::new(ca_cert, chain, key).context("cannot use the operator's peer CA")?,
+        ));
+    }
+    let secret_file = match &config.cluster_secret {
+        Some(f) => f.clone(),
+        None => {
+            let f = config.data_dir.join("cluster.secret");
+            if !f.exists() {
+                if !config.peers.is_empty() {
+                    anyhow::bail!(
+                        "seed peers are configured but there is no cluster secret: copy the \
+                         cluster's secret to {} (or pass --cluster-secret; `herd cluster init` \
+                         makes a new one)",
+                        f.display()
+                    );
+                }
+                return Ok(None);
+            }
+            f
+        }
+    };
+    let secret = ClusterSecret::read(&secret_file)?;
+    Ok(Some(
+        PeerTls::from_secret(&secret, me).context("cannot issue this node's peer certificate")?,
+    ))
 }
 
 /// Starts a node; returns once it answers on its API.
@@ -129,7 +186,25 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         .context("cannot set up the bootstrap token")?;
 
     let api_addr = listener.local_addr()?;
-    let info = serde_json::json!({"api": local_url(api_addr), "node_id": format!("{id:016x}"), "pid": std::process::id()});
+    let me = NodeIdentity {
+        node_id: id,
+        cluster: config.cluster.clone(),
+        env: config.env.clone(),
+    };
+    let peer_tls = peer_trust(&config, &me)?;
+    let peer_listener = match &peer_tls {
+        Some(_) => Some(
+            TcpListener::bind(config.peer_addr)
+                .await
+                .with_context(|| format!("cannot listen on the peer port {}", config.peer_addr))?,
+        ),
+        None => None,
+    };
+    let peer_addr = match &peer_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    let info = serde_json::json!({"api": local_url(api_addr), "node_id": format!("{id:016x}"), "pid": std::process::id(), "peer_addr": peer_addr.map(|a| a.to_string())});
     std::fs::write(data_dir.join("node.json"), format!("{info}\n"))
         .context("cannot write node.json")?;
 
@@ -161,6 +236,49 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
             Some(mounted)
         }
     };
+    let (cluster, discovery) = match (peer_tls, peer_listener, peer_addr) {
+        (Some(tls), Some(listener), Some(peer_addr)) => {
+            let settings = cluster::Settings {
+                me: me.clone(),
+                api_port: api_addr.port(),
+                peer_port: peer_addr.port(),
+                seeds: config.peers.clone(),
+                anti_entropy_interval: config.anti_entropy_interval,
+                retry_cap: config.peer_retry_max,
+                push: config.replication_push,
+                max_body: (64 << 20).max(2 * config.max_batch_bytes),
+            };
+            let c = Arc::new(Cluster::start(
+                settings,
+                db.clone(),
+                tls,
+                listener,
+                cancel.clone(),
+                tracker.clone(),
+            ));
+            let discovery = if config.mdns {
+                let announce = mdns::Announce {
+                    node_id: id,
+                    cluster: me.cluster.clone(),
+                    env: me.env.clone(),
+                    api_port: api_addr.port(),
+                    peer_port: peer_addr.port(),
+                };
+                let (d, found) = Discovery::start(&announce, &config.mdns_interfaces)
+                    .context("cannot start mDNS discovery (use --no-mdns to run without it)")?;
+                tracker.spawn(follow_discovery(c.clone(), found, cancel.clone()));
+                Some(d)
+            } else {
+                None
+            };
+            tracing::info!(peer_addr = %peer_addr, cluster = %me.cluster, env = %me.env, mdns = config.mdns, seeds = config.peers.len(), "peer port open");
+            (Some(c), discovery)
+        }
+        _ => {
+            tracing::info!("no cluster secret: running alone (see `herd cluster init`)");
+            (None, None)
+        }
+    };
     let app = Arc::new(App {
         db: db.clone(),
         tokens: tokens.clone(),
@@ -170,6 +288,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         cancel: cancel.clone(),
         tracker: tracker.clone(),
         started: Instant::now(),
+        cluster: cluster.clone(),
     });
     tracker.spawn(api::serve(
         listener,
@@ -189,7 +308,34 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         tracker,
         writer,
         mount,
+        peer_addr,
+        cluster,
+        discovery,
     })
+}
+
+/// Hands the peers mDNS finds to the cluster, which learns or refuses them.
+async fn follow_discovery(
+    cluster: Arc<Cluster>,
+    mut found: tokio::sync::mpsc::Receiver<mdns::Found>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let f = tokio::select! {
+            _ = cancel.cancelled() => return,
+            f = found.recv() => match f { Some(f) => f, None => return },
+        };
+        let Some(addr) = f.peer_addrs.first().copied() else {
+            continue;
+        };
+        let them = Stated {
+            node_id: f.node_id,
+            cluster: f.cluster,
+            env: f.env,
+            proto: f.proto,
+        };
+        cluster.discovered(&them, addr);
+    }
 }
 
 /// Announces expiries when they are due and collects old tombstones.

@@ -9,6 +9,7 @@
 //!
 //! Pure: time is a parameter, nothing here does I/O or knows about HTTP, storage or tasks.
 
+pub mod digest;
 pub mod log;
 pub mod path;
 pub mod register;
@@ -18,6 +19,7 @@ pub mod version;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
+pub use digest::Digest;
 pub use log::{ChangeLog, Event, EventKind};
 pub use path::Path;
 pub use register::{Kind, Register};
@@ -93,6 +95,8 @@ pub struct Store {
     expiries: BTreeSet<(u64, Box<str>)>,
     /// Deletion markers by (version millis, key), so the grace-period collection needs no scan.
     tombstones: BTreeSet<(u64, Box<str>)>,
+    /// The anti-entropy summary of `regs`, kept in step by `index` and `remove`.
+    digest: Digest,
 }
 
 /// The keys strictly below `key`: the range `[key\0, key\x01)`, or everything but the root.
@@ -155,6 +159,11 @@ impl Store {
         self.regs.get(key)
     }
 
+    /// The anti-entropy digest of the registers (see [`digest`]).
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
     /// Every register, in key order.
     pub fn registers(&self) -> impl Iterator<Item = (&str, &Register)> {
         self.regs.iter().map(|(k, r)| (&**k, r))
@@ -211,7 +220,9 @@ impl Store {
         true
     }
 
+    /// Adds a register (about to enter `regs`) to the digest and the indexes.
     fn index(&mut self, key: &str, reg: &Register) {
+        self.digest.insert(key, reg);
         if let Some(t) = reg.expires {
             self.expiries.insert((t, key.into()));
         }
@@ -223,6 +234,7 @@ impl Store {
     /// Removes a register and its index entries.
     pub fn remove(&mut self, key: &str) -> Option<Register> {
         let reg = self.regs.remove(key)?;
+        self.digest.remove(key, &reg);
         if let Some(t) = reg.expires {
             let k = (t, Box::<str>::from(key));
             self.expiries.remove(&k);

@@ -522,7 +522,7 @@ fn check_issued_by(
     )
 }
 
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+pub(crate) fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
     let pem = fs::read(path).map_err(|cause| Error::Read {
         path: path.to_path_buf(),
         cause,
@@ -541,7 +541,7 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
     Ok(chain)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
     let pem = fs::read(path).map_err(|cause| Error::Read {
         path: path.to_path_buf(),
         cause,

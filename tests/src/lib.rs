@@ -7,6 +7,7 @@
 //! - [`Cli`]: runs the `herd` binary as a user would and captures its output.
 //! - [`mount::MountedNode`]: a `herd serve --mount` child and shell commands run in its mount.
 
+pub mod cluster;
 pub mod mount;
 
 use anyhow::Context;

@@ -20,6 +20,21 @@ pub fn health() -> Response<Body> {
     json_response(StatusCode::OK, r#"{"status":"ok"}"#)
 }
 
+/// The cluster view: this node, its peers (state, last seen, replication lag) and its seeds.
+/// A node running alone lists no peers.
+pub fn members(app: &App) -> Response<Body> {
+    let body = match &app.cluster {
+        Some(c) => c.members_view(),
+        None => json!({
+            "self": {"node_id": format!("{:016x}", app.db.node_id()), "cluster": app.config.cluster, "env": app.config.env, "peer_port": null},
+            "members": [],
+            "seeds": [],
+            "clustering": "off: no cluster secret (see `herd cluster init`)",
+        }),
+    };
+    json_response(StatusCode::OK, body.to_string())
+}
+
 pub fn status(app: &App) -> Response<Body> {
     let body = status_value(&app.db, &app.config, app.started);
     json_response(StatusCode::OK, body.to_string())
@@ -27,7 +42,7 @@ pub fn status(app: &App) -> Response<Body> {
 
 /// The node's status document (`GET /v1/status`, and `/.herd/status` in the file view).
 pub fn status_value(db: &Db, c: &Config, started: Instant) -> serde_json::Value {
-    let (revision, registers, tombstones, log_floor, log_events) = {
+    let (revision, registers, tombstones, log_floor, log_events, root) = {
         let st = db.read();
         (
             st.revision,
@@ -35,6 +50,7 @@ pub fn status_value(db: &Db, c: &Config, started: Instant) -> serde_json::Value 
             st.store.tombstone_count(),
             st.log.floor(),
             st.log.len(),
+            st.store.digest().root(),
         )
     };
     json!({
@@ -44,6 +60,8 @@ pub fn status_value(db: &Db, c: &Config, started: Instant) -> serde_json::Value 
         "registers": registers,
         "tombstones": tombstones,
         "change_log": {"oldest_resumable_revision": log_floor, "events": log_events},
+        // Equal on two nodes exactly when they hold the same registers (anti-entropy's root).
+        "digest": {"registers": root.count, "hash": format!("{:016x}", root.hash)},
         "uptime_seconds": started.elapsed().as_secs(),
         "api_addr": c.api_addr.to_string(),
         "data_dir": c.data_dir.display().to_string(),
@@ -99,6 +117,43 @@ pub fn metrics(app: &App) -> Response<Body> {
     out.push_str(&format!(
         "# HELP herd_commit_seconds_total Time spent in synced storage commits.\n# TYPE herd_commit_seconds_total counter\nherd_commit_seconds_total {secs}\n"
     ));
+    if let Some(c) = &app.cluster {
+        let s = c.stats();
+        for (name, help, v) in [
+            (
+                "herd_peer_pushes_total",
+                "Pushes of local writes acknowledged by peers.",
+                &s.pushes,
+            ),
+            (
+                "herd_peer_pushed_registers_total",
+                "Registers in those pushes.",
+                &s.pushed_registers,
+            ),
+            (
+                "herd_peer_push_bytes_total",
+                "Bytes of those pushes' bodies.",
+                &s.push_bytes,
+            ),
+            (
+                "herd_anti_entropy_rounds_total",
+                "Anti-entropy rounds this node started.",
+                &s.digest_rounds,
+            ),
+            (
+                "herd_anti_entropy_bytes_total",
+                "Bytes of this node's anti-entropy rounds: requests, replies and repair pushes.",
+                &s.digest_bytes,
+            ),
+            (
+                "herd_merged_registers_total",
+                "Registers from peers (pushes and repairs) that changed this node's store.",
+                &s.merged_registers,
+            ),
+        ] {
+            counter(&mut out, name, help, v.load(Relaxed));
+        }
+    }
     gauge(
         &mut out,
         "herd_uptime_seconds",

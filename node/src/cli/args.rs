@@ -62,7 +62,7 @@ pub struct ConnectionArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage the cluster's shared secret
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -89,6 +89,8 @@ pub enum ClientCommand {
     Import(ImportArgs),
     /// Print the node's status as JSON
     Status,
+    /// List the cluster's members as this node sees them: state, address, last seen, lag
+    Members(MembersArgs),
     /// Mount the node's store as files at DIR until Ctrl-C or SIGTERM (FUSE)
     Mount(MountArgs),
     /// Manage access tokens (needs an admin token)
@@ -132,6 +134,67 @@ pub struct ServeArgs {
     #[arg(long, env = "HERD_MOUNT_READ_ONLY")]
     pub mount_read_only: bool,
 
+    /// Cluster name; nodes of another cluster are never merged with [default: herd]
+    #[arg(long, env = "HERD_CLUSTER", value_name = "NAME")]
+    pub cluster: Option<String>,
+
+    /// Environment (production, staging, testing, development or any name); nodes of another
+    /// environment are never merged with [default: development]
+    #[arg(long, env = "HERD_ENV", value_name = "ENV")]
+    pub env: Option<String>,
+
+    /// Address of the peer port (mutual TLS) [default: 0.0.0.0:7441]
+    #[arg(long, env = "HERD_PEER_ADDR", value_name = "ADDR")]
+    pub peer_addr: Option<SocketAddr>,
+
+    /// Cluster secret file from `herd cluster init` [default: DATA/cluster.secret if present]
+    #[arg(long, env = "HERD_CLUSTER_SECRET", value_name = "FILE")]
+    pub cluster_secret: Option<PathBuf>,
+
+    /// Operator CA certificate (PEM) for the peer port, instead of a cluster secret
+    /// [needs --peer-cert and --peer-key]
+    #[arg(long, env = "HERD_PEER_CA", value_name = "FILE")]
+    pub peer_ca: Option<PathBuf>,
+
+    /// This node's peer certificate chain (PEM), issued by --peer-ca
+    #[arg(long, env = "HERD_PEER_CERT", value_name = "FILE")]
+    pub peer_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --peer-cert
+    #[arg(long, env = "HERD_PEER_KEY", value_name = "FILE")]
+    pub peer_key: Option<PathBuf>,
+
+    /// Seed peer, host:port of its peer port (repeatable; comma-separated in HERD_PEERS)
+    #[arg(
+        long = "peer",
+        env = "HERD_PEERS",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub peers: Vec<String>,
+
+    /// Do not discover peers by mDNS
+    #[arg(long, env = "HERD_NO_MDNS")]
+    pub no_mdns: bool,
+
+    /// Run mDNS only on this interface (repeatable; comma-separated in HERD_MDNS_INTERFACES)
+    /// [default: every interface but loopback]
+    #[arg(
+        long = "mdns-interface",
+        env = "HERD_MDNS_INTERFACES",
+        value_name = "IFACE",
+        value_delimiter = ','
+    )]
+    pub mdns_interfaces: Vec<String>,
+
+    /// Time between anti-entropy rounds, e.g. 2s [default: 2s]
+    #[arg(long, env = "HERD_ANTI_ENTROPY_INTERVAL", value_name = "DUR", value_parser = crate::config::parse_duration)]
+    pub anti_entropy_interval: Option<std::time::Duration>,
+
+    /// Test hook: do not push writes to peers (anti-entropy alone replicates)
+    #[arg(long, env = "HERD_NO_PUSH", hide = true)]
+    pub no_push: bool,
+
     /// Log level or tracing filter, e.g. `debug` or `info,node::db=trace`
     #[arg(long, env = "HERD_LOG", value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
@@ -139,6 +202,13 @@ pub struct ServeArgs {
     /// Print the effective configuration and exit without starting the node
     #[arg(long)]
     pub check_config: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MembersArgs {
+    /// Print the node's JSON answer instead of a table
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]

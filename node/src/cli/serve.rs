@@ -59,6 +59,42 @@ pub fn config(args: &ServeArgs, data_dir: Option<&Path>) -> Result<Config, confi
     if args.mount_read_only {
         config.mount_read_only = true;
     }
+    if let Some(v) = &args.cluster {
+        config.cluster = v.clone();
+    }
+    if let Some(v) = &args.env {
+        config.env = v.clone();
+    }
+    if let Some(v) = args.peer_addr {
+        config.peer_addr = v;
+    }
+    if let Some(v) = &args.cluster_secret {
+        config.cluster_secret = Some(v.clone());
+    }
+    if let Some(v) = &args.peer_ca {
+        config.peer_ca = Some(v.clone());
+    }
+    if let Some(v) = &args.peer_cert {
+        config.peer_cert = Some(v.clone());
+    }
+    if let Some(v) = &args.peer_key {
+        config.peer_key = Some(v.clone());
+    }
+    if !args.peers.is_empty() {
+        config.peers = args.peers.clone();
+    }
+    if args.no_mdns {
+        config.mdns = false;
+    }
+    if !args.mdns_interfaces.is_empty() {
+        config.mdns_interfaces = args.mdns_interfaces.clone();
+    }
+    if let Some(v) = args.anti_entropy_interval {
+        config.anti_entropy_interval = v;
+    }
+    if args.no_push {
+        config.replication_push = false;
+    }
     if let Some(bytes) = args.max_value_bytes {
         config.max_value_bytes = bytes;
         // A batch must hold at least one value: raising the value limit raises it too.

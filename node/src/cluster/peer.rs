@@ -1,0 +1,340 @@
+//! The peer port's transport: an HTTP/1.1 server behind mutual TLS (a client certificate from
+//! the cluster CA is required before any byte of HTTP), and the client one node uses to call
+//! another (a few keep-alive connections per peer).
+//!
+//! Every request and every response carries the sender's identity (`herd-node`,
+//! `herd-cluster`, `herd-env`, `herd-proto`); each side checks the other's and refuses a
+//! different cluster or environment (403 `wrong_cluster`), so two clusters never exchange data
+//! even when they share a secret by mistake. Routes and their meaning live in `cluster.rs`.
+
+use super::trust::{NodeIdentity, PEER_SERVER_NAME};
+use super::wire::{H_CLUSTER, H_ENV, H_NODE, H_PROTO, PROTO};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Time for a peer's TCP connect and TLS handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Idle connections kept per peer.
+const MAX_IDLE: usize = 4;
+/// Most simultaneous inbound peer connections.
+const MAX_PEER_CONNECTIONS: usize = 256;
+
+/// Why a call to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("tls handshake failed: {0}")]
+    Tls(std::io::Error),
+    #[error("http exchange failed: {0}")]
+    Http(hyper::Error),
+    #[error("no answer within {} ms", .0.as_millis())]
+    Timeout(Duration),
+    /// The peer is of another cluster or environment (or states no identity).
+    #[error("{0}")]
+    Identity(String),
+    /// The peer's answer does not follow the protocol.
+    #[error("bad answer: {0}")]
+    Protocol(String),
+    #[error("peer answered {status}: {message}")]
+    Status { status: StatusCode, message: String },
+}
+
+/// The identity another node stated in its headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stated {
+    pub node_id: u64,
+    pub cluster: String,
+    pub env: String,
+    pub proto: u32,
+}
+
+/// Reads the identity headers; `None` if any is missing or malformed.
+pub fn stated(h: &HeaderMap) -> Option<Stated> {
+    let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+    Some(Stated {
+        node_id: u64::from_str_radix(get(H_NODE)?, 16).ok()?,
+        cluster: get(H_CLUSTER)?.to_owned(),
+        env: get(H_ENV)?.to_owned(),
+        proto: get(H_PROTO)?.parse().ok()?,
+    })
+}
+
+/// Why `them` may not exchange data with `me`, if it may not.
+pub fn mismatch(me: &NodeIdentity, them: &Stated) -> Option<String> {
+    if them.cluster != me.cluster {
+        Some(format!(
+            "node {:016x} is in cluster {:?}, this node in {:?}",
+            them.node_id, them.cluster, me.cluster
+        ))
+    } else if them.env != me.env {
+        Some(format!(
+            "node {:016x} is in environment {:?}, this node in {:?}",
+            them.node_id, them.env, me.env
+        ))
+    } else if them.proto != PROTO {
+        Some(format!(
+            "node {:016x} speaks peer protocol {}, this node {PROTO}",
+            them.node_id, them.proto
+        ))
+    } else {
+        None
+    }
+}
+
+/// Adds this node's identity headers.
+pub fn state_identity(me: &NodeIdentity, h: &mut HeaderMap) {
+    let v = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("invalid"));
+    h.insert(H_NODE, v(&format!("{:016x}", me.node_id)));
+    h.insert(H_CLUSTER, v(&me.cluster));
+    h.insert(H_ENV, v(&me.env));
+    h.insert(H_PROTO, v(&PROTO.to_string()));
+}
+
+/// A response with a JSON error body, as on the client API.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Serves the peer port until `cancel` fires. `handle` answers one request whose sender's
+/// identity has been checked; `max_body` bounds request bodies.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    me: NodeIdentity,
+    max_body: usize,
+    handle: H,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) where
+    H: Fn(Stated, SocketAddr, Method, String, Bytes) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let conns = Arc::new(tokio::sync::Semaphore::new(MAX_PEER_CONNECTIONS));
+    let me = Arc::new(me);
+    loop {
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => break,
+            p = conns.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (tcp, from) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "peer accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, cancel, me, handle) =
+            (acceptor.clone(), cancel.clone(), me.clone(), handle.clone());
+        tracker.spawn(async move {
+            let _permit = permit;
+            let stream = match crate::tls::accept(&acceptor, tcp, Duration::from_secs(10)).await {
+                Ok(s) => s,
+                Err(e) => {
+                    // Typically a node without a cluster certificate: it gets nothing.
+                    tracing::info!(%from, error = %e, "peer connection refused before HTTP");
+                    return;
+                }
+            };
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (me, handle) = (me.clone(), handle.clone());
+                async move {
+                    let mut resp = route(&me, from, max_body, handle, req).await;
+                    state_identity(&me, resp.headers_mut());
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%from, error = %e, "peer connection ended with an error");
+                    }
+                }
+                _ = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+async fn route<H, F>(
+    me: &NodeIdentity,
+    from: SocketAddr,
+    max_body: usize,
+    handle: H,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>>
+where
+    H: Fn(Stated, SocketAddr, Method, String, Bytes) -> F,
+    F: Future<Output = Response<Full<Bytes>>>,
+{
+    let Some(them) = stated(req.headers()) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "no_identity",
+            "peer requests must state herd-node, herd-cluster, herd-env and herd-proto",
+        );
+    };
+    if let Some(why) = mismatch(me, &them) {
+        tracing::warn!(%from, "refused a peer request: {why}");
+        return error_response(StatusCode::FORBIDDEN, "wrong_cluster", &why);
+    }
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let body = match Limited::new(req.into_body(), max_body).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                &format!("peer request body: {e}"),
+            )
+        }
+    };
+    handle(them, from, method, path, body).await
+}
+
+/// Calls one peer address; keeps a few connections open between calls.
+pub struct PeerClient {
+    addr: SocketAddr,
+    me: NodeIdentity,
+    connector: tokio_rustls::TlsConnector,
+    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+}
+
+impl PeerClient {
+    pub fn new(addr: SocketAddr, me: NodeIdentity, tls: Arc<rustls::ClientConfig>) -> PeerClient {
+        PeerClient {
+            addr,
+            me,
+            connector: tokio_rustls::TlsConnector::from(tls),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    async fn open(&self) -> Result<SendRequest<Full<Bytes>>, PeerError> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| PeerError::Timeout(CONNECT_TIMEOUT))?
+            .map_err(PeerError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from(PEER_SERVER_NAME).expect("a valid DNS name");
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, self.connector.connect(name, tcp))
+            .await
+            .map_err(|_| PeerError::Timeout(CONNECT_TIMEOUT))?
+            .map_err(PeerError::Tls)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(PeerError::Http)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// Sends `body` to `path` (POST) and returns the peer's stated identity and its answer.
+    /// Any status but 200 is an error; a different cluster or environment in the answer too.
+    pub async fn call(
+        &self,
+        path: &str,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(Stated, Bytes), PeerError> {
+        tokio::time::timeout(timeout, self.call_within(path, body))
+            .await
+            .map_err(|_| PeerError::Timeout(timeout))?
+    }
+
+    async fn call_within(&self, path: &str, body: Bytes) -> Result<(Stated, Bytes), PeerError> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut reused = None;
+        if let Some(mut s) = idle {
+            if s.ready().await.is_ok() {
+                reused = Some(s);
+            }
+        }
+        let mut sender = match reused {
+            Some(s) => s,
+            None => self.open().await?,
+        };
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = path.parse().map_err(|_| PeerError::Status {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("bad peer path {path}"),
+        })?;
+        req.headers_mut().insert(
+            http::header::HOST,
+            HeaderValue::from_static(PEER_SERVER_NAME),
+        );
+        state_identity(&self.me, req.headers_mut());
+        let resp = sender.send_request(req).await.map_err(PeerError::Http)?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(PeerError::Http)?.to_bytes();
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < MAX_IDLE {
+                idle.push(sender);
+            }
+        }
+        let Some(them) = stated(&parts.headers) else {
+            return Err(PeerError::Identity(format!(
+                "{} answered without stating its identity (status {})",
+                self.addr, parts.status
+            )));
+        };
+        if let Some(why) = mismatch(&self.me, &them) {
+            return Err(PeerError::Identity(why));
+        }
+        if parts.status != StatusCode::OK {
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
+            if parts.status == StatusCode::FORBIDDEN {
+                return Err(PeerError::Identity(message));
+            }
+            return Err(PeerError::Status {
+                status: parts.status,
+                message,
+            });
+        }
+        Ok((them, body))
+    }
+}

@@ -1,0 +1,37 @@
+//! What travels between peers besides registers and digest messages (whose binary encoding,
+//! checked on decode, is `store::digest`'s): the identity headers every peer request and
+//! response carries, and the hello document.
+
+use serde::{Deserialize, Serialize};
+
+/// The version of the peer protocol this node speaks (also in mDNS TXT records).
+pub const PROTO: u32 = 1;
+/// The node id of the sender, 16 hex digits.
+pub const H_NODE: &str = "herd-node";
+/// The sender's cluster name.
+pub const H_CLUSTER: &str = "herd-cluster";
+/// The sender's environment.
+pub const H_ENV: &str = "herd-env";
+/// The sender's peer protocol version.
+pub const H_PROTO: &str = "herd-proto";
+
+/// A peer as one node tells another about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Node id, 16 hex digits.
+    pub id: String,
+    /// Where its peer port answers.
+    pub addr: std::net::SocketAddr,
+}
+
+/// The body of `POST /peer/v1/hello` and of its answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    /// The sender's peer port (its address is the connection's).
+    pub peer_port: u16,
+    /// The sender's client API port.
+    pub api_port: u16,
+    /// The live peers the sender knows, so peers are learned from peers.
+    #[serde(default)]
+    pub peers: Vec<PeerInfo>,
+}

@@ -1,0 +1,216 @@
+//! Clusters of in-process nodes on loopback with static seeds: identity, push replication,
+//! anti-entropy, restarts and catch-up. (mDNS and real partitions run in the namespace lab,
+//! `tests/lab/cluster_test.py`.)
+
+use http::Method;
+use serde_json::json;
+use std::time::Duration;
+use tests::cluster::TestCluster;
+use tests::wait_for;
+
+const T: Duration = Duration::from_secs(20);
+
+/// Waits until `path` on node `i` reads as `want`.
+async fn wait_value(c: &TestCluster, i: usize, path: &str, want: serde_json::Value) {
+    let n = &c.nodes[i];
+    wait_for(&format!("{path} = {want} on node {i}"), T, || async {
+        let r = n.get(&format!("/v1/kv{path}")).await;
+        (r.status == 200 && r.json().ok()? == want).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_learn_each_other_and_push_every_write() {
+    // Anti-entropy is slowed down so that what arrives here arrived by push.
+    let c = TestCluster::start(3, |_, cfg| {
+        cfg.anti_entropy_interval = Duration::from_secs(600)
+    })
+    .await;
+    c.wait_meshed(T).await;
+    let mut watch = c.nodes[1]
+        .client
+        .events("/v1/watch/app", &[])
+        .await
+        .expect("watch");
+    // The initial state is empty: the first event after `synced` is the replicated write.
+    loop {
+        let ev = watch.next().await.expect("event").expect("event ok");
+        if ev.event == "synced" {
+            break;
+        }
+    }
+    c.nodes[0].put("/v1/kv/app/x", "1").await;
+    let ev = tokio::time::timeout(T, watch.next())
+        .await
+        .expect("an event in time")
+        .expect("event")
+        .expect("event ok");
+    let data: serde_json::Value = serde_json::from_str(&ev.data).expect("json event");
+    assert_eq!(
+        (ev.event.as_str(), &data["path"], &data["value"]),
+        ("put", &json!("/app/x"), &json!(1))
+    );
+
+    c.nodes[2]
+        .put("/v1/kv/app/y", r#"{"a":[1,2],"b":"s"}"#)
+        .await;
+    for i in 0..3 {
+        wait_value(&c, i, "/app/x", json!(1)).await;
+        wait_value(&c, i, "/app/y", json!({"a": [1, 2], "b": "s"})).await;
+    }
+    // A delete and a subtree replace travel the same way.
+    let r = c.nodes[1]
+        .client
+        .request(Method::DELETE, "/v1/kv/app/x", &[], None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    c.nodes[0].put("/v1/kv/app/y", r#"{"c":true}"#).await;
+    // Documents, not digests: the bootstrap tokens written before the nodes met are left to
+    // anti-entropy, which this test slowed down.
+    for i in 0..3 {
+        wait_for("the same document", T, || async {
+            (c.nodes[i].doc().await == json!({"app": {"y": {"c": true}}})).then_some(())
+        })
+        .await;
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_another_environment_is_refused_both_ways() {
+    let mut c = TestCluster::start(1, |_, _| {}).await;
+    let seed = c.nodes[0].peer_addr.to_string();
+    let staging = c.add(vec![seed], |cfg| cfg.env = "staging".into()).await;
+    c.nodes[0].put("/v1/kv/prod", "1").await;
+    c.nodes[staging].put("/v1/kv/stage", "2").await;
+    // The staging node reaches the seed, is told the environments differ, and records why.
+    wait_for("the seed refusal", T, || async {
+        let m = c.nodes[staging].members().await;
+        let err = m["seeds"][0]["last_error"].as_str()?.to_owned();
+        err.contains("environment").then_some(())
+    })
+    .await;
+    // Several anti-entropy intervals later, neither has the other's data and neither lists
+    // the other as a member.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(c.nodes[0].doc().await, json!({"prod": 1}));
+    assert_eq!(c.nodes[staging].doc().await, json!({"stage": 2}));
+    for (i, j) in [(0, staging), (staging, 0)] {
+        let other = c.nodes[j].node_id();
+        let m = c.nodes[i].members().await;
+        let alive = m["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["node_id"] == other.as_str() && p["state"] == "alive");
+        assert!(!alive, "node {i} lists node {j} as alive: {m}");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_the_cluster_secret_gets_nothing() {
+    let c = TestCluster::start(1, |_, _| {}).await;
+    c.nodes[0].put("/v1/kv/secret", "1").await;
+    // Another cluster's secret: its certificate is not from this cluster's CA.
+    let seed = c.nodes[0].peer_addr.to_string();
+    let other = TestCluster::start(1, |_, cfg| cfg.peers = vec![seed.clone()]).await;
+    let i = 0;
+    wait_for("the TLS refusal", T, || async {
+        let m = other.nodes[i].members().await;
+        let seed = m["seeds"]
+            .as_array()?
+            .iter()
+            .find(|s| !s["last_error"].is_null())?
+            .clone();
+        Some(seed)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(other.nodes[i].get("/v1/kv/secret").await.status, 404);
+    other.shutdown().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_pushes_anti_entropy_alone_converges() {
+    let c = TestCluster::start(3, |_, cfg| cfg.replication_push = false).await;
+    c.wait_meshed(T).await;
+    c.nodes[0].put("/v1/kv/a", "1").await;
+    c.nodes[1].put("/v1/kv/b", r#"{"x":[1]}"#).await;
+    // The same key on two nodes: the later version wins everywhere.
+    c.nodes[2].put("/v1/kv/same", "\"first\"").await;
+    c.nodes[0].put("/v1/kv/same", "\"second\"").await;
+    let doc = c.wait_converged(T).await;
+    assert_eq!(doc, json!({"a": 1, "b": {"x": [1]}, "same": "second"}));
+    // Tokens replicate too: node 0's admin token works on node 2.
+    let token = std::fs::read_to_string(c.nodes[0].dir.path().join("admin.token")).unwrap();
+    let ca = std::fs::read(c.nodes[2].dir.path().join("tls/ca.crt")).unwrap();
+    let other = node::client::Client::new(&c.nodes[2].url, Some(token.trim().into()), &ca).unwrap();
+    let r = other
+        .request(Method::GET, "/v1/kv/a", &[], None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_catches_up_and_a_deleted_key_stays_deleted() {
+    let mut c = TestCluster::start(3, |_, _| {}).await;
+    c.wait_meshed(T).await;
+    c.nodes[0].put("/v1/kv/keep", "1").await;
+    c.nodes[0].put("/v1/kv/gone", "1").await;
+    c.wait_converged(T).await;
+    c.nodes[2].stop().await;
+    let r = c.nodes[1]
+        .client
+        .request(Method::DELETE, "/v1/kv/gone", &[], None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    for i in 0..50 {
+        c.nodes[i % 2]
+            .put(&format!("/v1/kv/while/{i}"), &i.to_string())
+            .await;
+    }
+    c.nodes[2].restart().await;
+    let doc = c.wait_converged(T).await;
+    assert_eq!(doc["while"].as_object().unwrap().len(), 50);
+    assert!(doc.get("gone").is_none(), "{doc}");
+    assert_eq!(doc["keep"], json!(1));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_catches_up_with_100k_keys() {
+    let mut c = TestCluster::start(1, |_, _| {}).await;
+    for chunk in 0..10 {
+        let ops: Vec<serde_json::Value> = (0..10_000)
+            .map(|i| json!({"op": "put", "path": format!("/keys/{chunk}/{i}"), "value": i}))
+            .collect();
+        let r = c.nodes[0]
+            .client
+            .request(
+                Method::POST,
+                "/v1/batch",
+                &[],
+                Some(json!({"ops": ops}).to_string().into()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let seed = c.nodes[0].peer_addr.to_string();
+    let started = std::time::Instant::now();
+    let j = c.add(vec![seed], |_| {}).await;
+    c.wait_converged(Duration::from_secs(60)).await;
+    eprintln!("100,000 keys joined in {:?} (dev build)", started.elapsed());
+    assert_eq!(
+        c.nodes[j].get("/v1/kv/keys/9/9999").await.json().unwrap(),
+        json!(9999)
+    );
+    c.shutdown().await;
+}
