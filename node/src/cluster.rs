@@ -22,6 +22,7 @@
 //! merge rule), and only from a peer that proved a certificate of the cluster CA and stated
 //! our cluster and environment. Only local writes are pushed; anti-entropy carries the rest.
 
+pub mod history;
 pub mod mdns;
 pub mod members;
 pub mod peer;
@@ -68,6 +69,10 @@ pub struct Settings {
     pub push: bool,
     /// Largest request body the peer port accepts.
     pub max_body: usize,
+    /// The data directory (for `cluster.contact`).
+    pub data_dir: std::path::PathBuf,
+    /// The tombstone grace period: a node away from its cluster for longer resyncs in full.
+    pub tombstone_grace: Duration,
 }
 
 /// Counters of replication, for `/metrics` and the benchmark.
@@ -98,6 +103,10 @@ struct Shared {
     clients: Mutex<HashMap<SocketAddr, Arc<PeerClient>>>,
     /// Peers with a running push task.
     pushing: Mutex<HashSet<u64>>,
+    /// Since when this node runs without a long gap; stale after one.
+    history: history::History,
+    /// A stale node's resync is under way.
+    resyncing: std::sync::atomic::AtomicBool,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -114,6 +123,8 @@ impl Cluster {
         tracker: TaskTracker,
     ) -> Cluster {
         let shared = Arc::new(Shared {
+            history: history::History::open(&s.data_dir, s.tombstone_grace, crate::db::now_ms()),
+            resyncing: false.into(),
             members: Members::new(s.me.node_id, &s.seeds, s.retry_cap),
             s,
             db,
@@ -205,6 +216,7 @@ impl Shared {
         Hello {
             peer_port: self.s.peer_port,
             api_port: self.s.api_port,
+            history_ms: self.history.length_ms(crate::db::now_ms()),
             peers: self
                 .members
                 .alive()
@@ -259,8 +271,35 @@ impl Shared {
             .await?;
         if let Ok(h) = serde_json::from_slice::<Hello>(&answer) {
             self.learn_listed(&h.peers);
+            self.after_absence(&h);
         }
         Ok(them)
+    }
+
+    /// A stale node that meets a peer: resyncs in full if the peer's history is longer than
+    /// the grace period (it may have collected tombstones this node never saw), else goes on.
+    fn after_absence(self: &Arc<Self>, peer: &Hello) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !self.history.is_stale() || self.resyncing.swap(true, SeqCst) {
+            return;
+        }
+        if u128::from(peer.history_ms) < self.s.tombstone_grace.as_millis() {
+            tracing::info!("the first peer met after the long absence has no longer history; nothing to forget");
+            self.history.resolved();
+            self.resyncing.store(false, SeqCst);
+            return;
+        }
+        let shared = self.clone();
+        self.tracker.spawn(async move {
+            match shared.db.reset().await {
+                Ok(n) => {
+                    tracing::warn!(forgotten = n, "forgot the registers held from before the long absence; resyncing in full from peers");
+                    shared.history.resolved();
+                }
+                Err(e) => tracing::error!(error = %e, "cannot forget the registers from before the long absence"),
+            }
+            shared.resyncing.store(false, SeqCst);
+        });
     }
 }
 
@@ -299,6 +338,7 @@ async fn handle(
             );
             shared.contact(them.node_id);
             shared.learn_listed(&hello.peers);
+            shared.after_absence(&hello);
             ok(serde_json::to_vec(&shared.hello()).expect("hello serialises"))
         }
         "/peer/v1/push" => {
@@ -345,6 +385,7 @@ async fn probe_loop(shared: Arc<Shared>) {
             _ = shared.cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
+        shared.history.tick(crate::db::now_ms());
         for due in shared.members.due() {
             let shared2 = shared.clone();
             shared.tracker.spawn(async move {
@@ -535,6 +576,9 @@ async fn anti_entropy_loop(shared: Arc<Shared>) {
             .collect();
         let pool = if needy.is_empty() { &alive } else { &needy };
         let (id, addr) = pool[(random_unit() * pool.len() as f64) as usize % pool.len()];
+        if shared.history.is_stale() {
+            continue;
+        }
         let round = tokio::select! {
             _ = shared.cancel.cancelled() => return,
             r = anti_entropy_round(&shared, id, addr) => r,
@@ -564,6 +608,13 @@ fn random_unit() -> f64 {
 /// Answers one anti-entropy request from the current store (off the async workers: a leaf
 /// stage hashes every key).
 async fn digest_answer(shared: &Arc<Shared>, body: &Bytes) -> Response<Full<Bytes>> {
+    if shared.history.is_stale() {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "resyncing",
+            "this node was away longer than the tombstone grace period and resyncs first",
+        );
+    }
     let req = match Request::decode(body) {
         Ok(r) => r,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),

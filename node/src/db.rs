@@ -123,6 +123,8 @@ enum Command {
     ),
     /// Announce due expiries and collect old tombstones.
     Housekeeping,
+    /// Forget every register (a node away longer than the tombstone grace period).
+    Reset(oneshot::Sender<Result<usize, Error>>),
 }
 
 /// Counters of the write path, for `/metrics`.
@@ -273,6 +275,20 @@ impl Db {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Merge(regs, reply))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Durably forgets every register and answers how many there were. For a node that was
+    /// cut off from its cluster for longer than the tombstone grace period: what it holds may
+    /// have been deleted elsewhere with the tombstones already collected, so it must not offer
+    /// it back; it starts empty and takes everything again from its peers. Watchers get one
+    /// `delete` of the root.
+    pub async fn reset(&self) -> Result<usize, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Reset(reply))
             .await
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
@@ -495,6 +511,11 @@ impl Writer {
                         self.flush(std::mem::take(&mut group));
                         self.wait_for_inflight(|_| true);
                         self.housekeeping();
+                    }
+                    Command::Reset(reply) => {
+                        self.flush(std::mem::take(&mut group));
+                        self.wait_for_inflight(|_| true);
+                        let _ = reply.send(self.reset());
                     }
                 }
             }
@@ -734,6 +755,41 @@ impl Writer {
                 last_revision,
             });
         }
+    }
+
+    /// Removes every register durably (see [`Db::reset`]).
+    fn reset(&mut self) -> Result<usize, Error> {
+        let keys: Vec<Box<str>> = self
+            .state()
+            .store
+            .registers()
+            .map(|(k, _)| k.into())
+            .collect();
+        let revision = self.revision + 1;
+        let commit = storage::Commit {
+            removes: keys.iter().map(|k| &**k).collect(),
+            puts: Vec::new(),
+            revision,
+            high_water: self.clock.high_water(),
+        };
+        self.storage
+            .commit(&commit)
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        self.revision = revision;
+        let mut st = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
+        st.store = Store::new();
+        let ev = Arc::new(Event {
+            revision,
+            seq: 0,
+            kind: EventKind::Delete,
+            key: "".into(),
+            value: None,
+            version: self.clock.high_water(),
+        });
+        st.log.push(ev.clone());
+        let _ = self.inner.events.send(ev);
+        st.revision = revision;
+        Ok(keys.len())
     }
 
     /// Announces expiries that are due and collects tombstones past the grace period.
@@ -1032,6 +1088,74 @@ mod tests {
         };
         assert!(matches!(db.write(batch).await, Err(Error::Overlap(..))));
         assert_eq!(doc(&db), json!({"a": 2}));
+    }
+
+    fn reg(kind: Kind, millis: u64, node: u64) -> Register {
+        Register {
+            kind,
+            version: Version {
+                millis,
+                counter: 0,
+                node,
+            },
+            expires: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn merging_a_peers_registers_is_idempotent_durable_and_watched() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.redb");
+        let (db, h) = Db::open(&file, 1, opts()).unwrap();
+        let mut feed = db.changes();
+        let local = db.write(put("/a/x", json!(1))).await.unwrap();
+        assert_eq!(
+            feed.recv().await.unwrap().len(),
+            1,
+            "local writes feed replication"
+        );
+        let mut sub = db.subscribe("", None).unwrap();
+        let now = now_ms();
+        // An object at /a newer than the local write replaces /a/x; its child comes along.
+        let remote = vec![
+            ("a\0y".into(), reg(Kind::Leaf("2".into()), now + 1000, 9)),
+            ("a".into(), reg(Kind::Object, now + 1000, 9)),
+            // Covered by the object in the same batch.
+            ("a\0z".into(), reg(Kind::Leaf("3".into()), now - 1000, 9)),
+            // A deletion older than the grace period is not taken back.
+            ("old".into(), reg(Kind::Deleted, 1, 9)),
+        ];
+        assert_eq!(db.merge(remote.clone()).await.unwrap(), 2);
+        assert_eq!(doc(&db), json!({"a": {"y": 2}}));
+        assert_eq!(
+            db.merge(remote).await.unwrap(),
+            0,
+            "merging again changes nothing"
+        );
+        let ev = sub.live.recv().await.unwrap();
+        assert_eq!((&*ev.key, ev.value.as_deref()), ("a", Some(r#"{"y":2}"#)));
+        let ev = sub.live.recv().await.unwrap();
+        assert_eq!((&*ev.key, ev.value.as_deref()), ("a\0y", Some("2")));
+        assert!(
+            feed.try_recv().is_err(),
+            "merged registers are not pushed again"
+        );
+        // A later local write orders after the merged version.
+        let w = db.write(put("/b", json!(1))).await.unwrap();
+        assert!(w.version > local.version && w.version.millis >= now + 1000);
+        let before = doc(&db);
+        let digest = db.read().store.digest().root();
+        drop((db, feed, sub));
+        h.join();
+        let (db, h) = Db::open(&file, 1, opts()).unwrap();
+        assert_eq!(doc(&db), before);
+        assert_eq!(db.read().store.digest().root(), digest);
+        assert!(db.reset().await.unwrap() >= 3);
+        assert_eq!(doc(&db), json!({}));
+        drop(db);
+        h.join();
+        let (db, _h) = Db::open(&file, 1, opts()).unwrap();
+        assert_eq!(doc(&db), json!({}), "the reset is durable");
     }
 
     #[tokio::test]

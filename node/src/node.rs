@@ -247,6 +247,8 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
                 retry_cap: config.peer_retry_max,
                 push: config.replication_push,
                 max_body: (64 << 20).max(2 * config.max_batch_bytes),
+                data_dir: data_dir.clone(),
+                tombstone_grace: config.tombstone_grace,
             };
             let c = Arc::new(Cluster::start(
                 settings,

@@ -214,3 +214,31 @@ async fn a_new_node_catches_up_with_100k_keys() {
     );
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_longer_than_the_grace_period_resyncs_instead_of_resurrecting() {
+    // A 3-second tombstone grace period stands in for the default 7 days.
+    let mut c = TestCluster::start(2, |_, cfg| cfg.tombstone_grace = Duration::from_secs(3)).await;
+    c.wait_meshed(T).await;
+    c.nodes[0].put("/v1/kv/k", "1").await;
+    c.nodes[0].put("/v1/kv/stays", "1").await;
+    c.wait_converged(T).await;
+    c.nodes[1].stop().await;
+    let r = c.nodes[0]
+        .client
+        .request(Method::DELETE, "/v1/kv/k", &[], None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    // Node 0 collects the deletion after the grace period; node 1 still holds /k.
+    wait_for("the tombstone collected", T, || async {
+        let s = c.nodes[0].get("/v1/status").await.json().ok()?;
+        (s["tombstones"] == 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.nodes[1].restart().await;
+    let doc = c.wait_converged(T).await;
+    assert_eq!(doc, json!({"stays": 1}), "the deleted key came back");
+    c.shutdown().await;
+}

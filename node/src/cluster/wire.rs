@@ -31,6 +31,10 @@ pub struct Hello {
     pub peer_port: u16,
     /// The sender's client API port.
     pub api_port: u16,
+    /// How long the sender has been running without a gap longer than the tombstone grace
+    /// period (0 while it is stale after one); see `cluster::history`.
+    #[serde(default)]
+    pub history_ms: u64,
     /// The live peers the sender knows, so peers are learned from peers.
     #[serde(default)]
     pub peers: Vec<PeerInfo>,
