@@ -288,6 +288,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_the_default_configuration() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/herd.toml");
+        let c = Config::from_file(std::path::Path::new(example)).unwrap();
+        c.validate().unwrap();
+        assert_eq!(format!("{c:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
     fn toml_file_overrides_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("herd.toml");
