@@ -26,22 +26,24 @@ pub mod history;
 pub mod mdns;
 pub mod members;
 pub mod peer;
+mod probe;
+mod push;
+mod repair;
 pub mod trust;
 pub mod wire;
 
 use crate::db::Db;
-use crate::store::digest::{self, Reply, Request, Session};
+use crate::store::digest;
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use http_body_util::Full;
-use members::{Due, Members, Source};
+use members::{Members, Source};
 use peer::{error_response, PeerClient, PeerError, Stated};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use trust::{NodeIdentity, PeerTls};
@@ -151,8 +153,8 @@ impl Cluster {
             cancel.clone(),
             tracker.clone(),
         ));
-        tracker.spawn(probe_loop(shared.clone()));
-        tracker.spawn(anti_entropy_loop(shared.clone()));
+        tracker.spawn(probe::probe_loop(shared.clone()));
+        tracker.spawn(repair::anti_entropy_loop(shared.clone()));
         Cluster { shared }
     }
 
@@ -249,7 +251,7 @@ impl Shared {
         };
         if start {
             let shared = self.clone();
-            self.tracker.spawn(push_loop(shared, id));
+            self.tracker.spawn(push::push_loop(shared, id));
         }
     }
 
@@ -367,353 +369,11 @@ async fn handle(
                 ),
             }
         }
-        "/peer/v1/digest" => digest_answer(&shared, &body).await,
+        "/peer/v1/digest" => repair::digest_answer(&shared, &body).await,
         _ => error_response(
             StatusCode::NOT_FOUND,
             "not_found",
             &format!("no such peer endpoint {path}"),
         ),
     }
-}
-
-/// Looks for seeds and peers that are due and probes each in its own task.
-async fn probe_loop(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(PROBE_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shared.cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        shared.history.tick(crate::db::now_ms());
-        for due in shared.members.due() {
-            let shared2 = shared.clone();
-            shared.tracker.spawn(async move {
-                tokio::select! {
-                    _ = shared2.cancel.cancelled() => {}
-                    _ = probe(&shared2, &due) => {}
-                }
-                shared2.members.probed(&due);
-            });
-        }
-    }
-}
-
-async fn probe(shared: &Arc<Shared>, due: &Due) {
-    match due {
-        Due::Seed(target) => {
-            let addrs: Vec<SocketAddr> = match tokio::net::lookup_host(target.as_str()).await {
-                Ok(a) => a.collect(),
-                Err(e) => {
-                    shared
-                        .members
-                        .seed_result(target, Err(format!("cannot resolve: {e}")));
-                    return;
-                }
-            };
-            let mut last = String::from("resolved to no address");
-            for addr in addrs {
-                match shared.say_hello(addr).await {
-                    Ok(them) if them.node_id == shared.s.me.node_id => {
-                        shared.members.seed_result(target, Ok(them.node_id));
-                        return;
-                    }
-                    Ok(them) => {
-                        let me = &shared.s.me;
-                        shared.members.learn(
-                            them.node_id,
-                            addr,
-                            Source::Seed,
-                            &me.cluster,
-                            &me.env,
-                        );
-                        shared.contact(them.node_id);
-                        shared.members.seed_result(target, Ok(them.node_id));
-                        return;
-                    }
-                    Err(PeerError::Identity(why)) => {
-                        tracing::warn!(seed = %target, "seed refused: {why}");
-                        last = why;
-                    }
-                    Err(e) => last = e.to_string(),
-                }
-            }
-            shared.members.seed_result(target, Err(last));
-        }
-        Due::Peer(id, addr) => match shared.say_hello(*addr).await {
-            Ok(them) if them.node_id == *id => shared.contact(*id),
-            Ok(them) => {
-                // Another node answers at that address now.
-                shared.failure(
-                    *id,
-                    &PeerError::Identity(format!("{addr} is now node {:016x}", them.node_id)),
-                );
-                let me = &shared.s.me;
-                shared
-                    .members
-                    .learn(them.node_id, *addr, Source::Peer, &me.cluster, &me.env);
-            }
-            Err(e) => shared.failure(*id, &e),
-        },
-    }
-}
-
-/// Pushes the registers of local writes to peer `id` while it is alive. Changes that pile up
-/// while a push is in flight go together in the next one; if the peer fails or falls behind
-/// the feed, what it missed is left to anti-entropy and the task ends.
-async fn push_loop(shared: Arc<Shared>, id: u64) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut rx = shared.db.changes();
-    let peer = format!("{id:016x}");
-    'outer: loop {
-        if !shared.members.is_alive(id) {
-            break;
-        }
-        let first = tokio::select! {
-            _ = shared.cancel.cancelled() => break,
-            r = rx.recv() => r,
-            // Wake now and then to notice that the peer died.
-            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-        };
-        let mut batch = match first {
-            Ok(c) => vec![c],
-            Err(RecvError::Lagged(n)) => {
-                tracing::debug!(%peer, missed = n, "push feed lagged; anti-entropy repairs");
-                shared.members.with_peer(id, |p| p.needs_repair = true);
-                continue;
-            }
-            Err(RecvError::Closed) => break,
-        };
-        let mut bytes: usize = batch[0]
-            .iter()
-            .map(|(k, r)| digest::register_len(k, r))
-            .sum();
-        while bytes < PUSH_BYTES {
-            match rx.try_recv() {
-                Ok(c) => {
-                    bytes += c
-                        .iter()
-                        .map(|(k, r)| digest::register_len(k, r))
-                        .sum::<usize>();
-                    batch.push(c);
-                }
-                Err(TryRecvError::Lagged(_)) => {
-                    shared.members.with_peer(id, |p| p.needs_repair = true);
-                }
-                Err(_) => break,
-            }
-        }
-        if !shared.s.push {
-            continue;
-        }
-        let n: usize = batch.iter().map(|c| c.len()).sum();
-        let mut body = Vec::with_capacity(bytes + 8);
-        digest::encode_register_iter(
-            n,
-            batch.iter().flat_map(|c| c.iter().map(|(k, r)| (&**k, r))),
-            &mut body,
-        );
-        let since = Instant::now();
-        shared
-            .members
-            .with_peer(id, |p| p.unacked_since = p.unacked_since.or(Some(since)));
-        let client = match shared.members.get(id) {
-            Some(p) => shared.client(p.addr),
-            None => break,
-        };
-        let body_len = body.len();
-        let result = tokio::select! {
-            _ = shared.cancel.cancelled() => break 'outer,
-            r = client.call("/peer/v1/push", body.into(), PUSH_TIMEOUT) => r,
-        };
-        match result {
-            Ok(_) => {
-                shared.stats.pushes.fetch_add(1, Relaxed);
-                shared.stats.pushed_registers.fetch_add(n as u64, Relaxed);
-                shared.stats.push_bytes.fetch_add(body_len as u64, Relaxed);
-                shared.members.with_peer(id, |p| {
-                    p.pushed += batch.len() as u64;
-                    p.unacked_since = None;
-                });
-                shared.members.contact(id);
-            }
-            Err(e) => {
-                shared.members.with_peer(id, |p| {
-                    p.needs_repair = true;
-                    p.unacked_since = None;
-                });
-                shared.failure(id, &e);
-                break;
-            }
-        }
-    }
-    shared
-        .pushing
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&id);
-    tracing::debug!(%peer, "push task ended");
-}
-
-/// Every interval (with jitter), one anti-entropy round with a live peer: one that missed
-/// pushes if there is one, else a random one.
-async fn anti_entropy_loop(shared: Arc<Shared>) {
-    loop {
-        let base = shared.s.anti_entropy_interval;
-        let jitter = base.mul_f64(random_unit() * 0.2);
-        tokio::select! {
-            _ = shared.cancel.cancelled() => return,
-            _ = tokio::time::sleep(base - base / 10 + jitter) => {}
-        }
-        let alive = shared.members.alive();
-        if alive.is_empty() {
-            continue;
-        }
-        let needy: Vec<(u64, SocketAddr)> = alive
-            .iter()
-            .copied()
-            .filter(|(id, _)| shared.members.get(*id).is_some_and(|p| p.needs_repair))
-            .collect();
-        let pool = if needy.is_empty() { &alive } else { &needy };
-        let (id, addr) = pool[(random_unit() * pool.len() as f64) as usize % pool.len()];
-        if shared.history.is_stale() {
-            continue;
-        }
-        let round = tokio::select! {
-            _ = shared.cancel.cancelled() => return,
-            r = anti_entropy_round(&shared, id, addr) => r,
-        };
-        match round {
-            Ok(equal) => {
-                shared.members.contact(id);
-                if equal {
-                    shared.members.with_peer(id, |p| {
-                        p.synced_at = Some(SystemTime::now());
-                        p.needs_repair = false;
-                    });
-                }
-            }
-            Err(e) => shared.failure(id, &e),
-        }
-    }
-}
-
-/// A number in [0, 1) from the system random source.
-fn random_unit() -> f64 {
-    let mut b = [0u8; 8];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// Answers one anti-entropy request from the current store (off the async workers: a leaf
-/// stage hashes every key).
-async fn digest_answer(shared: &Arc<Shared>, body: &Bytes) -> Response<Full<Bytes>> {
-    if shared.history.is_stale() {
-        return error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "resyncing",
-            "this node was away longer than the tombstone grace period and resyncs first",
-        );
-    }
-    let req = match Request::decode(body) {
-        Ok(r) => r,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
-    };
-    let db = shared.db.clone();
-    let answered = tokio::task::spawn_blocking(move || {
-        let st = db.read();
-        digest::respond(&st.store, &req, DIGEST_BUDGET)
-    })
-    .await;
-    match answered {
-        Ok(Ok(reply)) => {
-            let mut out = Vec::with_capacity(reply.encoded_len());
-            reply.encode(&mut out);
-            Response::new(Full::new(Bytes::from(out)))
-        }
-        Ok(Err(e)) => error_response(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
-        Err(e) => error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            &e.to_string(),
-        ),
-    }
-}
-
-/// One anti-entropy round with peer `id` at `addr`: compares roots, descends to the buckets
-/// that differ, merges what the peer has and we lack, pushes what we have and it lacks.
-/// Returns whether the two stores were equal at the start.
-async fn anti_entropy_round(
-    shared: &Arc<Shared>,
-    id: u64,
-    addr: SocketAddr,
-) -> Result<bool, PeerError> {
-    use std::sync::atomic::Ordering::Relaxed;
-    let salt = (random_unit() * (1u64 << 53) as f64) as u64 ^ id;
-    let started = {
-        let st = shared.db.read();
-        Session::start(&st.store, salt, DIGEST_BUDGET, None)
-    };
-    let Some((mut session, mut req)) = started else {
-        return Ok(true);
-    };
-    let my_root = shared.db.read().store.digest().root();
-    let client = shared.client(addr);
-    let mut first = true;
-    let mut equal = false;
-    shared.stats.digest_rounds.fetch_add(1, Relaxed);
-    loop {
-        let mut out = Vec::with_capacity(req.encoded_len());
-        req.encode(&mut out);
-        shared
-            .stats
-            .digest_bytes
-            .fetch_add(out.len() as u64, Relaxed);
-        let (_, answer) = client
-            .call("/peer/v1/digest", out.into(), DIGEST_TIMEOUT)
-            .await?;
-        shared
-            .stats
-            .digest_bytes
-            .fetch_add(answer.len() as u64, Relaxed);
-        let reply = Reply::decode(&answer).map_err(|e| PeerError::Protocol(e.to_string()))?;
-        if first {
-            equal = matches!(&reply, Reply::Root(r) if *r == my_root);
-            first = false;
-        }
-        let db = shared.db.clone();
-        let (step, session_back) = tokio::task::spawn_blocking(move || {
-            let st = db.read();
-            let step = session.step(&st.store, reply);
-            drop(st);
-            (step, session)
-        })
-        .await
-        .map_err(|e| PeerError::Protocol(e.to_string()))?;
-        session = session_back;
-        let step = step.map_err(|e| PeerError::Protocol(e.to_string()))?;
-        if !step.merge.is_empty() {
-            let n = shared.db.merge(step.merge).await.map_err(|e| {
-                PeerError::Protocol(format!("cannot store what the peer sent: {e}"))
-            })?;
-            shared.stats.merged_registers.fetch_add(n as u64, Relaxed);
-        }
-        if !step.push.is_empty() {
-            let mut out = Vec::with_capacity(digest::registers_len(&step.push));
-            digest::encode_registers(&step.push, &mut out);
-            shared
-                .stats
-                .digest_bytes
-                .fetch_add(out.len() as u64, Relaxed);
-            client
-                .call("/peer/v1/push", out.into(), PUSH_TIMEOUT)
-                .await?;
-        }
-        match step.next {
-            Some(r) => req = r,
-            None => break,
-        }
-    }
-    tracing::debug!(peer = %format!("{id:016x}"), equal, "anti-entropy round done");
-    Ok(equal)
 }

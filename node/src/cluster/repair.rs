@@ -1,0 +1,176 @@
+//! Anti-entropy: every interval a round with one live peer that compares digests
+//! (`store::digest`) and exchanges only the registers that differ; and the answer to a peer's
+//! round.
+
+use super::peer::{error_response, PeerError};
+use super::{Shared, DIGEST_BUDGET, DIGEST_TIMEOUT, PUSH_TIMEOUT};
+use crate::store::digest::{self, Reply, Request, Session};
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Every interval (with jitter), one anti-entropy round with a live peer: one that missed
+/// pushes if there is one, else a random one.
+pub(super) async fn anti_entropy_loop(shared: Arc<Shared>) {
+    loop {
+        let base = shared.s.anti_entropy_interval;
+        let jitter = base.mul_f64(random_unit() * 0.2);
+        tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            _ = tokio::time::sleep(base - base / 10 + jitter) => {}
+        }
+        let alive = shared.members.alive();
+        if alive.is_empty() {
+            continue;
+        }
+        let needy: Vec<(u64, SocketAddr)> = alive
+            .iter()
+            .copied()
+            .filter(|(id, _)| shared.members.get(*id).is_some_and(|p| p.needs_repair))
+            .collect();
+        let pool = if needy.is_empty() { &alive } else { &needy };
+        let (id, addr) = pool[(random_unit() * pool.len() as f64) as usize % pool.len()];
+        if shared.history.is_stale() {
+            continue;
+        }
+        let round = tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            r = anti_entropy_round(&shared, id, addr) => r,
+        };
+        match round {
+            Ok(equal) => {
+                shared.members.contact(id);
+                if equal {
+                    shared.members.with_peer(id, |p| {
+                        p.synced_at = Some(SystemTime::now());
+                        p.needs_repair = false;
+                    });
+                }
+            }
+            Err(e) => shared.failure(id, &e),
+        }
+    }
+}
+
+/// A number in [0, 1) from the system random source.
+pub(super) fn random_unit() -> f64 {
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Answers one anti-entropy request from the current store (off the async workers: a leaf
+/// stage hashes every key).
+pub(super) async fn digest_answer(shared: &Arc<Shared>, body: &Bytes) -> Response<Full<Bytes>> {
+    if shared.history.is_stale() {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "resyncing",
+            "this node was away longer than the tombstone grace period and resyncs first",
+        );
+    }
+    let req = match Request::decode(body) {
+        Ok(r) => r,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+    };
+    let db = shared.db.clone();
+    let answered = tokio::task::spawn_blocking(move || {
+        let st = db.read();
+        digest::respond(&st.store, &req, DIGEST_BUDGET)
+    })
+    .await;
+    match answered {
+        Ok(Ok(reply)) => {
+            let mut out = Vec::with_capacity(reply.encoded_len());
+            reply.encode(&mut out);
+            Response::new(Full::new(Bytes::from(out)))
+        }
+        Ok(Err(e)) => error_response(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+        Err(e) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
+        ),
+    }
+}
+
+/// One anti-entropy round with peer `id` at `addr`: compares roots, descends to the buckets
+/// that differ, merges what the peer has and we lack, pushes what we have and it lacks.
+/// Returns whether the two stores were equal at the start.
+async fn anti_entropy_round(
+    shared: &Arc<Shared>,
+    id: u64,
+    addr: SocketAddr,
+) -> Result<bool, PeerError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let salt = (random_unit() * (1u64 << 53) as f64) as u64 ^ id;
+    let started = {
+        let st = shared.db.read();
+        Session::start(&st.store, salt, DIGEST_BUDGET, None)
+    };
+    let Some((mut session, mut req)) = started else {
+        return Ok(true);
+    };
+    let my_root = shared.db.read().store.digest().root();
+    let client = shared.client(addr);
+    let mut first = true;
+    let mut equal = false;
+    shared.stats.digest_rounds.fetch_add(1, Relaxed);
+    loop {
+        let mut out = Vec::with_capacity(req.encoded_len());
+        req.encode(&mut out);
+        shared
+            .stats
+            .digest_bytes
+            .fetch_add(out.len() as u64, Relaxed);
+        let (_, answer) = client
+            .call("/peer/v1/digest", out.into(), DIGEST_TIMEOUT)
+            .await?;
+        shared
+            .stats
+            .digest_bytes
+            .fetch_add(answer.len() as u64, Relaxed);
+        let reply = Reply::decode(&answer).map_err(|e| PeerError::Protocol(e.to_string()))?;
+        if first {
+            equal = matches!(&reply, Reply::Root(r) if *r == my_root);
+            first = false;
+        }
+        let db = shared.db.clone();
+        let (step, session_back) = tokio::task::spawn_blocking(move || {
+            let st = db.read();
+            let step = session.step(&st.store, reply);
+            drop(st);
+            (step, session)
+        })
+        .await
+        .map_err(|e| PeerError::Protocol(e.to_string()))?;
+        session = session_back;
+        let step = step.map_err(|e| PeerError::Protocol(e.to_string()))?;
+        if !step.merge.is_empty() {
+            let n = shared.db.merge(step.merge).await.map_err(|e| {
+                PeerError::Protocol(format!("cannot store what the peer sent: {e}"))
+            })?;
+            shared.stats.merged_registers.fetch_add(n as u64, Relaxed);
+        }
+        if !step.push.is_empty() {
+            let mut out = Vec::with_capacity(digest::registers_len(&step.push));
+            digest::encode_registers(&step.push, &mut out);
+            shared
+                .stats
+                .digest_bytes
+                .fetch_add(out.len() as u64, Relaxed);
+            client
+                .call("/peer/v1/push", out.into(), PUSH_TIMEOUT)
+                .await?;
+        }
+        match step.next {
+            Some(r) => req = r,
+            None => break,
+        }
+    }
+    tracing::debug!(peer = %format!("{id:016x}"), equal, "anti-entropy round done");
+    Ok(equal)
+}
