@@ -242,3 +242,25 @@ async fn a_node_down_longer_than_the_grace_period_resyncs_instead_of_resurrectin
     assert_eq!(doc, json!({"stays": 1}), "the deleted key came back");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_gets_everything_back_and_spreads_no_emptiness() {
+    let mut c = TestCluster::start(3, |_, _| {}).await;
+    c.wait_meshed(T).await;
+    for i in 0..20 {
+        c.nodes[i % 3]
+            .put(&format!("/v1/kv/k/{i}"), &i.to_string())
+            .await;
+    }
+    let before = c.wait_converged(T).await;
+    let id = c.nodes[2].node_id();
+    c.nodes[2].wipe().await;
+    c.nodes[2].restart().await;
+    assert_eq!(c.nodes[2].node_id(), id, "the same id");
+    c.nodes[2].put("/v1/kv/after", "1").await;
+    let after = c.wait_converged(T).await;
+    let mut want = before.clone();
+    want["after"] = json!(1);
+    assert_eq!(after, want);
+    c.shutdown().await;
+}

@@ -65,6 +65,22 @@ impl ClusterNode {
         self.handle = Some(handle);
     }
 
+    /// Stops the node and deletes its data dir but its node id, as a disk replaced under it.
+    pub async fn wipe(&mut self) {
+        self.stop().await;
+        for entry in std::fs::read_dir(self.dir.path()).expect("data dir") {
+            let path = entry.expect("entry").path();
+            if path.file_name().is_some_and(|n| n == "node.id") {
+                continue;
+            }
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).expect("remove");
+            } else {
+                std::fs::remove_file(&path).expect("remove");
+            }
+        }
+    }
+
     pub fn node_id(&self) -> String {
         let id = std::fs::read_to_string(self.dir.path().join("node.id")).expect("node.id");
         id.trim().to_owned()
