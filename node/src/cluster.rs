@@ -53,7 +53,9 @@ use wire::{Hello, PeerInfo};
 const PROBE_TICK: Duration = Duration::from_millis(200);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
-const DIGEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// One anti-entropy exchange (a reply of up to 4 MiB of registers) on a LAN; a round stuck
+/// behind a silent cut blocks the next round no longer than this.
+const DIGEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes of registers in one push.
 const PUSH_BYTES: usize = 4 << 20;
 /// Most bytes of registers in one anti-entropy reply or push.

@@ -168,9 +168,23 @@ impl Members {
         match t.peers.get_mut(&id) {
             Some(p) => {
                 if p.state == State::Refused {
-                    return;
+                    if source == Source::Peer {
+                        return;
+                    }
+                    // It states our cluster and environment now (restarted with other
+                    // settings): a peer like any other from here on.
+                    p.state = State::Suspect;
+                    p.cluster = cluster.into();
+                    p.env = env.into();
+                    p.last_error = None;
+                    p.failures = 0;
+                    p.next_try = now;
+                    p.needs_repair = true;
                 }
-                if p.addr != addr && source != Source::Peer {
+                // An IPv4 address is kept over an IPv6 one (a link-local address means nothing
+                // to the peers it would be passed on to).
+                let better = !(p.addr.is_ipv4() && addr.is_ipv6());
+                if p.addr != addr && source != Source::Peer && better {
                     p.addr = addr;
                 }
                 if p.state == State::Dead && source != Source::Peer {
@@ -246,9 +260,8 @@ impl Members {
         let Some(p) = t.peers.get_mut(&id) else {
             return false;
         };
-        if p.state == State::Refused {
-            return false;
-        }
+        // A successful exchange proves our cluster and environment (both sides checked them),
+        // so even a node refused before is a peer now.
         let was = p.state;
         p.state = State::Alive;
         p.failures = 0;
@@ -478,9 +491,13 @@ mod tests {
         assert!(!m.refuse(9, addr(9), "c", "staging", "again"));
         m.learn(9, addr(9), Source::Peer, "c", "staging");
         assert!(m.due().is_empty());
-        assert!(!m.contact(9));
         let v = m.view();
         assert_eq!(v["members"][0]["state"], "refused");
         assert_eq!(v["members"][0]["env"], "staging");
+        // Restarted in our environment: mDNS reports it with our identity.
+        m.learn(9, addr(9), Source::Mdns, "c", "e");
+        let p = m.get(9).unwrap();
+        assert_eq!((p.state, p.env.as_str()), (State::Suspect, "e"));
+        assert!(matches!(m.due()[..], [Due::Peer(9, _)]));
     }
 }

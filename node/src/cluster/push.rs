@@ -55,6 +55,12 @@ pub(super) async fn push_loop(shared: Arc<Shared>, id: u64) {
         if !shared.s.push {
             continue;
         }
+        if !shared.members.is_alive(id) {
+            // It failed meanwhile (a probe found it unreachable): leave this to anti-entropy
+            // rather than queue a push behind a silent cut.
+            shared.members.with_peer(id, |p| p.needs_repair = true);
+            break;
+        }
         let n: usize = batch.iter().map(|c| c.len()).sum();
         let mut body = Vec::with_capacity(bytes + 8);
         digest::encode_register_iter(
