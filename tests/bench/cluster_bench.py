@@ -1171,7 +1171,7 @@ class Bench:
             p("An updated key crosses twice by design (each side lacks the other's version, "
               "store/digest.rs), so for this mix 1.5x the differing registers is the floor before digest "
               "traffic. A round that node 1 or 2 had started with node 3 just before the cut waits on its "
-              "TCP connection (up to the 30 s digest timeout) and carries on at the heal: it shows as bytes "
+              "TCP connection (up to the 10 s digest timeout) and carries on at the heal: it shows as bytes "
               "with 0 rounds started in the window (its first request, about 12 bytes, was counted before). "
               "The writes are made %.1f s after node 3 is counted out, once the push tasks to it have "
               "noticed; a run in which a push still reached node 3 after the heal would be marked \"not "
