@@ -264,3 +264,62 @@ async fn a_wiped_node_gets_everything_back_and_spreads_no_emptiness() {
     assert_eq!(after, want);
     c.shutdown().await;
 }
+
+/// An operator CA (made here with rcgen) and node certificates it issued, written as PEM files.
+fn operator_pki(
+    dir: &std::path::Path,
+    nodes: usize,
+) -> (
+    std::path::PathBuf,
+    Vec<(std::path::PathBuf, std::path::PathBuf)>,
+) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name
+        .push(DnType::CommonName, "operator CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut out = Vec::new();
+    for i in 0..nodes {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["herd-peer".to_owned()]).unwrap();
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        let (c, k) = (dir.join(format!("n{i}.crt")), dir.join(format!("n{i}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        out.push((c, k));
+    }
+    (ca_file, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_ca_replaces_the_cluster_secret() {
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, certs) = operator_pki(pki.path(), 2);
+    let use_operator = |i: usize, cfg: &mut node::config::Config| {
+        cfg.cluster_secret = None;
+        cfg.peer_ca = Some(ca.clone());
+        cfg.peer_cert = Some(certs[i].0.clone());
+        cfg.peer_key = Some(certs[i].1.clone());
+    };
+    let c = TestCluster::start(2, use_operator).await;
+    c.wait_meshed(T).await;
+    c.nodes[0].put("/v1/kv/op", "\"ca\"").await;
+    wait_value(&c, 1, "/op", json!("ca")).await;
+    c.shutdown().await;
+}
