@@ -20,6 +20,29 @@ async fn wait_value(c: &TestCluster, i: usize, path: &str, want: serde_json::Val
     .await;
 }
 
+/// PUTs `body` at `path` on node `i` and returns the version it was given, as (millis,
+/// counter, node id): the order of versions.
+async fn version_of(c: &TestCluster, i: usize, path: &str, body: &str) -> (u64, u32, String) {
+    let r = c.nodes[i]
+        .client
+        .request(
+            Method::PUT,
+            &format!("/v1/kv{path}"),
+            &[],
+            Some(bytes::Bytes::from(body.to_owned())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let v = r.json().unwrap()["version"].as_str().unwrap().to_owned();
+    let mut parts = v.splitn(3, '-');
+    (
+        parts.next().unwrap().parse().unwrap(),
+        parts.next().unwrap().parse().unwrap(),
+        parts.next().unwrap().to_owned(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_learn_each_other_and_push_every_write() {
     // Anti-entropy is slowed down so that what arrives here arrived by push.
@@ -140,11 +163,17 @@ async fn without_pushes_anti_entropy_alone_converges() {
     c.wait_meshed(T).await;
     c.nodes[0].put("/v1/kv/a", "1").await;
     c.nodes[1].put("/v1/kv/b", r#"{"x":[1]}"#).await;
-    // The same key on two nodes: the later version wins everywhere.
-    c.nodes[2].put("/v1/kv/same", "\"first\"").await;
-    c.nodes[0].put("/v1/kv/same", "\"second\"").await;
+    // The same key on two nodes that have not seen each other's write: the higher version
+    // wins everywhere (in the same millisecond the node ids decide, not the order in time).
+    let v_first = version_of(&c, 2, "/same", "\"first\"").await;
+    let v_second = version_of(&c, 0, "/same", "\"second\"").await;
+    let winner = if v_second > v_first {
+        "second"
+    } else {
+        "first"
+    };
     let doc = c.wait_converged(T).await;
-    assert_eq!(doc, json!({"a": 1, "b": {"x": [1]}, "same": "second"}));
+    assert_eq!(doc, json!({"a": 1, "b": {"x": [1]}, "same": winner}));
     // Tokens replicate too: node 0's admin token works on node 2.
     let token = std::fs::read_to_string(c.nodes[0].dir.path().join("admin.token")).unwrap();
     let ca = std::fs::read(c.nodes[2].dir.path().join("tls/ca.crt")).unwrap();
