@@ -21,7 +21,6 @@ use crate::store::{path, value, Path};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::TcpListener;
@@ -158,71 +157,26 @@ pub async fn serve(
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let conns = Arc::new(Semaphore::new(app.config.max_connections));
-    loop {
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => break,
-            p = conns.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let (tcp, peer) = tokio::select! {
-            _ = cancel.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Typically out of file descriptors: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let (app, acceptor, cancel) = (app.clone(), acceptor.clone(), cancel.clone());
-        tracker.spawn(async move {
-            let _permit = permit;
-            app.metrics.connection_opened();
-            serve_connection(app.clone(), acceptor, tcp, peer, cancel).await;
-            app.metrics.connection_closed();
-        });
-    }
+    let limits = crate::serve::Limits {
+        max_connections: app.config.max_connections,
+        handshake: app.config.handshake_timeout,
+        headers: app.config.handshake_timeout,
+    };
+    let make = |_peer| {
+        app.metrics.connection_opened();
+        let app = app.clone();
+        let guard = OpenConnection(app.clone());
+        (move |req| handle(app.clone(), req), guard)
+    };
+    crate::serve::serve("api", listener, tls, limits, make, cancel, tracker).await;
 }
 
-async fn serve_connection(
-    app: Arc<App>,
-    acceptor: tokio_rustls::TlsAcceptor,
-    tcp: tokio::net::TcpStream,
-    peer: std::net::SocketAddr,
-    cancel: CancellationToken,
-) {
-    let stream = match crate::tls::accept(&acceptor, tcp, app.config.handshake_timeout).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "connection refused before HTTP");
-            return;
-        }
-    };
-    let svc_app = app.clone();
-    let svc = hyper::service::service_fn(move |req| {
-        let app = svc_app.clone();
-        async move { Ok::<_, Infallible>(handle(app, req).await) }
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(app.config.handshake_timeout)
-        .keep_alive(true)
-        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        }
-        _ = cancel.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
+/// Counts an open connection in the metrics while it lives.
+struct OpenConnection(Arc<App>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.metrics.connection_closed();
     }
 }
 

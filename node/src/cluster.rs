@@ -32,11 +32,11 @@ mod repair;
 pub mod trust;
 pub mod wire;
 
+use crate::api::Body;
 use crate::db::Db;
 use crate::store::digest;
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
-use http_body_util::Full;
 use members::{Members, Source};
 use peer::{error_response, PeerClient, PeerError, Stated};
 use std::collections::{HashMap, HashSet};
@@ -65,7 +65,6 @@ const DIGEST_BUDGET: usize = digest::DEFAULT_BUDGET;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub me: NodeIdentity,
-    pub api_port: u16,
     pub peer_port: u16,
     pub seeds: Vec<String>,
     pub anti_entropy_interval: Duration,
@@ -219,7 +218,6 @@ impl Shared {
     fn hello(&self) -> Hello {
         Hello {
             peer_port: self.s.peer_port,
-            api_port: self.s.api_port,
             history_ms: self.history.length_ms(crate::db::now_ms()),
             peers: self
                 .members
@@ -315,7 +313,7 @@ async fn handle(
     method: Method,
     path: String,
     body: Bytes,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     if method != Method::POST {
         return error_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -323,7 +321,7 @@ async fn handle(
             "peer routes take POST",
         );
     }
-    let ok = |body: Vec<u8>| Response::new(Full::new(Bytes::from(body)));
+    let ok = |body: Vec<u8>| Response::new(Body::full(Bytes::from(body)));
     match path.as_str() {
         "/peer/v1/hello" => {
             let hello: Hello = match serde_json::from_slice(&body) {

@@ -367,10 +367,6 @@ enum Origin {
 }
 
 impl Origin {
-    fn fail(self, e: Error) {
-        self.answer(Err(e));
-    }
-
     /// Answers with what the request was given and how many registers it applied.
     fn answer(self, result: Result<(Written, usize), Error>) {
         match self {
@@ -739,7 +735,7 @@ impl Writer {
                 tracing::error!(error = %e, "group commit failed; its writes are refused");
                 self.revision = planned[0].written.revision - 1;
                 for p in planned {
-                    p.origin.fail(Error::Storage(e.to_string()));
+                    p.origin.answer(Err(Error::Storage(e.to_string())));
                 }
                 return;
             }

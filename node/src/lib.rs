@@ -8,6 +8,9 @@
 //! - `config`: the validated node configuration and its defaults.
 //! - `api`: the HTTPS REST API server (routing, auth, errors, kv, watch, admin handlers).
 //! - `node`: the composition root: `start(config) -> NodeHandle`, `run(config)`.
+//! - `serve`: the HTTPS server loop the API and the peer port share (limits, accept, TLS,
+//!   HTTP/1.1 connections, graceful shutdown).
+//! - `cluster`: peers, discovery, replication and anti-entropy.
 //! - `tls`: the local CA, the API certificate, rustls configs and the TLS accept step.
 //! - `client`: the HTTPS client of the REST API (CLI, test harness): keep-alive pool, SSE.
 //! - `cli`: the `herd` command line: `serve`, and the client commands over `client`.
@@ -20,6 +23,7 @@ pub mod config;
 pub mod db;
 pub mod mount;
 pub mod node;
+pub mod serve;
 pub mod storage;
 pub mod store;
 pub mod tls;

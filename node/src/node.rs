@@ -240,7 +240,6 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         (Some(tls), Some(listener), Some(peer_addr)) => {
             let settings = cluster::Settings {
                 me: me.clone(),
-                api_port: api_addr.port(),
                 peer_port: peer_addr.port(),
                 seeds: config.peers.clone(),
                 anti_entropy_interval: config.anti_entropy_interval,

@@ -29,7 +29,6 @@ measurement completed (missed targets are flagged in the report), 3 when one did
 from __future__ import annotations
 
 import argparse
-import ctypes
 import http.client
 import json
 import os
@@ -49,9 +48,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "tests", "lab"))
+sys.path.insert(0, HERE)
 sys.dont_write_bytecode = True  # leave no __pycache__ in the repository
 
-from lab import Lab, LabError, check_environment  # noqa: E402
+from lab import Lab, LabError, check_environment, in_netns  # noqa: E402
+from load_keys import json_string, run_parallel  # noqa: E402
 
 API_PORT = 7440
 PEER_PORT = 7441
@@ -84,61 +85,7 @@ class BenchError(RuntimeError):
     """A setup step or a measurement failed; the message says which and why."""
 
 
-# ----------------------------------------------------------------------------- namespaces
-
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
-class netns:
-    """Switches the calling thread into a network namespace for the duration of the block.
-
-    A socket belongs to the namespace it was created in for its whole life, so a socket created
-    (and connected) in the block keeps talking inside that namespace after the thread has
-    switched back. Other threads are not affected.
-    """
-
-    def __init__(self, path: str):
-        self.path = path
-        self.own = -1
-
-    def __enter__(self) -> None:
-        self.own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        target = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if _libc.setns(target, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                os.close(self.own)
-                raise OSError(err, "setns(%s): %s" % (self.path, os.strerror(err)))
-        finally:
-            os.close(target)
-
-    def __exit__(self, *exc) -> None:
-        try:
-            if _libc.setns(self.own, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, "setns back to the original namespace: %s" % os.strerror(err))
-        finally:
-            os.close(self.own)
-
-
-def netns_path(name: str) -> str:
-    for d in ("/run/netns", "/var/run/netns"):
-        p = os.path.join(d, name)
-        if os.path.exists(p):
-            return p
-    raise BenchError("network namespace %s has no file under /run/netns" % name)
-
-
 # ----------------------------------------------------------------------------- values, stats
-
-
-def json_string(text_len: int, seed: int) -> str:
-    """A JSON string whose text (quotes included) is exactly text_len bytes, distinct per seed."""
-    inner = max(text_len - 2, 0)
-    s = str(seed)
-    body = s[-inner:] if len(s) >= inner else "v" * (inner - len(s)) + s
-    return '"' + body + '"'
 
 
 def key_path(k: int) -> str:
@@ -189,12 +136,12 @@ def yes_no(ok: bool) -> str:
 class NsHTTPSConnection(http.client.HTTPSConnection):
     """http.client's HTTPS connection with its socket opened inside a network namespace."""
 
-    def __init__(self, nspath: str, host: str, port: int, context: ssl.SSLContext, timeout: float):
+    def __init__(self, ns: str, host: str, port: int, context: ssl.SSLContext, timeout: float):
         super().__init__(host, port, context=context, timeout=timeout)
-        self.nspath = nspath
+        self.ns = ns
 
     def connect(self) -> None:
-        with netns(self.nspath):
+        with in_netns(self.ns):
             super().connect()
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -221,7 +168,7 @@ class Api:
             headers["Content-Type"] = "application/json"
         for attempt in (0, 1):
             if self.conn is None:
-                self.conn = NsHTTPSConnection(self.node.nspath, self.node.addr, API_PORT,
+                self.conn = NsHTTPSConnection(self.node.ns, self.node.addr, API_PORT,
                                               self.node.ssl_context(), self.timeout)
             try:
                 self.conn.request(method, path, body=body, headers=headers)
@@ -279,7 +226,7 @@ class RawConn:
 
     def __init__(self, node: "Node"):
         self.node = node
-        with netns(node.nspath):
+        with in_netns(node.ns):
             raw = socket.create_connection((node.addr, API_PORT), timeout=10)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = node.ssl_context().wrap_socket(raw, server_hostname=node.addr)
@@ -444,7 +391,7 @@ class Node:
         self.bench = bench
         self.i = i
         self.addr = bench.lab.addr(i)
-        self.nspath = netns_path(bench.lab.ns(i))
+        self.ns = bench.lab.ns(i)
         self.dir = os.path.join(bench.tmp, "n%d" % i)
         self.logpath = os.path.join(bench.tmp, "n%d.log" % i)
         self.proc: subprocess.Popen | None = None
@@ -572,36 +519,19 @@ class Bench:
     def load(self, node: Node, keys: list[int], seed_base: int) -> float:
         """Puts /m/k<k> for every k (batches over LOAD_CONNS connections); returns seconds."""
         jobs = [keys[i:i + LOAD_BATCH] for i in range(0, len(keys), LOAD_BATCH)]
-        errors: list[BaseException] = []
-        lock = threading.Lock()
-        cursor = [0]
+        apis = [Api(node) for _ in range(LOAD_CONNS)]
 
-        def worker():
-            api = Api(node)
-            try:
-                while True:
-                    with lock:
-                        if errors or cursor[0] >= len(jobs):
-                            return
-                        job = jobs[cursor[0]]
-                        cursor[0] += 1
-                    ops = ",".join('{"op":"put","path":"%s","value":%s}'
-                                   % (key_path(k), json_string(VALUE_BYTES, seed_base + k)) for k in job)
-                    api.request("POST", "/v1/batch", ('{"ops":[' + ops + "]}").encode())
-            except BaseException as e:  # noqa: BLE001 -- re-raised below
-                with lock:
-                    errors.append(e)
-            finally:
-                api.close()
+        def worker(i: int, job: list[int]) -> None:
+            ops = ",".join('{"op":"put","path":"%s","value":%s}'
+                           % (key_path(k), json_string(VALUE_BYTES, seed_base + k)) for k in job)
+            apis[i].request("POST", "/v1/batch", ('{"ops":[' + ops + "]}").encode())
 
         t0 = now()
-        threads = [threading.Thread(target=worker, daemon=True) for _ in range(LOAD_CONNS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
+        try:
+            run_parallel(jobs, LOAD_CONNS, worker)
+        finally:
+            for api in apis:
+                api.close()
         return now() - t0
 
     # -------------------------------------------------------------- phases

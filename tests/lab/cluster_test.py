@@ -53,14 +53,11 @@ PASS/FAIL/SKIP summary.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import http.client
 import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -73,7 +70,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from lab import Lab, LabError, check_environment  # noqa: E402
+from lab import Checks, Lab, LabError, check_environment, connect_in_netns  # noqa: E402
 
 SKIP = 77
 CLUSTER = "lab"
@@ -93,21 +90,6 @@ HTTP_TIMEOUT = 10.0
 
 
 # --------------------------------------------------------------------------- checks
-
-
-class Checks:
-    def __init__(self) -> None:
-        self.passed = 0
-        self.failed: list[str] = []
-
-    def check(self, ok: bool, what: str, detail: str = "") -> bool:
-        if ok:
-            self.passed += 1
-            print("ok    %s" % what, flush=True)
-        else:
-            self.failed.append(what)
-            print("FAIL  %s%s" % (what, (": " + detail) if detail else ""), flush=True)
-        return ok
 
 
 def info(msg: str) -> None:
@@ -140,48 +122,6 @@ def wait_until(pred, timeout: float, interval: float = 0.05):
                 raise last_exc
             return value, time.monotonic() - t0
         time.sleep(interval)
-
-
-# --------------------------------------------------------------------------- talking into a namespace
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
-def _netns_path(ns: str) -> str:
-    for d in ("/run/netns", "/var/run/netns"):
-        p = os.path.join(d, ns)
-        if os.path.exists(p):
-            return p
-    raise LabError("no namespace file for %s" % ns)
-
-
-def connect_in_netns(ns: str, address, timeout=None, source_address=None, **_kw) -> socket.socket:
-    """socket.create_connection(address) made from inside network namespace ns.
-
-    setns(2) with CLONE_NEWNET moves only the calling thread; the socket keeps the namespace it
-    was created in, and the thread moves straight back, so nothing else of this process ever
-    touches the lab's network.
-    """
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(_netns_path(ns), os.O_RDONLY)
-        try:
-            if _libc.setns(target, CLONE_NEWNET) != 0:
-                e = ctypes.get_errno()
-                raise OSError(e, "setns into %s: %s" % (ns, os.strerror(e)))
-            try:
-                return socket.create_connection(address, timeout)
-            finally:
-                if _libc.setns(own, CLONE_NEWNET) != 0:
-                    # Never carry on in the wrong namespace.
-                    e = ctypes.get_errno()
-                    sys.stderr.write("fatal: cannot return from %s: %s\n" % (ns, os.strerror(e)))
-                    os._exit(2)
-        finally:
-            os.close(target)
-    finally:
-        os.close(own)
 
 
 class ApiError(Exception):

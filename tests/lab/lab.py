@@ -47,18 +47,24 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import ctypes
+import ctypes.util
 import itertools
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from typing import Iterable, Sequence
 
-__all__ = ["Lab", "LabError", "PREFIX", "check_environment", "cleanup_stale", "list_lab_namespaces"]
+__all__ = [
+    "Checks", "Lab", "LabError", "PREFIX", "check_environment", "cleanup_stale", "connect_in_netns",
+    "in_netns", "list_lab_namespaces",
+]
 
 # Every namespace a lab creates starts with this, so stale ones can be found.
 PREFIX = "herdlab"
@@ -77,6 +83,83 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.]{1,32}$")
 
 class LabError(RuntimeError):
     """The lab cannot be built or driven (not root, no iproute2, a failed `ip` command...)."""
+
+
+# --------------------------------------------------------------------------- talking into a host
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+def _netns_path(ns: str) -> str:
+    for d in ("/run/netns", "/var/run/netns"):
+        p = os.path.join(d, ns)
+        if os.path.exists(p):
+            return p
+    raise LabError("no namespace file for %s" % ns)
+
+
+class in_netns:
+    """Moves the calling thread into network namespace `ns` (a name as `Lab.ns(i)` gives) for
+    the duration of the block.
+
+    A socket belongs to the namespace it was created in for its whole life, so a socket created
+    (and connected) in the block keeps talking inside the lab after the thread has moved back;
+    other threads are not affected. If the thread cannot move back, the process exits at once
+    rather than carry on in the lab's network.
+    """
+
+    def __init__(self, ns: str):
+        self.ns = ns
+        self.own = -1
+
+    def __enter__(self) -> None:
+        self.own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            target = os.open(_netns_path(self.ns), os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            os.close(self.own)
+            raise
+        try:
+            if _libc.setns(target, CLONE_NEWNET) != 0:
+                e = ctypes.get_errno()
+                os.close(self.own)
+                raise OSError(e, "setns into %s: %s" % (self.ns, os.strerror(e)))
+        finally:
+            os.close(target)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if _libc.setns(self.own, CLONE_NEWNET) != 0:
+                e = ctypes.get_errno()
+                sys.stderr.write("fatal: cannot return from %s: %s\n" % (self.ns, os.strerror(e)))
+                os._exit(2)
+        finally:
+            os.close(self.own)
+
+
+def connect_in_netns(ns: str, address, timeout=None, source_address=None, **_kw) -> socket.socket:
+    """socket.create_connection(address) made from inside network namespace `ns` (usable as an
+    http.client connection's `_create_connection`)."""
+    with in_netns(ns):
+        return socket.create_connection(address, timeout)
+
+
+class Checks:
+    """The tally of a lab test: one `ok`/`FAIL` line per check."""
+
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed: list[str] = []
+
+    def check(self, ok: bool, what: str, detail: str = "") -> bool:
+        if ok:
+            self.passed += 1
+            print("ok    %s" % what, flush=True)
+        else:
+            self.failed.append(what)
+            print("FAIL  %s%s" % (what, (": " + detail) if detail else ""), flush=True)
+        return ok
 
 
 # --------------------------------------------------------------------------- helpers

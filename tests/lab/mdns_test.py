@@ -35,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from lab import Lab, LabError, check_environment  # noqa: E402
+from lab import Checks, Lab, LabError, check_environment  # noqa: E402
 
 SKIP = 77
 CLUSTER = "lab"
@@ -56,21 +56,6 @@ def peer_port(i: int) -> int:
 
 def api_port(i: int) -> int:
     return 7300 + i
-
-
-class Checks:
-    def __init__(self) -> None:
-        self.passed = 0
-        self.failed: list[str] = []
-
-    def check(self, ok: bool, what: str, detail: str = "") -> bool:
-        if ok:
-            self.passed += 1
-            print("ok    %s" % what, flush=True)
-        else:
-            self.failed.append(what)
-            print("FAIL  %s%s" % (what, (": " + detail) if detail else ""), flush=True)
-        return ok
 
 
 def start_probe(lab: Lab, probe: str, i: int, secs: int) -> subprocess.Popen:

@@ -274,7 +274,6 @@ impl Members {
     /// A failed exchange with `id`. Returns true if the peer just became dead.
     pub fn failure(&self, id: u64, why: &str) -> bool {
         let now = Instant::now();
-        let cap = self.retry_cap;
         let mut t = self.lock();
         let Some(p) = t.peers.get_mut(&id) else {
             return false;
@@ -285,8 +284,7 @@ impl Members {
         p.failures += 1;
         p.needs_repair = true;
         p.last_error = Some(why.into());
-        let shift = p.failures.saturating_sub(1).min(20);
-        p.next_try = now + (RETRY_BASE * (1u32 << shift)).min(cap);
+        p.next_try = now + self.backoff(p.failures);
         let was = p.state;
         p.state = if p.failures >= DEAD_AFTER {
             State::Dead
@@ -342,7 +340,6 @@ impl Members {
 
     /// A seed answered as `node` (or failed with `error`).
     pub fn seed_result(&self, target: &str, result: Result<u64, String>) {
-        let backoff_for = |f: u32| self.backoff(f);
         let mut t = self.lock();
         let Some(s) = t.seeds.iter_mut().find(|s| s.target == target) else {
             return;
@@ -359,7 +356,7 @@ impl Members {
             Err(e) => {
                 s.failures += 1;
                 s.last_error = Some(e);
-                s.next_try = Instant::now() + backoff_for(s.failures);
+                s.next_try = Instant::now() + self.backoff(s.failures);
             }
         }
     }

@@ -9,6 +9,8 @@
 
 use super::trust::{NodeIdentity, PEER_SERVER_NAME};
 use super::wire::{H_CLUSTER, H_ENV, H_NODE, H_PROTO, PROTO};
+use crate::api::{ApiError, Body};
+use crate::serve::Limits;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -29,6 +31,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_IDLE: usize = 4;
 /// Most simultaneous inbound peer connections.
 const MAX_PEER_CONNECTIONS: usize = 256;
+/// Time a peer may take for its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a peer may take for a request's headers, and keep an idle connection open.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a call to a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -103,15 +109,8 @@ pub fn state_identity(me: &NodeIdentity, h: &mut HeaderMap) {
 }
 
 /// A response with a JSON error body, as on the client API.
-pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
+pub fn error_response(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {
+    ApiError::new(status, code, message).into_response()
 }
 
 /// Serves the peer port until `cancel` fires. `handle` answers one request whose sender's
@@ -126,67 +125,27 @@ pub async fn serve<H, F>(
     tracker: TaskTracker,
 ) where
     H: Fn(Stated, SocketAddr, Method, String, Bytes) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let conns = Arc::new(tokio::sync::Semaphore::new(MAX_PEER_CONNECTIONS));
     let me = Arc::new(me);
-    loop {
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => break,
-            p = conns.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let (tcp, from) = tokio::select! {
-            _ = cancel.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "peer accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, cancel, me, handle) =
-            (acceptor.clone(), cancel.clone(), me.clone(), handle.clone());
-        tracker.spawn(async move {
-            let _permit = permit;
-            let stream = match crate::tls::accept(&acceptor, tcp, Duration::from_secs(10)).await {
-                Ok(s) => s,
-                Err(e) => {
-                    // Typically a node without a cluster certificate: it gets nothing.
-                    tracing::info!(%from, error = %e, "peer connection refused before HTTP");
-                    return;
-                }
-            };
-            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (me, handle) = (me.clone(), handle.clone());
-                async move {
-                    let mut resp = route(&me, from, max_body, handle, req).await;
-                    state_identity(&me, resp.headers_mut());
-                    Ok::<_, std::convert::Infallible>(resp)
-                }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%from, error = %e, "peer connection ended with an error");
-                    }
-                }
-                _ = cancel.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+    let limits = Limits {
+        max_connections: MAX_PEER_CONNECTIONS,
+        handshake: HANDSHAKE_TIMEOUT,
+        headers: HEADER_TIMEOUT,
+    };
+    let make = |from: SocketAddr| {
+        let (me, handle) = (me.clone(), handle.clone());
+        let service = move |req: Request<hyper::body::Incoming>| {
+            let (me, handle) = (me.clone(), handle.clone());
+            async move {
+                let mut resp = route(&me, from, max_body, handle, req).await;
+                state_identity(&me, resp.headers_mut());
+                resp
             }
-        });
-    }
+        };
+        (service, ())
+    };
+    crate::serve::serve("peer port", listener, tls, limits, make, cancel, tracker).await;
 }
 
 async fn route<H, F>(
@@ -195,10 +154,10 @@ async fn route<H, F>(
     max_body: usize,
     handle: H,
     req: Request<hyper::body::Incoming>,
-) -> Response<Full<Bytes>>
+) -> Response<Body>
 where
     H: Fn(Stated, SocketAddr, Method, String, Bytes) -> F,
-    F: Future<Output = Response<Full<Bytes>>>,
+    F: Future<Output = Response<Body>>,
 {
     let Some(them) = stated(req.headers()) else {
         return error_response(

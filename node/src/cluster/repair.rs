@@ -4,10 +4,10 @@
 
 use super::peer::{error_response, PeerError};
 use super::{Shared, DIGEST_BUDGET, DIGEST_TIMEOUT, PUSH_TIMEOUT};
+use crate::api::Body;
 use crate::store::digest::{self, Reply, Request, Session};
 use bytes::Bytes;
 use http::{Response, StatusCode};
-use http_body_util::Full;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -64,7 +64,7 @@ pub(super) fn random_unit() -> f64 {
 
 /// Answers one anti-entropy request from the current store (off the async workers: a leaf
 /// stage hashes every key).
-pub(super) async fn digest_answer(shared: &Arc<Shared>, body: &Bytes) -> Response<Full<Bytes>> {
+pub(super) async fn digest_answer(shared: &Arc<Shared>, body: &Bytes) -> Response<Body> {
     if shared.history.is_stale() {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -86,7 +86,7 @@ pub(super) async fn digest_answer(shared: &Arc<Shared>, body: &Bytes) -> Respons
         Ok(Ok(reply)) => {
             let mut out = Vec::with_capacity(reply.encoded_len());
             reply.encode(&mut out);
-            Response::new(Full::new(Bytes::from(out)))
+            Response::new(Body::full(Bytes::from(out)))
         }
         Ok(Err(e)) => error_response(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
         Err(e) => error_response(
@@ -107,14 +107,14 @@ async fn anti_entropy_round(
 ) -> Result<bool, PeerError> {
     use std::sync::atomic::Ordering::Relaxed;
     let salt = (random_unit() * (1u64 << 53) as f64) as u64 ^ id;
-    let started = {
+    let (started, my_root) = {
         let st = shared.db.read();
-        Session::start(&st.store, salt, DIGEST_BUDGET, None)
+        let root = st.store.digest().root();
+        (Session::start(&st.store, salt, DIGEST_BUDGET, None), root)
     };
     let Some((mut session, mut req)) = started else {
         return Ok(true);
     };
-    let my_root = shared.db.read().store.digest().root();
     let client = shared.client(addr);
     let mut first = true;
     let mut equal = false;

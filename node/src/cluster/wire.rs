@@ -29,8 +29,6 @@ pub struct PeerInfo {
 pub struct Hello {
     /// The sender's peer port (its address is the connection's).
     pub peer_port: u16,
-    /// The sender's client API port.
-    pub api_port: u16,
     /// How long the sender has been running without a gap longer than the tombstone grace
     /// period (0 while it is stale after one); see `cluster::history`.
     #[serde(default)]
