@@ -9,6 +9,7 @@ pub use admin::status_value;
 mod body;
 mod kv;
 mod metrics;
+mod plugins;
 mod watch;
 
 pub use body::Body;
@@ -17,6 +18,7 @@ pub use metrics::Metrics;
 use crate::auth::{self, Grant, Role, Tokens};
 use crate::config::Config;
 use crate::db::{self, Db};
+use crate::plugin;
 use crate::store::{path, value, Path};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -43,6 +45,8 @@ pub struct App {
     pub started: Instant,
     /// The cluster side, when clustering is on.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Installed plugins and derived keys.
+    pub plugins: crate::plugin::Plugins,
 }
 
 /// An error answer: status, stable code, message.
@@ -51,6 +55,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The plugin that refused the request, if one did.
+    pub plugin: Option<String>,
 }
 
 impl ApiError {
@@ -59,6 +65,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            plugin: None,
         }
     }
 
@@ -72,6 +79,10 @@ impl ApiError {
         s.push_str(self.code);
         s.push_str("\",\"message\":");
         crate::store::push_json_string(&mut s, &self.message);
+        if let Some(p) = &self.plugin {
+            s.push_str(",\"plugin\":");
+            crate::store::push_json_string(&mut s, p);
+        }
         s.push_str("}}");
         json_response(self.status, s)
     }
@@ -111,6 +122,24 @@ impl From<db::Error> for ApiError {
             }
         };
         ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<plugin::Rejection> for ApiError {
+    fn from(r: plugin::Rejection) -> ApiError {
+        let (status, code) = match &r {
+            plugin::Rejection::Refused { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "plugin_rejected")
+            }
+            plugin::Rejection::Failed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "plugin_failed"),
+            plugin::Rejection::Unavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "plugin_unavailable")
+            }
+            plugin::Rejection::ReadOnly { .. } => (StatusCode::FORBIDDEN, "read_only"),
+        };
+        let mut e = ApiError::new(status, code, r.to_string());
+        e.plugin = Some(r.plugin().to_owned());
+        e
     }
 }
 
@@ -212,6 +241,10 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>>
         }
         return watch::watch(app, &grant, &path, &req);
     }
+    if let Some(rest) = strip_route(&raw_path, "/v1/plugins") {
+        let grant = authenticate(app, &req)?;
+        return plugins::route(app, &grant, rest, req).await;
+    }
     if let Some(rest) = strip_route(&raw_path, "/v1/tokens") {
         let grant = authenticate(app, &req)?;
         require(&grant, Role::Admin)?;
@@ -259,7 +292,7 @@ fn strip_route<'a>(path: &'a str, route: &str) -> Option<&'a str> {
     }
 }
 
-fn method_not_allowed(allowed: &str) -> ApiError {
+pub(crate) fn method_not_allowed(allowed: &str) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",

@@ -32,6 +32,7 @@ pub(crate) mod encoding;
 mod error;
 mod kv;
 mod mount;
+mod plugin;
 mod serve;
 mod tokens;
 mod watch;
@@ -42,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 pub use args::Args;
-use args::{ClientCommand, ClusterCommand, Command, ConnectionArgs, TokenCommand};
+use args::{ClientCommand, ClusterCommand, Command, ConnectionArgs, PluginCommand, TokenCommand};
 pub use error::{
     status_exit_code, Error, EXIT_AUTH, EXIT_CONFLICT, EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_REJECTED,
     EXIT_UNREACHABLE, EXIT_USAGE,
@@ -96,6 +97,9 @@ fn report_to(error: &anyhow::Error, stderr: &mut impl Write) -> u8 {
 }
 
 fn run_client(connection: &ConnectionArgs, command: ClientCommand) -> Result<(), Error> {
+    if let ClientCommand::Plugin(PluginCommand::Test(args)) = &command {
+        return plugin::test(args);
+    }
     let target = discover::discover(connection, Path::new("."))?;
     if let ClientCommand::Mount(args) = &command {
         return mount::run(&target, args);
@@ -131,6 +135,11 @@ fn run_client(connection: &ConnectionArgs, command: ClientCommand) -> Result<(),
                 tokens::create(&api, &name, role, prefix.as_deref()).await
             }
             ClientCommand::Token(TokenCommand::List) => tokens::list(&api).await,
+            ClientCommand::Plugin(PluginCommand::Add(args)) => plugin::install(&api, &args, false).await,
+            ClientCommand::Plugin(PluginCommand::Update(args)) => plugin::install(&api, &args, true).await,
+            ClientCommand::Plugin(PluginCommand::Ls { json }) => plugin::list(&api, json).await,
+            ClientCommand::Plugin(PluginCommand::Rm { name }) => plugin::remove(&api, &name).await,
+            ClientCommand::Plugin(PluginCommand::Test(_)) => unreachable!("runs without a node"),
             ClientCommand::Token(TokenCommand::Revoke { name }) => {
                 tokens::revoke(&api, &name).await
             }

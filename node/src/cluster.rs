@@ -305,6 +305,60 @@ impl Shared {
     }
 }
 
+/// A plugin's component file, asked for by its sha256 (a peer saw a manifest it cannot load).
+async fn plugin_file(shared: &Shared, body: &[u8]) -> Response<Body> {
+    let sha = String::from_utf8_lossy(body).trim().to_owned();
+    if crate::plugin::manifest::check_sha256(&sha).is_err() {
+        return error_response(StatusCode::BAD_REQUEST, "bad_request", "expected a sha256");
+    }
+    let path = shared
+        .s
+        .data_dir
+        .join("plugins")
+        .join("blobs")
+        .join(format!("{sha}.wasm"));
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => Response::new(Body::full(Bytes::from(bytes))),
+        Err(_) => error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no plugin file {sha} here"),
+        ),
+    }
+}
+
+impl crate::plugin::Fetch for Cluster {
+    fn fetch(
+        &self,
+        sha256: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Vec<u8>>> + Send>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let mut errors = Vec::new();
+            for (id, addr) in shared.members.alive() {
+                match shared
+                    .client(addr)
+                    .call("/peer/v1/plugin-file", sha256.clone().into(), PLUGIN_FILE_TIMEOUT)
+                    .await
+                {
+                    Ok((_, bytes)) => {
+                        tracing::info!(peer = %format!("{id:016x}"), sha256, bytes = bytes.len(), "plugin file fetched");
+                        return Ok(bytes.to_vec());
+                    }
+                    Err(e) => errors.push(format!("{id:016x}: {e}")),
+                }
+            }
+            if errors.is_empty() {
+                anyhow::bail!("its file (sha256 {sha256}) is not on this node and no peer is alive to ask");
+            }
+            anyhow::bail!("its file (sha256 {sha256}) is on no live peer ({})", errors.join("; "))
+        })
+    }
+}
+
+/// How long fetching one plugin file from a peer may take.
+const PLUGIN_FILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Answers one peer request (identity already checked).
 async fn handle(
     shared: Arc<Shared>,
@@ -370,6 +424,7 @@ async fn handle(
             }
         }
         "/peer/v1/digest" => repair::digest_answer(&shared, &body).await,
+        "/peer/v1/plugin-file" => plugin_file(&shared, &body).await,
         _ => error_response(
             StatusCode::NOT_FOUND,
             "not_found",

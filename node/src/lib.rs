@@ -23,6 +23,7 @@ pub mod config;
 pub mod db;
 pub mod mount;
 pub mod node;
+pub mod plugin;
 pub mod serve;
 pub mod storage;
 pub mod store;

@@ -19,11 +19,46 @@ use tokio_util::sync::CancellationToken;
 use crate::auth;
 use crate::config::Config;
 use crate::db::{self, now_ms, Condition, Db, WriteRequest};
+use crate::plugin::derive::Found;
+use crate::plugin::view::Write;
+use crate::plugin::{Plugins, Rejection};
 use crate::store::{self, path, value, Lookup, Path, INTERNAL};
+
+/// The token name plugins see for writes through the in-process file view.
+const MOUNT_WRITER: &str = "mount";
+
+/// The errno-level kind of a plugin's refusal: `EINVAL` for a refused or failed write,
+/// `EROFS` for a derived key.
+pub fn rejection(r: Rejection) -> Error {
+    let kind = match &r {
+        Rejection::Refused { .. } | Rejection::Failed { .. } => ErrorKind::Invalid,
+        Rejection::Unavailable { .. } => ErrorKind::Unavailable,
+        Rejection::ReadOnly { .. } => ErrorKind::ReadOnly,
+    };
+    Error::new(kind, r.to_string())
+}
+
+/// A derived value as the file view shows it (read-only).
+fn derived_node(v: &Value) -> Node {
+    let mtime_ms = crate::db::now_ms();
+    if v.is_object() {
+        Node::Dir {
+            mtime_ms,
+            read_only: true,
+        }
+    } else {
+        Node::Leaf {
+            value: v.clone(),
+            mtime_ms,
+            read_only: true,
+        }
+    }
+}
 
 /// The in-process backend: reads take the store's read lock, writes go through the writer.
 pub struct Local {
     db: Db,
+    plugins: Plugins,
     config: Arc<Config>,
     runtime: Handle,
     cancel: CancellationToken,
@@ -32,9 +67,16 @@ pub struct Local {
 
 impl Local {
     /// `runtime` runs the writes and the change feed; `cancel` ends the feed.
-    pub fn new(db: Db, config: Arc<Config>, runtime: Handle, cancel: CancellationToken) -> Local {
+    pub fn new(
+        db: Db,
+        plugins: Plugins,
+        config: Arc<Config>,
+        runtime: Handle,
+        cancel: CancellationToken,
+    ) -> Local {
         Local {
             db,
+            plugins,
             config,
             runtime,
             cancel,
@@ -107,8 +149,18 @@ fn segments(key: &str) -> Vec<String> {
 impl Backend for Local {
     fn get(&self, segs: &Segments) -> Result<Option<Node>, Error> {
         let p = to_path(segs)?;
+        match self.plugins.outputs().get(&p) {
+            Found::Outside => {}
+            Found::Missing => return Ok(None),
+            Found::Value(v) => return Ok(Some(derived_node(&v))),
+        }
+        let derived_dirs = self.plugins.outputs().dirs_below(&p);
         let st = self.db.read();
         let node = match st.store.lookup(p.key(), now_ms()) {
+            Lookup::Missing if !derived_dirs.is_empty() => Some(Node::Dir {
+                mtime_ms: 0,
+                read_only: false,
+            }),
             Lookup::Missing => None,
             Lookup::Leaf(r) => {
                 let text = match &r.kind {
@@ -137,8 +189,33 @@ impl Backend for Local {
 
     fn list(&self, segs: &Segments) -> Result<Vec<Child>, Error> {
         let p = to_path(segs)?;
+        match self.plugins.outputs().get(&p) {
+            Found::Outside => {}
+            Found::Missing => return Err(Error::new(ErrorKind::NotFound, format!("nothing at {p}"))),
+            Found::Value(Value::Object(m)) => {
+                return Ok(m
+                    .iter()
+                    .map(|(k, v)| Child {
+                        name: k.clone(),
+                        is_dir: v.is_object(),
+                    })
+                    .collect())
+            }
+            Found::Value(_) => {
+                return Err(Error::new(
+                    ErrorKind::Invalid,
+                    format!("{p} is a value, not a directory"),
+                ))
+            }
+        }
+        let derived_dirs = self.plugins.outputs().dirs_below(&p);
         let st = self.db.read();
-        match st.store.children(p.key(), now_ms()) {
+        let listed = st.store.children(p.key(), now_ms());
+        let listed = match (listed, derived_dirs.is_empty()) {
+            (None, false) => Some(Ok(Vec::new())),
+            (l, _) => l,
+        };
+        let mut kids = match listed {
             None => Err(Error::new(ErrorKind::NotFound, format!("nothing at {p}"))),
             Some(Err(())) => Err(Error::new(
                 ErrorKind::Invalid,
@@ -148,12 +225,26 @@ impl Backend for Local {
                 .into_iter()
                 .filter(|(name, _)| !(p.is_root() && name == auth::RESERVED))
                 .map(|(name, is_dir)| Child { name, is_dir })
-                .collect()),
+                .collect::<Vec<_>>()),
+        }?;
+        for d in derived_dirs {
+            if !kids.iter().any(|c| c.name == d) {
+                kids.push(Child {
+                    name: d,
+                    is_dir: true,
+                });
+            }
         }
+        Ok(kids)
     }
 
     fn read(&self, segs: &Segments) -> Result<Option<Value>, Error> {
         let p = to_path(segs)?;
+        match self.plugins.outputs().get(&p) {
+            Found::Outside => {}
+            Found::Missing => return Ok(None),
+            Found::Value(v) => return Ok(Some(v)),
+        }
         let mut text = String::new();
         if !self.db.read().store.render(p.key(), now_ms(), &mut text) {
             return Ok(None);
@@ -167,17 +258,46 @@ impl Backend for Local {
     }
 
     fn check(&self, segs: &Segments, v: &Value) -> Result<(), Error> {
-        put_op(segs, v, self.config.max_value_bytes).map(drop)
+        put_op(segs, v, self.config.max_value_bytes)?;
+        let w = Write {
+            path: to_path(segs)?,
+            value: Some(v.clone()),
+        };
+        self.plugins
+            .judge_now(vec![w], MOUNT_WRITER)
+            .map(drop)
+            .map_err(rejection)
     }
 
     fn apply(&self, ops: Vec<Op>) -> Result<(), Error> {
-        let mut planned = Vec::with_capacity(ops.len());
+        let mut writes = Vec::with_capacity(ops.len());
         for op in &ops {
-            planned.push(match op {
-                Op::Put(segs, v) => put_op(segs, v, self.config.max_value_bytes)?,
-                Op::Delete(segs) => store::Op::Delete {
+            writes.push(match op {
+                Op::Put(segs, v) => {
+                    put_op(segs, v, self.config.max_value_bytes)?;
+                    Write {
+                        path: to_path(segs)?,
+                        value: Some(v.clone()),
+                    }
+                }
+                Op::Delete(segs) => Write {
                     path: to_path(segs)?,
+                    value: None,
                 },
+            });
+        }
+        let writes = self
+            .plugins
+            .judge_now(writes, MOUNT_WRITER)
+            .map_err(rejection)?;
+        let mut planned = Vec::with_capacity(writes.len());
+        for w in writes {
+            planned.push(match w.value {
+                Some(v) => {
+                    let segs: Vec<String> = w.path.segments().map(String::from).collect();
+                    put_op(&segs, &v, self.config.max_value_bytes)?
+                }
+                None => store::Op::Delete { path: w.path },
             });
         }
         let req = WriteRequest {
@@ -194,6 +314,24 @@ impl Backend for Local {
     fn subscribe(&self, sink: ChangeSink) {
         let db = self.db.clone();
         let cancel = self.cancel.clone();
+        let mut derived = self.plugins.outputs().subscribe();
+        {
+            let sink = sink.clone();
+            let cancel = cancel.clone();
+            self.runtime.spawn(async move {
+                loop {
+                    let changed = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        c = derived.recv() => c,
+                    };
+                    match changed {
+                        Ok(p) => sink(Change::Path(p.segments().map(String::from).collect())),
+                        Err(RecvError::Lagged(_)) => sink(Change::All),
+                        Err(RecvError::Closed) => return,
+                    }
+                }
+            });
+        }
         self.runtime.spawn(async move {
             let revision = db.read().revision;
             let Ok(mut sub) = db.subscribe("", Some(revision)) else {
@@ -216,7 +354,9 @@ impl Backend for Local {
     }
 
     fn status(&self) -> Value {
-        crate::api::status_value(&self.db, &self.config, self.started)
+        let mut v = crate::api::status_value(&self.db, &self.config, self.started);
+        v["plugins"] = self.plugins.status();
+        v
     }
 
     fn max_value_bytes(&self) -> usize {

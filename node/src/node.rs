@@ -38,6 +38,8 @@ pub struct NodeHandle {
     /// The cluster side (peers, replication), when clustering is on.
     pub cluster: Option<Arc<Cluster>>,
     discovery: Option<Discovery>,
+    /// Installed plugins and derived keys.
+    pub plugins: crate::plugin::Plugins,
 }
 
 impl NodeHandle {
@@ -185,6 +187,12 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         .await
         .context("cannot set up the bootstrap token")?;
 
+    // Plugins are loaded (from the compiled-code cache) before the API opens, so no write
+    // slips past a plugin across a restart.
+    let plugins = crate::plugin::Plugins::open(&data_dir, db.clone())
+        .context("cannot start the plugin host")?;
+    plugins.reload().await;
+
     let api_addr = listener.local_addr()?;
     let me = NodeIdentity {
         node_id: id,
@@ -216,6 +224,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         Some(dir) => {
             let backend = crate::mount::Local::new(
                 db.clone(),
+                plugins.clone(),
                 config.clone(),
                 tokio::runtime::Handle::current(),
                 cancel.clone(),
@@ -272,6 +281,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
             } else {
                 None
             };
+            plugins.set_fetch(c.clone());
             tracing::info!(peer_addr = %peer_addr, cluster = %me.cluster, env = %me.env, mdns = config.mdns, seeds = config.peers.len(), "peer port open");
             (Some(c), discovery)
         }
@@ -290,6 +300,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         tracker: tracker.clone(),
         started: Instant::now(),
         cluster: cluster.clone(),
+        plugins: plugins.clone(),
     });
     tracker.spawn(api::serve(
         listener,
@@ -299,6 +310,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         tracker.clone(),
     ));
     tracker.spawn(tokens.follow(db.clone(), cancel.clone()));
+    tracker.spawn(plugins.clone().follow(cancel.clone()));
     tracker.spawn(housekeeping(db.clone(), cancel.clone()));
     tracing::info!(node_id = %format!("{id:016x}"), api = %local_url(api_addr), data_dir = %data_dir.display(), "herd node started");
     Ok(NodeHandle {
@@ -312,6 +324,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         peer_addr,
         cluster,
         discovery,
+        plugins,
     })
 }
 

@@ -36,7 +36,8 @@ pub fn members(app: &App) -> Response<Body> {
 }
 
 pub fn status(app: &App) -> Response<Body> {
-    let body = status_value(&app.db, &app.config, app.started);
+    let mut body = status_value(&app.db, &app.config, app.started);
+    body["plugins"] = app.plugins.status();
     json_response(StatusCode::OK, body.to_string())
 }
 

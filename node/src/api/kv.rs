@@ -9,6 +9,8 @@ use super::{
 use crate::auth::{Grant, Role};
 use crate::config::parse_duration;
 use crate::db::{now_ms, Condition, WriteRequest, Written};
+use crate::plugin::derive::Found;
+use crate::plugin::view::Write;
 use crate::store::{value, Op, Path, Version};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -24,6 +26,11 @@ pub fn get<B>(
     req: &Request<B>,
 ) -> Result<Response<Body>> {
     authorize(grant, Role::Read, path)?;
+    match app.plugins.outputs().get(path) {
+        Found::Outside => {}
+        Found::Missing => return Err(not_found(path)),
+        Found::Value(v) => return Ok(derived(path, v, req)),
+    }
     let now = now_ms();
     let st = app.db.read();
     let key = path.key();
@@ -39,6 +46,13 @@ pub fn get<B>(
             }
             Some(Ok(k)) => k,
         };
+        let mut kids = kids;
+        for d in app.plugins.outputs().dirs_below(path) {
+            if !kids.iter().any(|(n, _)| *n == d) {
+                kids.push((d, true));
+            }
+        }
+        kids.sort();
         let mut s = String::from("{\"keys\":[");
         for (i, (name, dir)) in kids.iter().enumerate() {
             if i > 0 {
@@ -84,12 +98,30 @@ pub async fn put(
     check_content_type(req.headers())?;
     let body = read_body(app, req, app.config.max_value_bytes).await?;
     let v = value::parse(&body)?;
+    let v = app
+        .plugins
+        .judge(
+            vec![Write {
+                path: path.clone(),
+                value: Some(v),
+            }],
+            &grant.name,
+        )
+        .await?
+        .pop()
+        .and_then(|w| w.value)
+        .unwrap_or(serde_json::Value::Null);
     if ttl_ms.is_some() && v.is_object() {
         return Err(ApiError::bad_request(
             "ttl applies to leaf values only, not to objects",
         ));
     }
     let op = Op::put(path, &v, ttl_ms)?;
+    if let Op::Put { text, .. } = &op {
+        if text.len() > app.config.max_value_bytes {
+            return Err(too_large(text.len(), app.config.max_value_bytes));
+        }
+    }
     if dry_run {
         // Everything a write checks has been checked; nothing is stored.
         return Ok(json_response(StatusCode::OK, r#"{"dry_run":true}"#));
@@ -113,6 +145,15 @@ pub async fn delete<B>(
     authorize(grant, Role::Write, &path)?;
     not_root(&path)?;
     let condition = condition(req.headers(), false)?;
+    app.plugins
+        .judge(
+            vec![Write {
+                path: path.clone(),
+                value: None,
+            }],
+            &grant.name,
+        )
+        .await?;
     let w = app
         .db
         .write(WriteRequest {
@@ -171,7 +212,8 @@ pub async fn batch(
             ),
         ));
     }
-    let mut ops = Vec::with_capacity(batch.ops.len());
+    let mut writes = Vec::with_capacity(batch.ops.len());
+    let mut ttls = Vec::with_capacity(batch.ops.len());
     for (i, b) in batch.ops.into_iter().enumerate() {
         let path = Path::parse(&b.path).map_err(|e| {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_path", format!("op {i}: {e}"))
@@ -186,18 +228,19 @@ pub async fn batch(
                         "op {i}: ttl applies to leaf values only"
                     )));
                 }
-                let op = Op::put(path, &v, ttl_ms)?;
-                if let Op::Put { text, .. } = &op {
-                    if text.len() > app.config.max_value_bytes {
-                        return Err(too_large(text.len(), app.config.max_value_bytes));
-                    }
-                }
-                ops.push(op);
+                writes.push(Write {
+                    path,
+                    value: Some(v),
+                });
+                ttls.push(ttl_ms);
             }
             ("put", None) => {
                 return Err(ApiError::bad_request(format!("op {i}: put needs a value")))
             }
-            ("delete", None) if b.ttl.is_none() => ops.push(Op::Delete { path }),
+            ("delete", None) if b.ttl.is_none() => {
+                writes.push(Write { path, value: None });
+                ttls.push(None);
+            }
             ("delete", _) => {
                 return Err(ApiError::bad_request(format!(
                     "op {i}: delete takes no value or ttl"
@@ -210,6 +253,27 @@ pub async fn batch(
             }
         }
     }
+    let writes = app.plugins.judge(writes, &grant.name).await?;
+    let mut ops = Vec::with_capacity(writes.len());
+    for (i, (w, ttl_ms)) in writes.into_iter().zip(ttls).enumerate() {
+        match w.value {
+            None => ops.push(Op::Delete { path: w.path }),
+            Some(v) => {
+                if ttl_ms.is_some() && v.is_object() {
+                    return Err(ApiError::bad_request(format!(
+                        "op {i}: ttl applies to leaf values only"
+                    )));
+                }
+                let op = Op::put(w.path, &v, ttl_ms)?;
+                if let Op::Put { text, .. } = &op {
+                    if text.len() > app.config.max_value_bytes {
+                        return Err(too_large(text.len(), app.config.max_value_bytes));
+                    }
+                }
+                ops.push(op);
+            }
+        }
+    }
     let w = app
         .db
         .write(WriteRequest {
@@ -218,6 +282,32 @@ pub async fn batch(
         })
         .await?;
     Ok(written(w))
+}
+
+/// A derived key (read-only, computed on this node by a derive plugin).
+fn derived<B>(path: &Path, v: serde_json::Value, req: &Request<B>) -> Response<Body> {
+    if query_param(req.uri().query(), "keys").is_some() {
+        let mut names: Vec<String> = match &v {
+            serde_json::Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| if v.is_object() { format!("{k}/") } else { k.clone() })
+                .collect(),
+            _ => {
+                return ApiError::new(
+                    StatusCode::CONFLICT,
+                    "not_a_directory",
+                    format!("{path} is a value, not a directory"),
+                )
+                .into_response()
+            }
+        };
+        names.sort();
+        return json_response(StatusCode::OK, serde_json::json!({ "keys": names }).to_string());
+    }
+    let mut resp = json_response(StatusCode::OK, value::to_text(&v).to_string());
+    resp.headers_mut()
+        .insert("x-herd-derived", HeaderValue::from_static("true"));
+    resp
 }
 
 fn written(w: Written) -> Response<Body> {
@@ -293,7 +383,7 @@ fn condition(h: &HeaderMap, allow_none_match: bool) -> Result<Condition> {
 }
 
 /// A missing content type is taken as JSON; anything else than JSON is refused.
-fn check_content_type(h: &HeaderMap) -> Result<()> {
+pub(super) fn check_content_type(h: &HeaderMap) -> Result<()> {
     let Some(ct) = h.get(header::CONTENT_TYPE) else {
         return Ok(());
     };
@@ -321,7 +411,7 @@ fn too_large(len: usize, limit: usize) -> ApiError {
 }
 
 /// Reads a body of at most `limit` bytes within the body timeout.
-async fn read_body(app: &App, req: Request<Incoming>, limit: usize) -> Result<Bytes> {
+pub(super) async fn read_body(app: &App, req: Request<Incoming>, limit: usize) -> Result<Bytes> {
     if let Some(len) = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -44,6 +44,23 @@ impl Api {
         Ok(response.json()?)
     }
 
+    /// Sends raw bytes (a plugin file) with their content type; the 2xx answer's JSON.
+    pub async fn call_bytes(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<Value, Error> {
+        let headers = [(http::header::CONTENT_TYPE, content_type.to_owned())];
+        let response = self
+            .client
+            .request(method, path_and_query, &headers, Some(Bytes::from(body)))
+            .await?
+            .error_for_status()?;
+        Ok(response.json()?)
+    }
+
     /// `GET` without headers.
     pub async fn get(&self, path_and_query: &str) -> Result<Value, Error> {
         self.call(Method::GET, path_and_query, &[], None).await

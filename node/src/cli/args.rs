@@ -96,6 +96,78 @@ pub enum ClientCommand {
     /// Manage access tokens (needs an admin token)
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage WebAssembly plugins for the whole cluster (needs an admin token); `test` runs a
+    /// plugin locally without installing it
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Install a plugin on every node of the cluster: upload FILE, then store its manifest
+    Add(PluginInstallArgs),
+    /// Replace an installed plugin's file and/or manifest fields (hot reload, no restart)
+    Update(PluginInstallArgs),
+    /// List installed plugins: hooks, prefixes, state (healthy / unhealthy / not_loaded), last error
+    Ls {
+        /// Print the node's JSON answer instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a plugin from every node
+    Rm {
+        /// The plugin's name
+        name: String,
+    },
+    /// Run one hook of a plugin file here, without a node and without installing it
+    Test(PluginTestArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PluginInstallArgs {
+    /// The plugin: a WebAssembly component (.wasm) [optional for update]
+    pub file: Option<PathBuf>,
+    /// The plugin's name (a-z, 0-9, -, _)
+    #[arg(long)]
+    pub name: String,
+    /// Path prefix the hooks apply to (repeatable, or comma-separated)
+    #[arg(long = "prefix", value_name = "PATH", value_delimiter = ',')]
+    pub prefixes: Vec<String>,
+    /// Hooks to run: validate, transform, derive (comma-separated)
+    #[arg(long, value_name = "HOOKS", value_delimiter = ',')]
+    pub hooks: Vec<String>,
+    /// Where a derive plugin's keys go (read-only, computed on every node)
+    #[arg(long, value_name = "PATH")]
+    pub output: Option<String>,
+    /// Limits over the defaults: memory=16MiB,time=100ms,output=4MiB
+    #[arg(long, value_name = "LIMITS")]
+    pub limits: Option<String>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+#[command(allow_negative_numbers = true)]
+pub struct PluginTestArgs {
+    /// The plugin: a WebAssembly component (.wasm)
+    pub file: PathBuf,
+    /// The hook to run: validate, transform or derive [default: the first the plugin exports]
+    #[arg(long)]
+    pub hook: Option<String>,
+    /// The changed key's path (validate, transform)
+    #[arg(long, value_name = "PATH")]
+    pub path: Option<String>,
+    /// The new value, JSON or else a string (as `herd put`); absent means a delete
+    #[arg(long, value_name = "VALUE")]
+    pub value: Option<String>,
+    /// The old value, JSON or else a string
+    #[arg(long, value_name = "VALUE")]
+    pub old: Option<String>,
+    /// A JSON file whose document the plugin's store.get and store.list read (the new value
+    /// is laid over it) [default: an empty store]
+    #[arg(long, value_name = "FILE")]
+    pub store: Option<PathBuf>,
+    /// Limits over the defaults: memory=16MiB,time=100ms
+    #[arg(long, value_name = "LIMITS")]
+    pub limits: Option<String>,
 }
 
 /// `herd serve`: flags override `HERD_*` variables, which override the config file.

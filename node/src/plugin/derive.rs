@@ -1,0 +1,293 @@
+//! Derived keys: one task per derive plugin follows the keys under its prefixes, calls
+//! `derive` (debounced) and keeps the outputs it returns under the plugin's output prefix.
+//! Outputs live in memory on each node ([`Outputs`]), are served read-only by the API and the
+//! file view, and are never replicated; a derive that fails keeps the last good outputs.
+
+use super::host::{CallError, Output};
+use super::view::{at, relative, set_at, Committed};
+use super::{Plugins, Registry};
+use crate::db::now_ms;
+use crate::store::Path;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// How long a derive waits for more input changes before it runs.
+pub const DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// The outputs of one derive plugin.
+#[derive(Debug, Clone)]
+pub struct OutputSet {
+    pub plugin: String,
+    pub sha256: String,
+    pub prefix: Path,
+    /// The outputs as one JSON object tree relative to `prefix` (`None` before the first
+    /// successful run).
+    pub tree: Option<Value>,
+    pub count: usize,
+    pub updated_ms: u64,
+    pub last_error: Option<String>,
+}
+
+/// Every derive plugin's outputs, by output prefix.
+pub struct Outputs {
+    sets: RwLock<BTreeMap<String, OutputSet>>,
+    /// Output prefixes whose content changed, for the file view's cache invalidation.
+    changed: broadcast::Sender<Path>,
+    /// The running derive tasks, by plugin name: (sha256, cancel).
+    tasks: Mutex<HashMap<String, (String, CancellationToken)>>,
+}
+
+impl Default for Outputs {
+    fn default() -> Outputs {
+        Outputs {
+            sets: RwLock::new(BTreeMap::new()),
+            changed: broadcast::channel(256).0,
+            tasks: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// What a read at a path finds among the outputs.
+#[derive(Debug, PartialEq)]
+pub enum Found {
+    /// The path is not at or below any output prefix.
+    Outside,
+    /// At or below an output prefix, and nothing is there.
+    Missing,
+    Value(Value),
+}
+
+impl Outputs {
+    pub fn subscribe(&self) -> broadcast::Receiver<Path> {
+        self.changed.subscribe()
+    }
+
+    /// The derived value at `p`.
+    pub fn get(&self, p: &Path) -> Found {
+        let sets = self.sets.read().unwrap_or_else(|e| e.into_inner());
+        for set in sets.values() {
+            if let Some(rel) = relative(&set.prefix, p) {
+                return match set.tree.as_ref().and_then(|t| at(t, &rel)) {
+                    Some(v) => Found::Value(v.clone()),
+                    None => Found::Missing,
+                };
+            }
+        }
+        Found::Outside
+    }
+
+    /// The first segments below `p` that lead to an output prefix (for listings of
+    /// directories above an output prefix): name → true (always a directory).
+    pub fn dirs_below(&self, p: &Path) -> Vec<String> {
+        let sets = self.sets.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<String> = sets
+            .values()
+            .filter(|s| s.tree.is_some() && s.prefix != *p)
+            .filter_map(|s| relative(p, &s.prefix)?.first().map(|n| n.to_string()))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The output prefixes (for `/v1/plugins` and listings).
+    pub fn sets(&self) -> Vec<OutputSet> {
+        self.sets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Drops the outputs of plugins no longer installed (or moved to another prefix).
+    pub(super) fn retain(&self, reg: &Registry) {
+        let mut gone = Vec::new();
+        self.sets
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|key, set| {
+                let keep = reg.entries.iter().any(|e| {
+                    e.checked.manifest.name == set.plugin
+                        && e.checked.output.as_ref().map(|o| o.key()) == Some(key.as_str())
+                });
+                if !keep {
+                    gone.push(set.prefix.clone());
+                }
+                keep
+            });
+        for p in gone {
+            let _ = self.changed.send(p);
+        }
+    }
+
+    fn record(&self, plugin: &str, sha256: &str, prefix: &Path, result: Result<Value, String>, count: usize) {
+        let mut sets = self.sets.write().unwrap_or_else(|e| e.into_inner());
+        let set = sets.entry(prefix.key().to_owned()).or_insert_with(|| OutputSet {
+            plugin: plugin.to_owned(),
+            sha256: sha256.to_owned(),
+            prefix: prefix.clone(),
+            tree: None,
+            count: 0,
+            updated_ms: 0,
+            last_error: None,
+        });
+        set.plugin = plugin.to_owned();
+        set.sha256 = sha256.to_owned();
+        match result {
+            Ok(tree) => {
+                let changed = set.tree.as_ref() != Some(&tree);
+                set.tree = Some(tree);
+                set.count = count;
+                set.updated_ms = now_ms();
+                set.last_error = None;
+                drop(sets);
+                if changed {
+                    let _ = self.changed.send(prefix.clone());
+                }
+            }
+            Err(e) => set.last_error = Some(e),
+        }
+    }
+}
+
+/// Checks a derive's outputs and builds their tree: every path under `prefix`, every value
+/// valid JSON, the total within `limit` bytes.
+pub fn build_tree(prefix: &Path, outputs: &[Output], limit: u64) -> Result<Value, String> {
+    let total: u64 = outputs
+        .iter()
+        .map(|o| (o.path.len() + o.value.len()) as u64)
+        .sum();
+    if total > limit {
+        return Err(format!(
+            "returned {total} bytes of outputs, over its limit of {limit} bytes"
+        ));
+    }
+    let mut tree = Value::Object(Map::new());
+    for o in outputs {
+        let p = Path::parse(&o.path).map_err(|e| format!("returned a bad path {:?}: {e}", o.path))?;
+        let Some(rel) = relative(prefix, &p).filter(|r| !r.is_empty()) else {
+            return Err(format!(
+                "returned {p}, which is outside its output prefix {prefix}"
+            ));
+        };
+        let v = crate::store::value::parse(o.value.as_bytes())
+            .map_err(|e| format!("returned a value for {p} that is not valid JSON: {e}"))?;
+        set_at(&mut tree, &rel, Some(v));
+    }
+    Ok(tree)
+}
+
+/// Starts a derive task for each derive plugin that has none (or runs another version) and
+/// stops the tasks of plugins that are gone.
+pub(super) fn reconcile(plugins: &Plugins, reg: &Registry) {
+    let outputs = plugins.outputs();
+    let mut tasks = outputs.tasks.lock().unwrap_or_else(|e| e.into_inner());
+    tasks.retain(|name, (sha, cancel)| {
+        let keep = reg.entries.iter().any(|e| {
+            &e.checked.manifest.name == name && &e.checked.manifest.sha256 == sha && e.program.is_some()
+        });
+        if !keep {
+            cancel.cancel();
+        }
+        keep
+    });
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    for e in &reg.entries {
+        let m = &e.checked.manifest;
+        if !e.checked.has(super::Hook::Derive) || e.program.is_none() || tasks.contains_key(&m.name) {
+            continue;
+        }
+        let cancel = CancellationToken::new();
+        tasks.insert(m.name.clone(), (m.sha256.clone(), cancel.clone()));
+        rt.spawn(run(plugins.clone(), e.clone(), cancel));
+    }
+}
+
+/// Stops every derive task (shutdown).
+pub(super) fn stop_all(plugins: &Plugins) {
+    let mut tasks = plugins.outputs().tasks.lock().unwrap_or_else(|e| e.into_inner());
+    for (_, (_, c)) in tasks.drain() {
+        c.cancel();
+    }
+}
+
+async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationToken) {
+    let (Some(program), Some(prefix)) = (entry.program.clone(), entry.checked.output.clone()) else {
+        return;
+    };
+    let name = entry.checked.manifest.name.clone();
+    let sha = entry.checked.manifest.sha256.clone();
+    let limit = entry.checked.manifest.limits.output_bytes;
+    let db = plugins.db().clone();
+    let Ok(mut sub) = db.subscribe("", None) else {
+        return;
+    };
+    let mut changed: Vec<String> = Vec::new();
+    let mut first = true;
+    loop {
+        if !first {
+            // Wait for an input change, then for the burst to settle.
+            loop {
+                let ev = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    ev = sub.live.recv() => ev,
+                };
+                match ev {
+                    Ok(ev) => {
+                        let p = Path::from_key(&ev.key);
+                        if entry.guards(&p) {
+                            changed.push(p.to_string());
+                            break;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(DEBOUNCE) => {}
+            }
+            while let Ok(ev) = sub.live.try_recv() {
+                let p = Path::from_key(&ev.key);
+                if entry.guards(&p) {
+                    changed.push(p.to_string());
+                }
+            }
+        }
+        first = false;
+        changed.sort();
+        changed.dedup();
+        let args = std::mem::take(&mut changed);
+        let view = Arc::new(Committed(db.clone()));
+        let p2 = program.clone();
+        let result = tokio::task::spawn_blocking(move || p2.derive(view, &args)).await;
+        let result = match result {
+            Ok(Ok(outs)) => build_tree(&prefix, &outs, limit).map(|t| (t, outs.len())),
+            Ok(Err(CallError::Refused(m))) => Err(format!("refused: {m}")),
+            Ok(Err(CallError::Failed(m))) => Err(m),
+            Err(e) => Err(format!("derive task failed: {e}")),
+        };
+        if cancel.is_cancelled() {
+            return;
+        }
+        match result {
+            Ok((tree, n)) => {
+                entry.health.ok();
+                plugins.outputs().record(&name, &sha, &prefix, Ok(tree), n);
+            }
+            Err(e) => {
+                tracing::warn!(plugin = name, error = e, "derive failed; keeping the last good outputs");
+                entry.health.failed(&e);
+                plugins.outputs().record(&name, &sha, &prefix, Err(e), 0);
+            }
+        }
+    }
+}
