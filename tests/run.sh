@@ -12,6 +12,9 @@ log() { printf '==> %s\n' "$*" >&2; }
 # Debian packages the tests need (installed only when missing): curl for the tour checks,
 # fuse3, vim and python3 for the file-view tests (real tools on a real mount).
 packages=(curl ca-certificates fuse3 vim python3)
+# clang, lld, wasi-libc and the wasm32 compiler runtime build the C plugins (plugins/build.sh);
+# python3-pip installs componentize-py for the Python plugins.
+packages+=(clang lld wasi-libc libclang-rt-14-dev-wasm32)
 # iproute2 (ip, bridge) for the network-namespace lab of the cluster tests (tests/lab/).
 if ! command -v ip >/dev/null || ! command -v bridge >/dev/null; then
   packages+=(iproute2)
@@ -30,6 +33,18 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# componentize-py builds the Python plugins (plugins/*/build.sh).
+if ! command -v componentize-py >/dev/null; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    log "installing python3-pip"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+  fi
+  log "installing componentize-py"
+  python3 -m pip install -q componentize-py 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages componentize-py
+fi
+
 if ! command -v cargo >/dev/null; then
   echo "error: cargo is not installed (https://rustup.rs)" >&2
   exit 1
@@ -46,6 +61,12 @@ log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "building the herd binary"
 cargo build --locked -p node --bin herd
+log "building the plugins (C and Python) and the hostile test plugins"
+bash plugins/build.sh
+bash plugins/build.sh --c-dir tests/plugins --out target/test-plugins
+log "the plugins' native unit tests"
+for t in plugins/*/test.sh; do bash "$t"; done
+for t in plugins/*/test_*.py; do (cd "$(dirname "$t")" && python3 -m unittest -q "$(basename "$t" .py)"); done
 log "cargo test"
 cargo test --workspace --locked
 

@@ -135,8 +135,12 @@ fn run_client(connection: &ConnectionArgs, command: ClientCommand) -> Result<(),
                 tokens::create(&api, &name, role, prefix.as_deref()).await
             }
             ClientCommand::Token(TokenCommand::List) => tokens::list(&api).await,
-            ClientCommand::Plugin(PluginCommand::Add(args)) => plugin::install(&api, &args, false).await,
-            ClientCommand::Plugin(PluginCommand::Update(args)) => plugin::install(&api, &args, true).await,
+            ClientCommand::Plugin(PluginCommand::Add(args)) => {
+                plugin::install(&api, &args, false).await
+            }
+            ClientCommand::Plugin(PluginCommand::Update(args)) => {
+                plugin::install(&api, &args, true).await
+            }
             ClientCommand::Plugin(PluginCommand::Ls { json }) => plugin::list(&api, json).await,
             ClientCommand::Plugin(PluginCommand::Rm { name }) => plugin::remove(&api, &name).await,
             ClientCommand::Plugin(PluginCommand::Test(_)) => unreachable!("runs without a node"),

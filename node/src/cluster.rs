@@ -338,7 +338,11 @@ impl crate::plugin::Fetch for Cluster {
             for (id, addr) in shared.members.alive() {
                 match shared
                     .client(addr)
-                    .call("/peer/v1/plugin-file", sha256.clone().into(), PLUGIN_FILE_TIMEOUT)
+                    .call(
+                        "/peer/v1/plugin-file",
+                        sha256.clone().into(),
+                        PLUGIN_FILE_TIMEOUT,
+                    )
                     .await
                 {
                     Ok((_, bytes)) => {
@@ -349,9 +353,14 @@ impl crate::plugin::Fetch for Cluster {
                 }
             }
             if errors.is_empty() {
-                anyhow::bail!("its file (sha256 {sha256}) is not on this node and no peer is alive to ask");
+                anyhow::bail!(
+                    "its file (sha256 {sha256}) is not on this node and no peer is alive to ask"
+                );
             }
-            anyhow::bail!("its file (sha256 {sha256}) is on no live peer ({})", errors.join("; "))
+            anyhow::bail!(
+                "its file (sha256 {sha256}) is on no live peer ({})",
+                errors.join("; ")
+            )
         })
     }
 }

@@ -191,7 +191,9 @@ impl Backend for Local {
         let p = to_path(segs)?;
         match self.plugins.outputs().get(&p) {
             Found::Outside => {}
-            Found::Missing => return Err(Error::new(ErrorKind::NotFound, format!("nothing at {p}"))),
+            Found::Missing => {
+                return Err(Error::new(ErrorKind::NotFound, format!("nothing at {p}")))
+            }
             Found::Value(Value::Object(m)) => {
                 return Ok(m
                     .iter()

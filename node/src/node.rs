@@ -53,6 +53,7 @@ impl NodeHandle {
             mount,
             discovery,
             cluster,
+            plugins,
             ..
         } = self;
         if let Some(d) = discovery {
@@ -71,6 +72,7 @@ impl NodeHandle {
         tracker.wait().await;
         // The writer ends once every handle to the database is gone.
         drop(cluster);
+        drop(plugins);
         drop(db);
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     }

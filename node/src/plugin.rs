@@ -124,7 +124,11 @@ impl Entry {
     /// The entry as `herd plugin ls` and `/v1/plugins` show it.
     pub fn to_json(&self) -> Value {
         let h = &self.health;
-        let last = h.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let last = h
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let state = if self.program.is_none() {
             "not_loaded"
         } else if h.healthy() {
@@ -279,7 +283,8 @@ impl Plugins {
             self.put_blob(&bytes)?;
         }
         let host = self.inner.host.clone();
-        let (name, sha, hooks, limits) = (m.name.clone(), m.sha256.clone(), m.hooks.clone(), m.limits);
+        let (name, sha, hooks, limits) =
+            (m.name.clone(), m.sha256.clone(), m.hooks.clone(), m.limits);
         let program = tokio::task::spawn_blocking(move || {
             let p = host
                 .load(&name, &sha, &path, &hooks, limits)
@@ -348,7 +353,12 @@ impl Plugins {
                 Some(e) => (e.program.clone(), None),
                 None => match self.load(&checked).await {
                     Ok(p) => {
-                        tracing::info!(plugin = name, sha256 = checked.manifest.sha256, cached = p.cached, "plugin loaded");
+                        tracing::info!(
+                            plugin = name,
+                            sha256 = checked.manifest.sha256,
+                            cached = p.cached,
+                            "plugin loaded"
+                        );
                         (Some(p), None)
                     }
                     Err(e) => {
@@ -416,8 +426,7 @@ impl Plugins {
         paths.into_iter().any(|p| {
             reg.entries.iter().any(|e| {
                 e.guards(p)
-                    || e
-                        .checked
+                    || e.checked
                         .output
                         .as_ref()
                         .is_some_and(|o| o.contains(p) || p.contains(o))
@@ -454,8 +463,9 @@ impl Plugins {
                 let Some(o) = &e.checked.output else { continue };
                 let hits = o.contains(&w.path)
                     || (w.value.is_some()
-                        && relative(&w.path, o)
-                            .is_some_and(|rel| w.value.as_ref().and_then(|v| at(v, &rel)).is_some()));
+                        && relative(&w.path, o).is_some_and(|rel| {
+                            w.value.as_ref().and_then(|v| at(v, &rel)).is_some()
+                        }));
                 if hits {
                     return Err(Rejection::ReadOnly {
                         plugin: e.checked.manifest.name.clone(),
@@ -486,9 +496,15 @@ impl Plugins {
                                 let out = program
                                     .transform(view, &change)
                                     .map_err(|err| self.fail(e, err))?;
-                                let v = crate::store::value::parse(out.as_bytes()).map_err(|err| {
-                                    self.fail(e, CallError::Failed(format!("returned a value that is not valid JSON: {err}")))
-                                })?;
+                                let v =
+                                    crate::store::value::parse(out.as_bytes()).map_err(|err| {
+                                        self.fail(
+                                            e,
+                                            CallError::Failed(format!(
+                                                "returned a value that is not valid JSON: {err}"
+                                            )),
+                                        )
+                                    })?;
                                 let w = &mut writes[i];
                                 let rel = relative(&w.path, &at_path).unwrap_or_default();
                                 match &mut w.value {

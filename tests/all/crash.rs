@@ -63,9 +63,9 @@ impl Writer {
                 .map(|(k, _)| k.clone())
                 .collect();
             // Mostly new keys; every 3rd op overwrites, every 5th deletes an existing key.
-            let (key, value) = if n % 5 == 0 && !present.is_empty() {
+            let (key, value) = if n.is_multiple_of(5) && !present.is_empty() {
                 (present[n % present.len()].clone(), None)
-            } else if n % 3 == 0 && !present.is_empty() {
+            } else if n.is_multiple_of(3) && !present.is_empty() {
                 (
                     present[(n * 7) % present.len()].clone(),
                     Some(json!({"writer": id, "op": n})),

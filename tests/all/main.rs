@@ -5,5 +5,6 @@ mod cli;
 mod cluster;
 mod crash;
 mod mount;
+mod plugins;
 mod ttl;
 mod watch;

@@ -422,3 +422,83 @@ async fn a_read_only_mount_serves_reads_follows_changes_and_refuses_writes() {
         Some(json!({"port": 9090, "name": "web"}))
     );
 }
+
+#[tokio::test]
+async fn plugins_refuse_writes_with_einval_and_derived_keys_are_read_only_files() {
+    if !require_fuse("plugins_refuse_writes_with_einval") {
+        return;
+    }
+    let m = MountedNode::start().await;
+    tests::plugins::installed(
+        &m.client,
+        "json-schema",
+        &tests::plugins::shipped("json-schema"),
+        serde_json::json!({"prefixes": ["/app", "/schemas"], "hooks": ["validate"]}),
+    )
+    .await;
+    tests::plugins::installed(
+        &m.client,
+        "nginx-upstream",
+        &tests::plugins::shipped("nginx-upstream"),
+        serde_json::json!({"prefixes": ["/services"], "hooks": ["derive"], "output": "/rendered/nginx", "limits": {"memory": 33554432}}),
+    )
+    .await;
+    m.put(
+        "/schemas/app-db",
+        r#"{"guards": "/app/db", "schema": {"properties": {"port": {"type": "integer", "minimum": 1, "maximum": 65535}}}}"#,
+    )
+    .await;
+    m.put("/app/db/port", "5432").await;
+    // Bash's builtin echo gets the refusal from write(): EINVAL, and the old value stays.
+    let r = m.sh("echo 70000 > app/db/port");
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("Invalid argument"), "{}", r.stderr);
+    assert_eq!(m.get("/app/db/port").await, Some(serde_json::json!(5432)));
+    let why = m.ok(
+        "python3 -c 'import os; print(os.getxattr(\"app/db/port\", \"user.herd.error\").decode())'",
+    );
+    assert!(
+        why.contains("json-schema") && why.contains("65535"),
+        "{why}"
+    );
+    assert!(m.ok("cat .herd/errors").contains("65535"));
+    m.ok("echo 6432 > app/db/port");
+    assert_eq!(m.get("/app/db/port").await, Some(serde_json::json!(6432)));
+    // The derived upstream is a read-only file next to the stored keys.
+    m.put(
+        "/services/web/a",
+        r#"{"address": "10.0.0.5", "port": 8080}"#,
+    )
+    .await;
+    tests::wait_for(
+        "the rendered file",
+        std::time::Duration::from_secs(30),
+        || async {
+            let text = m.sh("cat rendered/nginx/web.conf").stdout;
+            (text.starts_with("upstream web {") && text.contains("server 10.0.0.5:8080;"))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(m.ok("ls rendered/nginx").contains("web.conf"));
+    let r = m.sh("echo mine > rendered/nginx/web.conf");
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("Read-only file system"), "{}", r.stderr);
+    // A new registration re-renders it (the kernel's cache is invalidated).
+    m.put(
+        "/services/web/b",
+        r#"{"address": "10.0.0.6", "port": 8080}"#,
+    )
+    .await;
+    tests::wait_for(
+        "the re-rendered file",
+        std::time::Duration::from_secs(30),
+        || async {
+            m.sh("cat rendered/nginx/web.conf")
+                .stdout
+                .contains("10.0.0.6")
+                .then_some(())
+        },
+    )
+    .await;
+}

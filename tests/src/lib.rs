@@ -9,6 +9,7 @@
 
 pub mod cluster;
 pub mod mount;
+pub mod plugins;
 
 use anyhow::Context;
 use bytes::Bytes;

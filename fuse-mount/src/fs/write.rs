@@ -77,7 +77,7 @@ impl Fs {
         (h.dirty, h.modified) = (true, true);
         h.writes += 1;
         h.seq = seq;
-        let whole = h.writes == 1 && end == h.buf.len() && data.len() % PAGE != 0;
+        let whole = h.writes == 1 && end == h.buf.len() && !data.len().is_multiple_of(PAGE);
         if !whole || local || detached {
             return Ok(len);
         }

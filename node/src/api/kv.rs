@@ -290,7 +290,13 @@ fn derived<B>(path: &Path, v: serde_json::Value, req: &Request<B>) -> Response<B
         let mut names: Vec<String> = match &v {
             serde_json::Value::Object(m) => m
                 .iter()
-                .map(|(k, v)| if v.is_object() { format!("{k}/") } else { k.clone() })
+                .map(|(k, v)| {
+                    if v.is_object() {
+                        format!("{k}/")
+                    } else {
+                        k.clone()
+                    }
+                })
                 .collect(),
             _ => {
                 return ApiError::new(
@@ -302,7 +308,10 @@ fn derived<B>(path: &Path, v: serde_json::Value, req: &Request<B>) -> Response<B
             }
         };
         names.sort();
-        return json_response(StatusCode::OK, serde_json::json!({ "keys": names }).to_string());
+        return json_response(
+            StatusCode::OK,
+            serde_json::json!({ "keys": names }).to_string(),
+        );
     }
     let mut resp = json_response(StatusCode::OK, value::to_text(&v).to_string());
     resp.headers_mut()

@@ -226,10 +226,13 @@ async fn install(
             ),
         ));
     }
-    app.plugins
-        .check_loadable(&checked)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_plugin", format!("plugin {name} cannot be used: {e:#}")))?;
+    app.plugins.check_loadable(&checked).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_plugin",
+            format!("plugin {name} cannot be used: {e:#}"),
+        )
+    })?;
     let value = serde_json::to_value(&m).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let op = Op::put(manifest_path(name), &value, None)?;
     let w = app
@@ -240,7 +243,12 @@ async fn install(
         })
         .await?;
     app.plugins.reload().await;
-    tracing::info!(plugin = name, sha256 = m.sha256, by = grant.name, "plugin installed");
+    tracing::info!(
+        plugin = name,
+        sha256 = m.sha256,
+        by = grant.name,
+        "plugin installed"
+    );
     let reg = app.plugins.registry();
     let entry = reg
         .entries
@@ -254,7 +262,8 @@ async fn install(
         } else {
             StatusCode::CREATED
         },
-        json!({"plugin": entry, "version": w.version.to_string(), "revision": w.revision}).to_string(),
+        json!({"plugin": entry, "version": w.version.to_string(), "revision": w.revision})
+            .to_string(),
     ))
 }
 
@@ -275,6 +284,7 @@ async fn remove(app: &Arc<App>, name: &str) -> Result<Response<Body>> {
     tracing::info!(plugin = name, "plugin removed");
     Ok(json_response(
         StatusCode::OK,
-        json!({"removed": name, "version": w.version.to_string(), "revision": w.revision}).to_string(),
+        json!({"removed": name, "version": w.version.to_string(), "revision": w.revision})
+            .to_string(),
     ))
 }

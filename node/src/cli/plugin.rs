@@ -53,7 +53,11 @@ pub async fn install(api: &Api, args: &PluginInstallArgs, update: bool) -> Resul
         None => {}
     }
     if !args.prefixes.is_empty() {
-        manifest["prefixes"] = json!(args.prefixes.iter().map(|p| store_path(p)).collect::<Vec<_>>());
+        manifest["prefixes"] = json!(args
+            .prefixes
+            .iter()
+            .map(|p| store_path(p))
+            .collect::<Vec<_>>());
     }
     if !args.hooks.is_empty() {
         manifest["hooks"] = json!(args.hooks);
@@ -109,7 +113,18 @@ pub async fn list(api: &Api, json: bool) -> Result<(), Error> {
         Value::Null => "-".into(),
         other => other.to_string(),
     };
-    let mut rows = vec![["NAME", "HOOKS", "PREFIXES", "OUTPUT", "STATE", "CALLS", "FAILURES", "SHA256", "LAST ERROR"].map(String::from)];
+    let mut rows = vec![[
+        "NAME",
+        "HOOKS",
+        "PREFIXES",
+        "OUTPUT",
+        "STATE",
+        "CALLS",
+        "FAILURES",
+        "SHA256",
+        "LAST ERROR",
+    ]
+    .map(String::from)];
     for p in plugins {
         let sha = text(&p["sha256"]);
         rows.push([
@@ -167,7 +182,13 @@ impl StoreView for Doc {
             Some(Value::Object(m)) => {
                 let mut names: Vec<String> = m
                     .iter()
-                    .map(|(k, v)| if v.is_object() { format!("{k}/") } else { k.clone() })
+                    .map(|(k, v)| {
+                        if v.is_object() {
+                            format!("{k}/")
+                        } else {
+                            k.clone()
+                        }
+                    })
                     .collect();
                 names.sort();
                 names
@@ -186,7 +207,9 @@ pub fn test(args: &PluginTestArgs) -> Result<(), Error> {
     let bytes = read_file(&args.file)?;
     let sha = sha256_hex(&bytes);
     let limits = match &args.limits {
-        Some(spec) => Limits::default().parse_over(spec).map_err(Error::BadInput)?,
+        Some(spec) => Limits::default()
+            .parse_over(spec)
+            .map_err(Error::BadInput)?,
         None => Limits::default(),
     };
     let bad = |e: String| Error::BadInput(e);
@@ -203,7 +226,9 @@ pub fn test(args: &PluginTestArgs) -> Result<(), Error> {
             .ok_or_else(|| bad("the component exports no hook of the contract".into()))?,
     };
     if !program.has(hook) {
-        return Err(bad(format!("the component does not export the {hook} hook")));
+        return Err(bad(format!(
+            "the component does not export the {hook} hook"
+        )));
     }
     let mut doc = match &args.store {
         Some(f) => {

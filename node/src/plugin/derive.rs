@@ -125,17 +125,26 @@ impl Outputs {
         }
     }
 
-    fn record(&self, plugin: &str, sha256: &str, prefix: &Path, result: Result<Value, String>, count: usize) {
+    fn record(
+        &self,
+        plugin: &str,
+        sha256: &str,
+        prefix: &Path,
+        result: Result<Value, String>,
+        count: usize,
+    ) {
         let mut sets = self.sets.write().unwrap_or_else(|e| e.into_inner());
-        let set = sets.entry(prefix.key().to_owned()).or_insert_with(|| OutputSet {
-            plugin: plugin.to_owned(),
-            sha256: sha256.to_owned(),
-            prefix: prefix.clone(),
-            tree: None,
-            count: 0,
-            updated_ms: 0,
-            last_error: None,
-        });
+        let set = sets
+            .entry(prefix.key().to_owned())
+            .or_insert_with(|| OutputSet {
+                plugin: plugin.to_owned(),
+                sha256: sha256.to_owned(),
+                prefix: prefix.clone(),
+                tree: None,
+                count: 0,
+                updated_ms: 0,
+                last_error: None,
+            });
         set.plugin = plugin.to_owned();
         set.sha256 = sha256.to_owned();
         match result {
@@ -169,7 +178,8 @@ pub fn build_tree(prefix: &Path, outputs: &[Output], limit: u64) -> Result<Value
     }
     let mut tree = Value::Object(Map::new());
     for o in outputs {
-        let p = Path::parse(&o.path).map_err(|e| format!("returned a bad path {:?}: {e}", o.path))?;
+        let p =
+            Path::parse(&o.path).map_err(|e| format!("returned a bad path {:?}: {e}", o.path))?;
         let Some(rel) = relative(prefix, &p).filter(|r| !r.is_empty()) else {
             return Err(format!(
                 "returned {p}, which is outside its output prefix {prefix}"
@@ -189,7 +199,9 @@ pub(super) fn reconcile(plugins: &Plugins, reg: &Registry) {
     let mut tasks = outputs.tasks.lock().unwrap_or_else(|e| e.into_inner());
     tasks.retain(|name, (sha, cancel)| {
         let keep = reg.entries.iter().any(|e| {
-            &e.checked.manifest.name == name && &e.checked.manifest.sha256 == sha && e.program.is_some()
+            &e.checked.manifest.name == name
+                && &e.checked.manifest.sha256 == sha
+                && e.program.is_some()
         });
         if !keep {
             cancel.cancel();
@@ -201,7 +213,8 @@ pub(super) fn reconcile(plugins: &Plugins, reg: &Registry) {
     };
     for e in &reg.entries {
         let m = &e.checked.manifest;
-        if !e.checked.has(super::Hook::Derive) || e.program.is_none() || tasks.contains_key(&m.name) {
+        if !e.checked.has(super::Hook::Derive) || e.program.is_none() || tasks.contains_key(&m.name)
+        {
             continue;
         }
         let cancel = CancellationToken::new();
@@ -212,14 +225,19 @@ pub(super) fn reconcile(plugins: &Plugins, reg: &Registry) {
 
 /// Stops every derive task (shutdown).
 pub(super) fn stop_all(plugins: &Plugins) {
-    let mut tasks = plugins.outputs().tasks.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tasks = plugins
+        .outputs()
+        .tasks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     for (_, (_, c)) in tasks.drain() {
         c.cancel();
     }
 }
 
 async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationToken) {
-    let (Some(program), Some(prefix)) = (entry.program.clone(), entry.checked.output.clone()) else {
+    let (Some(program), Some(prefix)) = (entry.program.clone(), entry.checked.output.clone())
+    else {
         return;
     };
     let name = entry.checked.manifest.name.clone();
@@ -284,7 +302,11 @@ async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationTok
                 plugins.outputs().record(&name, &sha, &prefix, Ok(tree), n);
             }
             Err(e) => {
-                tracing::warn!(plugin = name, error = e, "derive failed; keeping the last good outputs");
+                tracing::warn!(
+                    plugin = name,
+                    error = e,
+                    "derive failed; keeping the last good outputs"
+                );
                 entry.health.failed(&e);
                 plugins.outputs().record(&name, &sha, &prefix, Err(e), 0);
             }

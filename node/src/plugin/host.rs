@@ -80,14 +80,8 @@ impl herd::plugin::store::Host for HostState {
 }
 
 impl herd::plugin::log::Host for HostState {
-    fn log(&mut self, level: Level, mut message: String) {
-        if message.len() > 4096 {
-            let mut cut = 4096;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
+    fn log(&mut self, level: Level, message: String) {
+        let message = cut(message, MAX_MESSAGE);
         let plugin = &*self.plugin;
         match level {
             Level::Debug => tracing::debug!(target: "plugin", plugin, "{message}"),
@@ -240,7 +234,9 @@ impl Host {
         if file.exists() {
             match deserialize(&self.engine, &file) {
                 Ok(c) => return Ok((c, true)),
-                Err(e) => tracing::warn!(file = %file.display(), error = %e, "compiled plugin unusable; compiling again"),
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %e, "compiled plugin unusable; compiling again")
+                }
             }
         }
         let bytes = std::fs::read(wasm)?;
@@ -309,7 +305,10 @@ impl Host {
 /// wasmtime's own output. They are: the node wrote them into its private data directory
 /// (mode 0700) under a name that holds the component's sha256 and the engine's compatibility
 /// hash, and wasmtime checks the header and version again before it uses them.
-#[allow(unsafe_code, reason = "compiled plugin cache written by this node only")]
+#[allow(
+    unsafe_code,
+    reason = "compiled plugin cache written by this node only"
+)]
 fn deserialize(engine: &Engine, file: &FsPath) -> wasmtime::Result<Component> {
     // SAFETY: see the function's comment: the file is this node's own serialized output.
     unsafe { Component::deserialize_file(engine, file) }
@@ -424,7 +423,7 @@ impl Program {
         match r {
             Ok(answer) => {
                 self.give_back(slot);
-                answer.map_err(CallError::Refused)
+                answer.map_err(|m| CallError::Refused(cut(m, MAX_MESSAGE)))
             }
             // The instance may be in any state after a trap: it is dropped with `slot`.
             Err(e) => Err(self.failure(e)),
@@ -440,10 +439,12 @@ impl Program {
             ),
             Some(Trap::StackOverflow) => "overflowed its stack (too deep recursion)".into(),
             Some(Trap::OutOfFuel) => "ran out of fuel".into(),
-            _ if text.contains("growing memory") || text.contains("memory minimum size") => format!(
-                "went over its memory limit of {} MiB",
-                self.limits.memory >> 20
-            ),
+            _ if text.contains("growing memory") || text.contains("memory minimum size") => {
+                format!(
+                    "went over its memory limit of {} MiB",
+                    self.limits.memory >> 20
+                )
+            }
             Some(t) => format!("trapped: {t}"),
             None => format!("failed: {}", first_line(&text)),
         };
@@ -457,7 +458,11 @@ impl Program {
         })
     }
 
-    pub fn transform(&self, view: Arc<dyn StoreView>, change: &Change) -> Result<String, CallError> {
+    pub fn transform(
+        &self,
+        view: Arc<dyn StoreView>,
+        change: &Change,
+    ) -> Result<String, CallError> {
         self.call(view, |slot| match &slot.transform {
             Some(g) => g.call_transform(&mut slot.store, change),
             None => Ok(Ok(change.value.clone().unwrap_or_else(|| "null".into()))),
@@ -482,6 +487,22 @@ impl Program {
             Hook::Derive => self.indices.derive.is_some(),
         }
     }
+}
+
+/// The longest message from a plugin passed on to a writer.
+pub const MAX_MESSAGE: usize = 4096;
+
+/// `s` cut to at most `max` bytes (on a character boundary), marked when cut.
+fn cut(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+        s.push_str(" [cut]");
+    }
+    s
 }
 
 fn first_line(s: &str) -> &str {

@@ -187,7 +187,10 @@ pub fn check_name(name: &str) -> Result<(), String> {
 
 /// Checks a sha256 in lower-case hex.
 pub fn check_sha256(s: &str) -> Result<(), String> {
-    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         Ok(())
     } else {
         Err(format!("{s:?} is not a sha256 in lower-case hex"))
@@ -245,10 +248,7 @@ impl Manifest {
                 if o.is_root() {
                     return Err("the output prefix cannot be the root".into());
                 }
-                if let Some(p) = prefixes
-                    .iter()
-                    .find(|p| p.contains(&o) || o.contains(p))
-                {
+                if let Some(p) = prefixes.iter().find(|p| p.contains(&o) || o.contains(p)) {
                     return Err(format!(
                         "the output prefix {o} overlaps the input prefix {p}: a derive would feed itself"
                     ));

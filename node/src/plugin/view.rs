@@ -14,7 +14,10 @@ fn user_path(s: &str) -> Option<Path> {
 
 fn committed_get(db: &Db, p: &Path) -> Option<String> {
     let mut out = String::new();
-    db.read().store.render(p.key(), now_ms(), &mut out).then_some(out)
+    db.read()
+        .store
+        .render(p.key(), now_ms(), &mut out)
+        .then_some(out)
 }
 
 fn committed_list(db: &Db, p: &Path) -> Vec<String> {
@@ -162,7 +165,13 @@ impl StoreView for After {
                 let mut names: Vec<String> = m
                     .iter()
                     .filter(|(k, _)| !(p.is_root() && k.as_str() == INTERNAL))
-                    .map(|(k, v)| if v.is_object() { format!("{k}/") } else { k.clone() })
+                    .map(|(k, v)| {
+                        if v.is_object() {
+                            format!("{k}/")
+                        } else {
+                            k.clone()
+                        }
+                    })
                     .collect();
                 names.sort();
                 names

@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""The plugin benchmark driver (run it through tests/bench/plugins.sh).
+
+Starts a release `herd serve` in a temp dir and measures, in one run:
+  - write latency (sequential PUTs over one keep-alive HTTPS connection, p50/p99) with no
+    plugin, with the C JSON Schema validator and with the Python one guarding the written key;
+    the added p50 is each run's p50 minus the no-plugin p50 of the same run;
+  - write throughput (wrk, kv.lua, 2 threads, 16 connections, one key) in the same three setups;
+  - derive latency: a registration PUT under /services until the rendered nginx upstream
+    (GET /rendered/nginx/web.conf) shows it, including the 20 ms debounce;
+  - restart time with the Python plugin installed: from spawning `herd serve` to the first
+    write judged by the plugin, with the compiled code cached (and once with the cache wiped).
+Prints a markdown report.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def log(msg):
+    print(f"==> {msg}", file=sys.stderr, flush=True)
+
+
+def pct(samples, p):
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(len(s) * p))]
+
+
+SCHEMA = {"guards": "/bench/k0", "schema": {"type": "string", "maxLength": 1000}}
+
+
+class Node:
+    def __init__(self, herd, data):
+        self.herd, self.data = herd, data
+        self.start()
+
+    def start(self):
+        try:
+            os.remove(os.path.join(self.data, "node.json"))
+        except FileNotFoundError:
+            pass
+        self.log = open(os.path.join(os.path.dirname(self.data), "herd.log"), "a")
+        self.spawned = time.monotonic()
+        self.proc = subprocess.Popen(
+            [self.herd, "serve", "--data-dir", self.data, "--api-addr", "127.0.0.1:0"],
+            stdout=self.log, stderr=self.log, env=dict(os.environ, HERD_LOG="warn"))
+        deadline = time.time() + 120
+        while True:
+            if self.proc.poll() is not None:
+                sys.exit(f"herd serve exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                with open(os.path.join(self.data, "node.json")) as f:
+                    self.api = json.load(f)["api"]
+                break
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                pass
+            if time.time() > deadline:
+                sys.exit("herd serve did not start within 120 s")
+            time.sleep(0.002)
+        host, port = self.api.removeprefix("https://").rsplit(":", 1)
+        self.host, self.port = host, int(port)
+        self.ctx = ssl.create_default_context(cafile=os.path.join(self.data, "tls", "ca.crt"))
+        self.conn = http.client.HTTPSConnection(host, self.port, context=self.ctx)
+        with open(os.path.join(self.data, "admin.token")) as f:
+            self.token = f.read().strip()
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+    def call(self, method, path, body=None, ctype="application/json", ok=(200, 201)):
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if body is not None:
+            headers["Content-Type"] = ctype
+        while True:
+            try:
+                self.conn.request(method, path, body=body, headers=headers)
+                r = self.conn.getresponse()
+                data = r.read()
+                break
+            except (ConnectionError, http.client.HTTPException, OSError):
+                self.conn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx)
+        if ok and r.status not in ok:
+            sys.exit(f"{method} {path}: {r.status} {data[:300]!r}")
+        return r.status, data
+
+    def install(self, name, wasm, manifest):
+        with open(wasm, "rb") as f:
+            _, data = self.call("POST", "/v1/plugins/files", f.read(), "application/wasm")
+        manifest["sha256"] = json.loads(data)["sha256"]
+        self.call("PUT", f"/v1/plugins/{name}", json.dumps(manifest))
+
+    def remove(self, name):
+        self.call("DELETE", f"/v1/plugins/{name}")
+
+
+def latency(node, n):
+    samples = []
+    body = json.dumps("v" * 62)
+    for i in range(n):
+        t = time.perf_counter()
+        node.call("PUT", "/v1/kv/bench/k0", body)
+        samples.append((time.perf_counter() - t) * 1e6)
+    return samples
+
+
+def throughput(node, wrk, lua, duration):
+    args = ["wrk", "-t2", "-c16", f"-d{duration}", "--latency", "-s", lua, node.api,
+            "--", "herd", "put", node.token, "1", "64"]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    m = re.search(r"BENCH requests=(\d+) duration_us=(\d+) p50_us=(\d+) p99_us=(\d+)", out)
+    if not m:
+        sys.exit(f"wrk printed no BENCH line:\n{out}")
+    req, dur, p50, p99 = map(int, m.groups())
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        sys.exit(f"wrk saw {errors.group(1)} failed writes:\n{out}")
+    return req / (dur / 1e6), p50, p99
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--herd-bin", required=True)
+    ap.add_argument("--plugins", required=True, help="directory with the built plugins")
+    ap.add_argument("--lua", required=True)
+    ap.add_argument("--writes", type=int, default=3000)
+    ap.add_argument("--duration", default="8s")
+    ap.add_argument("--commit", default="?")
+    ap.add_argument("--command", default="bash tests/bench/plugins.sh")
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    c_wasm = os.path.join(a.plugins, "json-schema.wasm")
+    py_wasm = os.path.join(a.plugins, "json-schema-py.wasm")
+    nginx = os.path.join(a.plugins, "nginx-upstream.wasm")
+    work = tempfile.mkdtemp(prefix="herd-plugin-bench-")
+    try:
+        data = os.path.join(work, "data")
+        node = Node(a.herd_bin, data)
+        node.call("PUT", "/v1/kv/schemas/bench", json.dumps(SCHEMA))
+        rows = {}
+        for label, setup in [
+            ("no plugin", None),
+            ("C validator (json-schema)", ("json-schema", c_wasm)),
+            ("Python validator (json-schema-py)", ("json-schema-py", py_wasm)),
+        ]:
+            if setup:
+                node.install(setup[0], setup[1], {"prefixes": ["/bench"], "hooks": ["validate"]})
+                # The plugin really judges: a too-long value is refused.
+                st, _ = node.call("PUT", "/v1/kv/bench/k0", json.dumps("x" * 1001), ok=None)
+                assert st == 422, st
+            log(f"latency: {label}")
+            latency(node, 200)
+            lat = latency(node, a.writes)
+            log(f"throughput: {label}")
+            rps, wp50, wp99 = throughput(node, "wrk", a.lua, a.duration)
+            rows[label] = (pct(lat, 0.5), pct(lat, 0.99), rps, wp50, wp99)
+            if setup:
+                node.remove(setup[0])
+
+        log("derive latency")
+        node.install("nginx-upstream", nginx, {"prefixes": ["/services"], "hooks": ["derive"],
+                                               "output": "/rendered/nginx"})
+        derive = []
+        for i in range(40):
+            addr = f"10.9.{i // 200}.{i % 200 + 1}"
+            t = time.perf_counter()
+            node.call("PUT", f"/v1/kv/services/web/i{i}", json.dumps({"address": addr, "port": 80}))
+            while True:
+                st, body = node.call("GET", "/v1/kv/rendered/nginx/web.conf", ok=None)
+                if st == 200 and f"{addr}:80" in json.loads(body):
+                    break
+                time.sleep(0.0005)
+            derive.append((time.perf_counter() - t) * 1e3)
+
+        log("restart with the Python validator installed")
+        node.install("json-schema-py", py_wasm, {"prefixes": ["/bench"], "hooks": ["validate"]})
+        size = os.path.getsize(py_wasm)
+        restarts = {}
+        for label, wipe in [("compiled code cached", False), ("cache wiped (compiles)", True)]:
+            times = []
+            for _ in range(3 if not wipe else 1):
+                node.stop()
+                if wipe:
+                    shutil.rmtree(os.path.join(data, "plugins", "cache"))
+                node.start()
+                st, _ = node.call("PUT", "/v1/kv/bench/k0", json.dumps("x" * 1001), ok=None)
+                assert st == 422, st
+                times.append(time.monotonic() - node.spawned)
+            restarts[label] = times
+        node.stop()
+
+        base = rows["no plugin"][0]
+        out = [f"### Plugins (commit {a.commit})", "",
+               f"Command: `{a.command}`. Release build; one node; writes of a 64-byte JSON string "
+               "to `/bench/k0`, which a schema (`type: string, maxLength: 1000`) guards.", "",
+               "| setup | write p50 | write p99 | added p50 | wrk PUT/s (c=16) | wrk p50 | wrk p99 |",
+               "|---|---|---|---|---|---|---|"]
+        for label, (p50, p99, rps, wp50, wp99) in rows.items():
+            added = "-" if label == "no plugin" else f"{p50 - base:.0f} µs"
+            out.append(f"| {label} | {p50:.0f} µs | {p99:.0f} µs | {added} | {rps:,.0f} | "
+                       f"{wp50 / 1000:.2f} ms | {wp99 / 1000:.2f} ms |")
+        out += ["", "| derive (PUT → rendered output visible) | p50 | p99 | max |", "|---|---|---|---|",
+                f"| nginx-upstream, 40 registrations one by one | {pct(derive, 0.5):.1f} ms | "
+                f"{pct(derive, 0.99):.1f} ms | {max(derive):.1f} ms |", "",
+                f"| restart with json-schema-py installed ({size / 1e6:.1f} MB component) | runs | "
+                "spawn → first judged write |", "|---|---|---|"]
+        for label, times in restarts.items():
+            out.append(f"| {label} | {len(times)} | " + ", ".join(f"{t:.2f} s" for t in times) + " |")
+        c_added = rows["C validator (json-schema)"][0] - base
+        py_added = rows["Python validator (json-schema-py)"][0] - base
+        cached = max(restarts["compiled code cached"])
+        out += ["", "Targets: C validator adds < 50 µs at p50: "
+                f"{'met' if c_added < 50 else 'NOT met'} ({c_added:.0f} µs); Python validator "
+                f"< 2 ms: {'met' if py_added < 2000 else 'NOT met'} ({py_added:.0f} µs); restart "
+                f"with the cached Python plugin < 1 s: {'met' if cached < 1 else 'NOT met'} "
+                f"({cached:.2f} s).", ""]
+        text = "\n".join(out)
+        print(text)
+        if a.out:
+            with open(a.out, "w") as f:
+                f.write(text + "\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
