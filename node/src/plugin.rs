@@ -440,6 +440,13 @@ impl Plugins {
         if !self.concerned(writes.iter().map(|w| &w.path)) {
             return Ok(writes);
         }
+        // On a multi-threaded runtime the hooks run in place (the runtime hands this worker's
+        // other tasks to another thread meanwhile): no thread hop on the write path.
+        if tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            return tokio::task::block_in_place(|| self.judge_now(writes, token));
+        }
         let me = self.clone();
         let token = token.to_owned();
         match tokio::task::spawn_blocking(move || me.judge_now(writes, &token)).await {
