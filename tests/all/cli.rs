@@ -535,3 +535,117 @@ fn cluster_init_writes_a_private_secret_once() {
     assert_eq!(out, format!("{}\n", path.display()));
     assert_ne!(std::fs::read_to_string(&path).unwrap(), first);
 }
+
+#[tokio::test]
+async fn plugin_commands_install_list_update_test_and_remove() {
+    let s = Setup::start().await;
+    let schema = tests::plugins::shipped("json-schema").display().to_string();
+    let counter = tests::plugins::hostile("counter").display().to_string();
+    let counter2 = tests::plugins::hostile("counter2").display().to_string();
+    let out = s.herd(&[
+        "plugin",
+        "add",
+        &schema,
+        "--name",
+        "schema",
+        "--prefix",
+        "/app,/schemas",
+        "--hooks",
+        "validate",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("installed plugin schema"),
+        "{}",
+        out.stderr
+    );
+    // Adding the same name again is a conflict.
+    let again = s.herd(&[
+        "plugin", "add", &schema, "--name", "schema", "--prefix", "/x", "--hooks", "validate",
+    ]);
+    assert_eq!(again.code, 4, "{}", again.stderr);
+    let put = s.herd(&[
+        "put",
+        "/schemas/port",
+        r#"{"guards": "/app/port", "schema": {"type": "integer", "maximum": 65535}}"#,
+    ]);
+    assert_eq!(put.code, 0, "{}", put.stderr);
+    // A refused write: the plugin's name and message on stderr, exit 7, nothing stored.
+    let bad = s.herd(&["put", "/app/port", "70000"]);
+    assert_eq!(bad.code, 7, "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("schema") && bad.stderr.contains("65535"),
+        "{}",
+        bad.stderr
+    );
+    assert!(bad.stdout.is_empty());
+    assert_eq!(s.herd(&["put", "/app/port", "8080"]).code, 0);
+    let ls = s.herd(&["plugin", "ls"]);
+    assert_eq!(ls.code, 0, "{}", ls.stderr);
+    assert!(
+        ls.stdout.starts_with("NAME") && ls.stdout.contains("healthy"),
+        "{}",
+        ls.stdout
+    );
+    let json = s.herd(&["plugin", "ls", "--json"]);
+    let v: Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["plugins"][0]["prefixes"], json!(["/app", "/schemas"]));
+    // update: a new file, the other fields kept.
+    let add = s.herd(&[
+        "plugin", "add", &counter, "--name", "counter", "--prefix", "/c", "--hooks", "validate",
+    ]);
+    assert_eq!(add.code, 0, "{}", add.stderr);
+    let r = s.herd(&["put", "/c/x", r#""reject""#]);
+    assert!(r.stderr.contains("counter v1"), "{}", r.stderr);
+    let up = s.herd(&["plugin", "update", "--name", "counter", &counter2]);
+    assert_eq!(up.code, 0, "{}", up.stderr);
+    let r = s.herd(&["put", "/c/x", r#""reject""#]);
+    assert!(r.stderr.contains("counter v2"), "{}", r.stderr);
+    // test: no node needed.
+    let store = s.cwd.path().join("doc.json");
+    std::fs::write(
+        &store,
+        r#"{"schemas": {"p": {"guards": "/a/p", "schema": {"maximum": 10}}}}"#,
+    )
+    .unwrap();
+    let store = store.display().to_string();
+    let t = Cli::new([
+        "plugin", "test", &schema, "--store", &store, "--path", "/a/p", "--value", "11",
+    ])
+    .run();
+    assert_eq!(t.code, 7, "{}", t.stderr);
+    assert!(
+        t.stderr.contains("rejected") && t.stderr.contains("maximum 10"),
+        "{}",
+        t.stderr
+    );
+    let t = Cli::new([
+        "plugin", "test", &schema, "--store", &store, "--path", "/a/p", "--value", "9",
+    ])
+    .run();
+    assert_eq!(
+        (t.code, t.stdout.as_str()),
+        (0, "accepted\n"),
+        "{}",
+        t.stderr
+    );
+    // rm, and an unknown name.
+    assert_eq!(s.herd(&["plugin", "rm", "schema"]).code, 0);
+    assert_eq!(s.herd(&["put", "/app/port", "70000"]).code, 0);
+    assert_eq!(s.herd(&["plugin", "rm", "schema"]).code, 3);
+    // A file that is not a component.
+    let junk = s.cwd.path().join("junk.wasm");
+    std::fs::write(&junk, "hello").unwrap();
+    let j = s.herd(&[
+        "plugin",
+        "add",
+        &junk.display().to_string(),
+        "--name",
+        "j",
+        "--prefix",
+        "/j",
+        "--hooks",
+        "validate",
+    ]);
+    assert_eq!(j.code, 7, "{}", j.stderr);
+}

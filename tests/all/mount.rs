@@ -464,6 +464,38 @@ async fn plugins_refuse_writes_with_einval_and_derived_keys_are_read_only_files(
     assert!(m.ok("cat .herd/errors").contains("65535"));
     m.ok("echo 6432 > app/db/port");
     assert_eq!(m.get("/app/db/port").await, Some(serde_json::json!(6432)));
+    // The Python plugins through the mount: the normaliser rewrites what `echo` writes, the
+    // Python schema validator refuses with EINVAL.
+    for (name, manifest) in [
+        (
+            "normalize",
+            serde_json::json!({"prefixes": ["/norm"], "hooks": ["transform"], "limits": {"memory": 33554432}}),
+        ),
+        (
+            "json-schema-py",
+            serde_json::json!({"prefixes": ["/py"], "hooks": ["validate"], "limits": {"memory": 33554432}}),
+        ),
+    ] {
+        tests::plugins::installed(&m.client, name, &tests::plugins::shipped(name), manifest).await;
+    }
+    m.put(
+        "/schemas/py-port",
+        r#"{"guards": "/py/port", "schema": {"type": "integer", "maximum": 10}}"#,
+    )
+    .await;
+    m.ok("mkdir -p norm py && echo ' DB.LOCAL. ' > norm/host && echo 7 > py/port");
+    assert_eq!(
+        m.get("/norm/host").await,
+        Some(serde_json::json!("db.local"))
+    );
+    assert_eq!(m.ok("cat norm/host"), "db.local\n");
+    let r = m.sh("echo 11 > py/port");
+    assert!(
+        r.code != 0 && r.stderr.contains("Invalid argument"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(m.get("/py/port").await, Some(serde_json::json!(7)));
     // The derived upstream is a read-only file next to the stored keys.
     m.put(
         "/services/web/a",
