@@ -287,27 +287,15 @@ pub async fn batch(
 /// A derived key (read-only, computed on this node by a derive plugin).
 fn derived<B>(path: &Path, v: serde_json::Value, req: &Request<B>) -> Response<Body> {
     if query_param(req.uri().query(), "keys").is_some() {
-        let mut names: Vec<String> = match &v {
-            serde_json::Value::Object(m) => m
-                .iter()
-                .map(|(k, v)| {
-                    if v.is_object() {
-                        format!("{k}/")
-                    } else {
-                        k.clone()
-                    }
-                })
-                .collect(),
-            _ => {
-                return ApiError::new(
-                    StatusCode::CONFLICT,
-                    "not_a_directory",
-                    format!("{path} is a value, not a directory"),
-                )
-                .into_response()
-            }
-        };
-        names.sort();
+        if !v.is_object() {
+            return ApiError::new(
+                StatusCode::CONFLICT,
+                "not_a_directory",
+                format!("{path} is a value, not a directory"),
+            )
+            .into_response();
+        }
+        let names = crate::plugin::view::child_names(&v);
         return json_response(
             StatusCode::OK,
             serde_json::json!({ "keys": names }).to_string(),

@@ -13,7 +13,7 @@ use super::{note, print, Error};
 use crate::plugin::host::{CallError, Change, Host, StoreView};
 use crate::plugin::manifest::{Hook, Limits};
 use crate::plugin::sha256_hex;
-use crate::plugin::view::{at, set_at};
+use crate::plugin::view::{at, child_names, set_at};
 use crate::store::Path;
 
 fn read_file(file: &PathBuf) -> Result<Vec<u8>, Error> {
@@ -178,23 +178,7 @@ impl StoreView for Doc {
         self.find(path).map(|v| v.to_string())
     }
     fn list(&self, path: &str) -> Vec<String> {
-        match self.find(path) {
-            Some(Value::Object(m)) => {
-                let mut names: Vec<String> = m
-                    .iter()
-                    .map(|(k, v)| {
-                        if v.is_object() {
-                            format!("{k}/")
-                        } else {
-                            k.clone()
-                        }
-                    })
-                    .collect();
-                names.sort();
-                names
-            }
-            _ => Vec::new(),
-        }
+        self.find(path).map_or_else(Vec::new, child_names)
     }
 }
 

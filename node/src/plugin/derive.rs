@@ -313,3 +313,61 @@ async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationTok
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn out(path: &str, value: &str) -> Output {
+        Output {
+            path: path.into(),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn outputs_must_stay_under_the_prefix_be_json_and_fit() {
+        let prefix = Path::parse("/rendered/nginx").unwrap();
+        let tree = build_tree(
+            &prefix,
+            &[
+                out("/rendered/nginx/web.conf", r#""upstream""#),
+                out("/rendered/nginx/x/y", "1"),
+            ],
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(tree, json!({"web.conf": "upstream", "x": {"y": 1}}));
+        let err = |outs: &[Output], limit| build_tree(&prefix, outs, limit).unwrap_err();
+        assert!(err(&[out("/etc/passwd", "1")], 1 << 20).contains("outside its output prefix"));
+        assert!(err(&[out("/rendered/nginx", "1")], 1 << 20).contains("outside"));
+        assert!(err(&[out("/rendered/nginx/a", "{nope")], 1 << 20).contains("not valid JSON"));
+        assert!(err(&[out("/rendered/nginx/a", "1")], 4).contains("over its limit"));
+        assert!(err(&[out("no-slash", "1")], 1 << 20).contains("bad path"));
+    }
+
+    #[test]
+    fn reads_find_outputs_and_the_directories_above_them() {
+        let outputs = Outputs::default();
+        let prefix = Path::parse("/rendered/nginx").unwrap();
+        let p = |s: &str| Path::parse(s).unwrap();
+        assert_eq!(outputs.get(&p("/rendered/nginx/web.conf")), Found::Outside);
+        outputs.record("nginx", "sha", &prefix, Ok(json!({"web.conf": "u"})), 1);
+        assert_eq!(
+            outputs.get(&p("/rendered/nginx/web.conf")),
+            Found::Value(json!("u"))
+        );
+        assert_eq!(outputs.get(&p("/rendered/nginx/other")), Found::Missing);
+        assert_eq!(outputs.get(&p("/app")), Found::Outside);
+        assert_eq!(outputs.dirs_below(&Path::root()), vec!["rendered"]);
+        assert_eq!(outputs.dirs_below(&p("/rendered")), vec!["nginx"]);
+        // A failed run keeps the last good outputs.
+        outputs.record("nginx", "sha", &prefix, Err("boom".into()), 0);
+        assert_eq!(
+            outputs.get(&p("/rendered/nginx/web.conf")),
+            Found::Value(json!("u"))
+        );
+        assert_eq!(outputs.sets()[0].last_error.as_deref(), Some("boom"));
+    }
+}

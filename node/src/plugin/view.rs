@@ -78,10 +78,15 @@ pub fn set_at(v: &mut Value, rel: &[&str], new: Option<Value>) {
     };
     let mut cur = v;
     for seg in parents {
-        if !cur.is_object() {
-            if new.is_none() {
-                return;
+        if new.is_none() {
+            // A removal never creates anything on its way.
+            match cur.as_object_mut().and_then(|m| m.get_mut(*seg)) {
+                Some(next) => cur = next,
+                None => return,
             }
+            continue;
+        }
+        if !cur.is_object() {
             *cur = Value::Object(Map::new());
         }
         let Value::Object(m) = cur else { return };
@@ -160,23 +165,78 @@ impl StoreView for After {
         if !self.touches(&p) {
             return committed_list(&self.db, &p);
         }
-        match self.value(&p) {
-            Some(Value::Object(m)) => {
-                let mut names: Vec<String> = m
-                    .iter()
-                    .filter(|(k, _)| !(p.is_root() && k.as_str() == INTERNAL))
-                    .map(|(k, v)| {
-                        if v.is_object() {
-                            format!("{k}/")
-                        } else {
-                            k.clone()
-                        }
-                    })
-                    .collect();
-                names.sort();
-                names
-            }
-            _ => Vec::new(),
+        let mut names = self.value(&p).as_ref().map_or_else(Vec::new, child_names);
+        if p.is_root() {
+            names.retain(|n| n.trim_end_matches('/') != INTERNAL);
         }
+        names
+    }
+}
+
+/// The children of an object value as `store.list` and `?keys` name them: sorted, objects with
+/// a trailing `/`. Empty for anything but an object.
+pub fn child_names(v: &Value) -> Vec<String> {
+    let Value::Object(m) = v else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = m
+        .iter()
+        .map(|(k, v)| {
+            if v.is_object() {
+                format!("{k}/")
+            } else {
+                k.clone()
+            }
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn values_are_edited_at_relative_paths() {
+        let mut v = json!({"db": {"port": 1}});
+        set_at(&mut v, &["db", "host"], Some(json!("h")));
+        set_at(&mut v, &["web", "tls", "on"], Some(json!(true)));
+        set_at(&mut v, &["db", "port"], None);
+        set_at(&mut v, &["nothing", "here"], None);
+        assert_eq!(
+            v,
+            json!({"db": {"host": "h"}, "web": {"tls": {"on": true}}})
+        );
+        assert_eq!(at(&v, &["web", "tls"]), Some(&json!({"on": true})));
+        assert_eq!(at(&v, &["db", "host", "deeper"]), None);
+        // A leaf in the way becomes an object; the empty path replaces the whole value.
+        let mut leaf = json!(5);
+        set_at(&mut leaf, &["a"], Some(json!(1)));
+        assert_eq!(leaf, json!({"a": 1}));
+        set_at(&mut leaf, &[], Some(json!("x")));
+        assert_eq!(leaf, json!("x"));
+    }
+
+    #[test]
+    fn relative_paths_are_segment_wise() {
+        let p = |s: &str| Path::parse(s).unwrap();
+        assert_eq!(
+            relative(&p("/app"), &p("/app/db/port")),
+            Some(vec!["db", "port"])
+        );
+        assert_eq!(relative(&p("/app"), &p("/app")), Some(vec![]));
+        assert_eq!(relative(&p("/app/db"), &p("/app/dbx")), None);
+        assert_eq!(relative(&p("/app/db"), &p("/app")), None);
+    }
+
+    #[test]
+    fn child_names_mark_directories_and_sort() {
+        assert_eq!(
+            child_names(&json!({"b": 1, "a": {"x": 1}, "c": []})),
+            vec!["a/", "b", "c"]
+        );
+        assert!(child_names(&json!("leaf")).is_empty());
     }
 }
