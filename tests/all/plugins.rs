@@ -273,7 +273,7 @@ async fn hostile_plugins_reject_only_their_writes() {
             &n.client,
             name,
             &hostile(name),
-            json!({"prefixes": [format!("/{name}")], "hooks": ["validate"], "limits": {"memory": 8 << 20, "time_ms": 200, "output_bytes": 1 << 20}}),
+            json!({"prefixes": [format!("/{name}")], "hooks": ["validate"], "limits": {"memory": 8 << 20, "time_ms": 200, "output_bytes": 1 << 20, "stack": 128 << 10}}),
         )
         .await;
         for _ in 0..3 {

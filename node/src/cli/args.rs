@@ -139,7 +139,7 @@ pub struct PluginInstallArgs {
     /// Where a derive plugin's keys go (read-only, computed on every node)
     #[arg(long, value_name = "PATH")]
     pub output: Option<String>,
-    /// Limits over the defaults: memory=16MiB,time=100ms,output=4MiB
+    /// Limits over the defaults: memory=16MiB,time=100ms,output=4MiB,stack=1MiB
     #[arg(long, value_name = "LIMITS")]
     pub limits: Option<String>,
 }

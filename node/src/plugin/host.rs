@@ -1,4 +1,5 @@
-//! The WebAssembly host: one wasmtime engine (component model, cranelift, epoch interruption),
+//! The WebAssembly host: wasmtime engines (component model, cranelift, epoch interruption; one
+//! per wasm stack limit in use),
 //! the compiled-code cache on disk, and per plugin a pre-instantiated component with a small
 //! pool of live instances. The contract's bindings are generated here, once.
 //!
@@ -8,6 +9,7 @@
 
 use super::manifest::{Hook, Limits};
 use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -184,55 +186,87 @@ impl std::fmt::Display for CallError {
     }
 }
 
-/// The engine and the linker every plugin shares.
+/// One engine and its linker; engines differ only in their wasm stack limit.
 #[derive(Clone)]
-pub struct Host {
+struct Runtime {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
-    cache: PathBuf,
 }
 
-impl Host {
-    /// An engine whose compiled code is cached under `cache` (created if missing). A thread
-    /// advances the epoch every [`EPOCH_TICK`] while the engine lives.
-    pub fn new(cache: PathBuf) -> wasmtime::Result<Host> {
+impl Runtime {
+    fn new(stack: usize) -> wasmtime::Result<Runtime> {
         let mut config = wasmtime::Config::new();
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
-            .max_wasm_stack(1 << 20);
+            .max_wasm_stack(stack);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        Ok(Runtime {
+            engine,
+            linker: Arc::new(linker),
+        })
+    }
+}
+
+/// The engines (one per stack limit in use) and the compiled-code cache every plugin shares.
+#[derive(Clone)]
+pub struct Host {
+    runtimes: Arc<Mutex<HashMap<u64, Runtime>>>,
+    cache: PathBuf,
+}
+
+impl Host {
+    /// A host whose compiled code is cached under `cache` (created if missing). A thread
+    /// advances every engine's epoch every [`EPOCH_TICK`] while the host lives.
+    pub fn new(cache: PathBuf) -> wasmtime::Result<Host> {
         std::fs::create_dir_all(&cache)?;
-        let weak = engine.weak();
+        let default = Limits::default().stack;
+        let runtimes = Arc::new(Mutex::new(HashMap::from([(
+            default,
+            Runtime::new(default as usize)?,
+        )])));
+        let weak = Arc::downgrade(&runtimes);
         std::thread::Builder::new()
             .name("plugin-epoch".into())
             .spawn(move || loop {
                 std::thread::sleep(EPOCH_TICK);
-                match weak.upgrade() {
-                    Some(e) => e.increment_epoch(),
-                    None => return,
+                let Some(rts) = weak.upgrade() else { return };
+                for rt in rts.lock().unwrap_or_else(|e| e.into_inner()).values() {
+                    rt.engine.increment_epoch();
                 }
             })?;
-        Ok(Host {
-            engine,
-            linker: Arc::new(linker),
-            cache,
-        })
+        Ok(Host { runtimes, cache })
+    }
+
+    /// The engine for a stack limit, made on first use.
+    fn runtime(&self, stack: u64) -> wasmtime::Result<Runtime> {
+        let mut rts = self.runtimes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rt) = rts.get(&stack) {
+            return Ok(rt.clone());
+        }
+        let rt = Runtime::new(stack as usize)?;
+        rts.insert(stack, rt.clone());
+        Ok(rt)
     }
 
     /// The cached compilation of the component with this sha256, compiling `wasm` on a miss.
     /// Answers whether the cache was used.
-    fn component(&self, sha256: &str, wasm: &FsPath) -> wasmtime::Result<(Component, bool)> {
+    fn component(
+        &self,
+        engine: &Engine,
+        sha256: &str,
+        wasm: &FsPath,
+    ) -> wasmtime::Result<(Component, bool)> {
         let mut h = DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut h);
+        engine.precompile_compatibility_hash().hash(&mut h);
         let file = self
             .cache
             .join(format!("{sha256}-{:016x}.cwasm", h.finish()));
         if file.exists() {
-            match deserialize(&self.engine, &file) {
+            match deserialize(engine, &file) {
                 Ok(c) => return Ok((c, true)),
                 Err(e) => {
                     tracing::warn!(file = %file.display(), error = %e, "compiled plugin unusable; compiling again")
@@ -240,8 +274,8 @@ impl Host {
             }
         }
         let bytes = std::fs::read(wasm)?;
-        let component = Component::new(&self.engine, &bytes)?;
-        let tmp = file.with_extension("tmp");
+        let component = Component::new(engine, &bytes)?;
+        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&tmp, component.serialize()?)?;
         std::fs::rename(&tmp, &file)?;
         Ok((component, false))
@@ -257,14 +291,15 @@ impl Host {
         hooks: &[Hook],
         limits: Limits,
     ) -> wasmtime::Result<Program> {
-        let (component, cached) = self.component(sha256, wasm)?;
+        let rt = self.runtime(limits.stack)?;
+        let (component, cached) = self.component(&rt.engine, sha256, wasm)?;
         let ty = component.component_type();
-        for (import, _) in ty.imports(&self.engine) {
+        for (import, _) in ty.imports(&rt.engine) {
             if !import_allowed(import) {
                 wasmtime::bail!("it imports `{import}`, which the plugin contract does not give");
             }
         }
-        let pre = self.linker.instantiate_pre(&component)?;
+        let pre = rt.linker.instantiate_pre(&component)?;
         let validate = validator::GuestIndices::new(&pre).ok();
         let transform = transformer::GuestIndices::new(&pre).ok();
         let derive = deriver::GuestIndices::new(&pre).ok();
@@ -287,7 +322,7 @@ impl Host {
         }
         Ok(Program {
             name: name.into(),
-            engine: self.engine.clone(),
+            engine: rt.engine.clone(),
             pre,
             indices: Indices {
                 validate,

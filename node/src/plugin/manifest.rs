@@ -57,6 +57,8 @@ pub struct Limits {
     pub time_ms: u64,
     /// Most bytes a derive may return in all (paths and values).
     pub output_bytes: u64,
+    /// The wasm stack, in bytes: deeper recursion traps as a stack overflow.
+    pub stack: u64,
 }
 
 impl Default for Limits {
@@ -65,6 +67,7 @@ impl Default for Limits {
             memory: 16 << 20,
             time_ms: 100,
             output_bytes: 4 << 20,
+            stack: 1 << 20,
         }
     }
 }
@@ -74,6 +77,10 @@ impl Limits {
     pub const MAX_MEMORY: u64 = 1 << 30;
     pub const MAX_TIME_MS: u64 = 10_000;
     pub const MAX_OUTPUT_BYTES: u64 = 64 << 20;
+    /// Hooks run on the node's threads, whose native stacks are 2 MiB: the wasm stack must
+    /// leave room for the host's own frames.
+    pub const MAX_STACK: u64 = 1 << 20;
+    pub const MIN_STACK: u64 = 64 << 10;
 
     pub fn time(&self) -> Duration {
         Duration::from_millis(self.time_ms)
@@ -88,6 +95,7 @@ impl Limits {
             match k.trim() {
                 "memory" => self.memory = parse_bytes(v.trim())?,
                 "output" => self.output_bytes = parse_bytes(v.trim())?,
+                "stack" => self.stack = parse_bytes(v.trim())?,
                 "time" => {
                     let d = crate::config::parse_duration(v.trim())
                         .map_err(|e| format!("limit time: {e}"))?;
@@ -95,7 +103,7 @@ impl Limits {
                 }
                 other => {
                     return Err(format!(
-                        "unknown limit {other:?} (expected memory, time or output)"
+                        "unknown limit {other:?} (expected memory, time, output or stack)"
                     ))
                 }
             }
@@ -117,6 +125,12 @@ impl Limits {
                 "time limit {}ms is outside 1ms..={}ms",
                 self.time_ms,
                 Self::MAX_TIME_MS
+            ));
+        }
+        if self.stack < Self::MIN_STACK || self.stack > Self::MAX_STACK {
+            return Err(format!(
+                "stack limit {} is outside 64KiB..=1MiB",
+                self.stack
             ));
         }
         if self.output_bytes == 0 || self.output_bytes > Self::MAX_OUTPUT_BYTES {
@@ -316,8 +330,10 @@ mod tests {
     #[test]
     fn limits_parse_sizes_and_durations() {
         let l = Limits::default()
-            .parse_over("memory=64MiB, time=250ms,output=1MiB")
+            .parse_over("memory=64MiB, time=250ms,output=1MiB,stack=256KiB")
             .unwrap();
+        assert_eq!(l.stack, 256 << 10);
+        assert!(Limits::default().parse_over("stack=4MiB").is_err());
         assert_eq!(l.memory, 64 << 20);
         assert_eq!(l.time_ms, 250);
         assert_eq!(l.output_bytes, 1 << 20);
