@@ -165,6 +165,32 @@ fn note(text: &str) {
     let _ = writeln!(io::stderr(), "{text}");
 }
 
+/// Rows as aligned columns, two spaces apart; the last column is not padded.
+fn columns<R: AsRef<[String]>>(rows: &[R]) -> String {
+    let mut widths: Vec<usize> = Vec::new();
+    for row in rows {
+        for (i, cell) in row.as_ref().iter().enumerate() {
+            if widths.len() <= i {
+                widths.push(0);
+            }
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let row = row.as_ref();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// The members view as a table: this node first, then each peer.
 fn members_table(view: &serde_json::Value) -> String {
     let me = &view["self"];

@@ -311,12 +311,7 @@ async fn plugin_file(shared: &Shared, body: &[u8]) -> Response<Body> {
     if crate::plugin::manifest::check_sha256(&sha).is_err() {
         return error_response(StatusCode::BAD_REQUEST, "bad_request", "expected a sha256");
     }
-    let path = shared
-        .s
-        .data_dir
-        .join("plugins")
-        .join("blobs")
-        .join(format!("{sha}.wasm"));
+    let path = crate::plugin::blob_file(&shared.s.data_dir.join("plugins"), &sha);
     match tokio::fs::read(&path).await {
         Ok(bytes) => Response::new(Body::full(Bytes::from(bytes))),
         Err(_) => error_response(

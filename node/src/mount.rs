@@ -260,9 +260,13 @@ impl Backend for Local {
     }
 
     fn check(&self, segs: &Segments, v: &Value) -> Result<(), Error> {
-        put_op(segs, v, self.config.max_value_bytes)?;
+        let op = put_op(segs, v, self.config.max_value_bytes)?;
+        let path = op.path().clone();
+        if !self.plugins.concerned([&path]) {
+            return Ok(());
+        }
         let w = Write {
-            path: to_path(segs)?,
+            path,
             value: Some(v.clone()),
         };
         self.plugins
@@ -272,35 +276,43 @@ impl Backend for Local {
     }
 
     fn apply(&self, ops: Vec<Op>) -> Result<(), Error> {
-        let mut writes = Vec::with_capacity(ops.len());
+        let limit = self.config.max_value_bytes;
+        let mut planned = Vec::with_capacity(ops.len());
         for op in &ops {
-            writes.push(match op {
-                Op::Put(segs, v) => {
-                    put_op(segs, v, self.config.max_value_bytes)?;
-                    Write {
-                        path: to_path(segs)?,
-                        value: Some(v.clone()),
-                    }
-                }
-                Op::Delete(segs) => Write {
+            planned.push(match op {
+                Op::Put(segs, v) => put_op(segs, v, limit)?,
+                Op::Delete(segs) => store::Op::Delete {
                     path: to_path(segs)?,
-                    value: None,
                 },
             });
         }
-        let writes = self
-            .plugins
-            .judge_now(writes, MOUNT_WRITER)
-            .map_err(rejection)?;
-        let mut planned = Vec::with_capacity(writes.len());
-        for w in writes {
-            planned.push(match w.value {
-                Some(v) => {
-                    let segs: Vec<String> = w.path.segments().map(String::from).collect();
-                    put_op(&segs, &v, self.config.max_value_bytes)?
-                }
-                None => store::Op::Delete { path: w.path },
-            });
+        if self.plugins.concerned(planned.iter().map(store::Op::path)) {
+            let writes = ops
+                .into_iter()
+                .zip(&planned)
+                .map(|(op, planned)| Write {
+                    path: planned.path().clone(),
+                    value: match op {
+                        Op::Put(_, v) => Some(v),
+                        Op::Delete(_) => None,
+                    },
+                })
+                .collect();
+            let judged = self
+                .plugins
+                .judge_now(writes, MOUNT_WRITER)
+                .map_err(rejection)?;
+            // Transforms may have rewritten values: plan again what the hooks accepted.
+            planned = judged
+                .into_iter()
+                .map(|w| match w.value {
+                    Some(v) => {
+                        let segs: Vec<String> = w.path.segments().map(String::from).collect();
+                        put_op(&segs, &v, limit)
+                    }
+                    None => Ok(store::Op::Delete { path: w.path }),
+                })
+                .collect::<Result<_, _>>()?;
         }
         let req = WriteRequest {
             ops: planned,

@@ -14,7 +14,7 @@ pub mod manifest;
 pub mod view;
 
 use crate::db::{now_ms, Db};
-use crate::store::{Path, INTERNAL};
+use crate::store::Path;
 use host::{CallError, Change, Host, Program, StoreView};
 use manifest::{Checked, Hook, Manifest};
 use serde_json::Value;
@@ -175,12 +175,35 @@ struct Inner {
     reload: tokio::sync::Mutex<()>,
     fetch: RwLock<Option<Arc<dyn Fetch>>>,
     outputs: derive::Outputs,
+    /// Loaded programs by [`program_key`]: kept across reloads while a manifest uses them,
+    /// and filled by the install check so the reload after an install does not load again.
+    programs: Mutex<HashMap<String, Arc<Program>>>,
+}
+
+/// What a loaded program depends on: the name (its log lines), the file, the hooks and limits.
+fn program_key(m: &Manifest) -> String {
+    format!("{}:{}:{:?}:{:?}", m.name, m.sha256, m.hooks, m.limits)
 }
 
 /// The plugin side of a node. Cheap to clone.
 #[derive(Clone)]
 pub struct Plugins {
     inner: Arc<Inner>,
+}
+
+/// Where the component with this sha256 is kept under a node's `DATA/plugins` directory.
+pub fn blob_file(plugins_dir: &std::path::Path, sha256: &str) -> PathBuf {
+    plugins_dir.join("blobs").join(format!("{sha256}.wasm"))
+}
+
+/// The stored manifest of plugin `name`, if any (not checked).
+pub fn read_manifest(db: &Db, name: &str) -> Option<Result<Manifest, String>> {
+    let p = Path::parse(MANIFESTS).ok()?.child(name).ok()?;
+    let mut text = String::new();
+    db.read()
+        .store
+        .render(p.key(), now_ms(), &mut text)
+        .then(|| serde_json::from_str(&text).map_err(|e| e.to_string()))
 }
 
 /// The hex sha256 of `bytes`.
@@ -205,6 +228,7 @@ impl Plugins {
                 reload: tokio::sync::Mutex::new(()),
                 fetch: RwLock::new(None),
                 outputs: derive::Outputs::default(),
+                programs: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -236,7 +260,7 @@ impl Plugins {
 
     /// The file of the component with this sha256.
     pub fn blob_path(&self, sha256: &str) -> PathBuf {
-        self.inner.dir.join("blobs").join(format!("{sha256}.wasm"))
+        blob_file(&self.inner.dir, sha256)
     }
 
     /// Stores a component file (synced, then renamed into place) and answers its sha256.
@@ -256,15 +280,26 @@ impl Plugins {
     }
 
     /// Loads a manifest's component now (compiling it unless cached) and checks it: the
-    /// install and update calls use this so a bad plugin is refused before it is stored.
+    /// install and update calls use this so a bad plugin is refused before it is stored. The
+    /// program is kept for the reload that follows the install.
     pub async fn check_loadable(&self, checked: &Checked) -> anyhow::Result<()> {
-        let program = self.load(checked).await?;
-        drop(program);
-        Ok(())
+        self.load(checked).await.map(drop)
     }
 
+    /// The program of a manifest: the one already loaded for the same key, or a new one.
     async fn load(&self, checked: &Checked) -> anyhow::Result<Arc<Program>> {
         let m = &checked.manifest;
+        let key = program_key(m);
+        let loaded = self
+            .inner
+            .programs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(p) = loaded {
+            return Ok(p);
+        }
         let path = self.blob_path(&m.sha256);
         if !path.exists() {
             let fetch = self
@@ -293,7 +328,19 @@ impl Plugins {
             anyhow::Ok(p)
         })
         .await??;
-        Ok(Arc::new(program))
+        let program = Arc::new(program);
+        tracing::info!(
+            plugin = m.name,
+            sha256 = m.sha256,
+            cached = program.cached,
+            "plugin loaded"
+        );
+        self.inner
+            .programs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, program.clone());
+        Ok(program)
     }
 
     /// The manifests in the store, checked; broken ones are logged and skipped.
@@ -306,15 +353,10 @@ impl Plugins {
         };
         let mut out = Vec::new();
         for (name, _) in names {
-            let Ok(p) = base.child(&name) else { continue };
-            let mut text = String::new();
-            if !db.read().store.render(p.key(), now_ms(), &mut text) {
+            let Some(read) = read_manifest(db, &name) else {
                 continue;
-            }
-            match serde_json::from_str::<Manifest>(&text)
-                .map_err(|e| e.to_string())
-                .and_then(Manifest::check)
-            {
+            };
+            match read.and_then(Manifest::check) {
                 Ok(c) if c.manifest.name == name => out.push(c),
                 Ok(_) => tracing::warn!(plugin = name, "manifest names another plugin; ignored"),
                 Err(e) => tracing::warn!(plugin = name, error = e, "unreadable manifest ignored"),
@@ -329,7 +371,6 @@ impl Plugins {
     /// Brings the registry in line with the manifests in the store.
     pub async fn reload(&self) {
         let _one = self.inner.reload.lock().await;
-        let old = self.registry();
         let mut entries = Vec::new();
         for checked in self.manifests() {
             let name = checked.manifest.name.clone();
@@ -341,31 +382,12 @@ impl Plugins {
                 .entry(name.clone())
                 .or_default()
                 .clone();
-            let same = old.entries.iter().find(|e| {
-                let (a, b) = (&e.checked.manifest, &checked.manifest);
-                e.program.is_some()
-                    && a.name == b.name
-                    && a.sha256 == b.sha256
-                    && a.hooks == b.hooks
-                    && a.limits == b.limits
-            });
-            let (program, load_error) = match same {
-                Some(e) => (e.program.clone(), None),
-                None => match self.load(&checked).await {
-                    Ok(p) => {
-                        tracing::info!(
-                            plugin = name,
-                            sha256 = checked.manifest.sha256,
-                            cached = p.cached,
-                            "plugin loaded"
-                        );
-                        (Some(p), None)
-                    }
-                    Err(e) => {
-                        tracing::warn!(plugin = name, error = %format!("{e:#}"), "plugin not loaded");
-                        (None, Some(format!("{e:#}")))
-                    }
-                },
+            let (program, load_error) = match self.load(&checked).await {
+                Ok(p) => (Some(p), None),
+                Err(e) => {
+                    tracing::warn!(plugin = name, error = %format!("{e:#}"), "plugin not loaded");
+                    (None, Some(format!("{e:#}")))
+                }
             };
             entries.push(Arc::new(Entry {
                 checked,
@@ -374,6 +396,16 @@ impl Plugins {
                 health,
             }));
         }
+        // Programs no manifest uses any more are dropped (writes in flight keep theirs).
+        let used: std::collections::HashSet<String> = entries
+            .iter()
+            .map(|e| program_key(&e.checked.manifest))
+            .collect();
+        self.inner
+            .programs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| used.contains(k));
         let new = Arc::new(Registry { entries });
         *self
             .inner
@@ -482,50 +514,59 @@ impl Plugins {
             }
         }
         let db = self.inner.db.clone();
-        for hook in [Hook::Transform, Hook::Validate] {
-            for e in reg.entries.iter().filter(|e| e.checked.has(hook)) {
-                for i in 0..writes.len() {
-                    if !e.guards(&writes[i].path) {
+        // Transforms rewrite the writes, so each sees the writes as rewritten so far.
+        for e in reg
+            .entries
+            .iter()
+            .filter(|e| e.checked.has(Hook::Transform))
+        {
+            for i in 0..writes.len() {
+                if !e.guards(&writes[i].path) {
+                    continue;
+                }
+                let program = self.program(e)?;
+                for (at_path, change) in changes_for(&db, e, &writes[i], token) {
+                    if change.value.is_none() {
                         continue;
                     }
-                    let program = self.program(e)?;
-                    let changes = changes_for(&db, e, &writes[i], token);
-                    for (at_path, change) in changes {
-                        let view: Arc<dyn StoreView> = Arc::new(After {
-                            db: db.clone(),
-                            writes: writes.clone(),
-                        });
-                        match hook {
-                            Hook::Transform => {
-                                if change.value.is_none() {
-                                    continue;
-                                }
-                                let out = program
-                                    .transform(view, &change)
-                                    .map_err(|err| self.fail(e, err))?;
-                                let v =
-                                    crate::store::value::parse(out.as_bytes()).map_err(|err| {
-                                        self.fail(
-                                            e,
-                                            CallError::Failed(format!(
-                                                "returned a value that is not valid JSON: {err}"
-                                            )),
-                                        )
-                                    })?;
-                                let w = &mut writes[i];
-                                let rel = relative(&w.path, &at_path).unwrap_or_default();
-                                match &mut w.value {
-                                    Some(base) => set_at(base, &rel, Some(v)),
-                                    None => w.value = Some(v),
-                                }
-                            }
-                            Hook::Validate => program
-                                .validate(view, &change)
-                                .map_err(|err| self.fail(e, err))?,
-                            Hook::Derive => {}
-                        }
-                        e.health.ok();
+                    let view = Arc::new(After {
+                        db: db.clone(),
+                        writes: writes.clone(),
+                    });
+                    let out = program
+                        .transform(view, &change)
+                        .map_err(|err| self.fail(e, err))?;
+                    let v = crate::store::value::parse(out.as_bytes()).map_err(|err| {
+                        self.fail(
+                            e,
+                            CallError::Failed(format!(
+                                "returned a value that is not valid JSON: {err}"
+                            )),
+                        )
+                    })?;
+                    e.health.ok();
+                    let w = &mut writes[i];
+                    let rel = relative(&w.path, &at_path).unwrap_or_default();
+                    match &mut w.value {
+                        Some(base) => set_at(base, &rel, Some(v)),
+                        None => w.value = Some(v),
                     }
+                }
+            }
+        }
+        // Validators judge the final writes: one view of them serves every call.
+        let view: Arc<dyn StoreView> = Arc::new(After {
+            db: db.clone(),
+            writes: writes.clone(),
+        });
+        for e in reg.entries.iter().filter(|e| e.checked.has(Hook::Validate)) {
+            for w in writes.iter().filter(|w| e.guards(&w.path)) {
+                let program = self.program(e)?;
+                for (_, change) in changes_for(&db, e, w, token) {
+                    program
+                        .validate(view.clone(), &change)
+                        .map_err(|err| self.fail(e, err))?;
+                    e.health.ok();
                 }
             }
         }
@@ -615,9 +656,4 @@ fn changes_for(db: &Db, e: &Entry, w: &Write, token: &str) -> Vec<(Path, Change)
             (p, change)
         })
         .collect()
-}
-
-/// True if `p` lies in the reserved subtree.
-pub fn is_internal(p: &Path) -> bool {
-    p.first() == Some(INTERNAL)
 }

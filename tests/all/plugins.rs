@@ -230,11 +230,7 @@ async fn derive_renders_an_nginx_upstream_as_read_only_keys() {
 
 /// Writes to `/busy/<i>` in a loop until stopped; counts successes and failures.
 fn background_writer(n: &TestNode, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, u64)> {
-    let client = n.client_with(Some(
-        std::fs::read_to_string(n.dir.path().join("admin.token"))
-            .unwrap()
-            .trim(),
-    ));
+    let client = n.client.clone();
     tokio::spawn(async move {
         let (mut ok, mut failed) = (0, 0);
         let mut i = 0u64;
@@ -384,11 +380,7 @@ async fn hot_reload_under_write_load_loses_no_write() {
     let oks = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
     for w in 0..4 {
-        let client = n.client_with(Some(
-            std::fs::read_to_string(n.dir.path().join("admin.token"))
-                .unwrap()
-                .trim(),
-        ));
+        let client = n.client.clone();
         let (stop, oks) = (stop.clone(), oks.clone());
         writers.push(tokio::spawn(async move {
             let mut last = 0;

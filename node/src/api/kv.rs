@@ -97,31 +97,26 @@ pub async fn put(
     let condition = condition(req.headers(), true)?;
     check_content_type(req.headers())?;
     let body = read_body(app, req, app.config.max_value_bytes).await?;
-    let v = value::parse(&body)?;
-    let v = app
-        .plugins
-        .judge(
-            vec![Write {
-                path: path.clone(),
-                value: Some(v),
-            }],
-            &grant.name,
-        )
-        .await?
-        .pop()
-        .and_then(|w| w.value)
-        .unwrap_or(serde_json::Value::Null);
+    let mut v = value::parse(&body)?;
+    // Most writes concern no plugin: they skip the hooks without building their input.
+    if app.plugins.concerned([&path]) {
+        let write = Write {
+            path: path.clone(),
+            value: Some(v),
+        };
+        let judged = app.plugins.judge(vec![write], &grant.name).await?;
+        v = judged
+            .into_iter()
+            .next()
+            .and_then(|w| w.value)
+            .unwrap_or_default();
+    }
     if ttl_ms.is_some() && v.is_object() {
         return Err(ApiError::bad_request(
             "ttl applies to leaf values only, not to objects",
         ));
     }
-    let op = Op::put(path, &v, ttl_ms)?;
-    if let Op::Put { text, .. } = &op {
-        if text.len() > app.config.max_value_bytes {
-            return Err(too_large(text.len(), app.config.max_value_bytes));
-        }
-    }
+    let op = within_limit(Op::put(path, &v, ttl_ms)?, app.config.max_value_bytes)?;
     if dry_run {
         // Everything a write checks has been checked; nothing is stored.
         return Ok(json_response(StatusCode::OK, r#"{"dry_run":true}"#));
@@ -264,13 +259,10 @@ pub async fn batch(
                         "op {i}: ttl applies to leaf values only"
                     )));
                 }
-                let op = Op::put(w.path, &v, ttl_ms)?;
-                if let Op::Put { text, .. } = &op {
-                    if text.len() > app.config.max_value_bytes {
-                        return Err(too_large(text.len(), app.config.max_value_bytes));
-                    }
-                }
-                ops.push(op);
+                ops.push(within_limit(
+                    Op::put(w.path, &v, ttl_ms)?,
+                    app.config.max_value_bytes,
+                )?);
             }
         }
     }
@@ -396,6 +388,14 @@ pub(super) fn check_content_type(h: &HeaderMap) -> Result<()> {
             "unsupported_media_type",
             format!("content type {essence:?} is not accepted; send application/json"),
         ))
+    }
+}
+
+/// A put whose value (as a transform may have rewritten it) fits the value size limit.
+fn within_limit(op: Op, limit: usize) -> Result<Op> {
+    match &op {
+        Op::Put { text, .. } if text.len() > limit => Err(too_large(text.len(), limit)),
+        _ => Ok(op),
     }
 }
 

@@ -151,13 +151,7 @@ fn manifest_path(name: &str) -> Path {
 
 /// The stored manifest of `name`, if any.
 fn stored(app: &App, name: &str) -> Option<Manifest> {
-    let mut text = String::new();
-    app.db
-        .read()
-        .store
-        .render(manifest_path(name).key(), now_ms(), &mut text)
-        .then(|| serde_json::from_str(&text).ok())
-        .flatten()
+    crate::plugin::read_manifest(&app.db, name).and_then(|r| r.ok())
 }
 
 async fn install(

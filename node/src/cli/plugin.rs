@@ -139,20 +139,7 @@ pub async fn list(api: &Api, json: bool) -> Result<(), Error> {
             text(&p["last_error"]["message"]),
         ]);
     }
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    print(&out)
+    print(&super::columns(&rows))
 }
 
 pub async fn remove(api: &Api, name: &str) -> Result<(), Error> {

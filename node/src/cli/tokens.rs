@@ -64,20 +64,7 @@ pub fn table(tokens: &[Value]) -> String {
             field(token, "created"),
         ]);
     }
-    let mut widths = [0; 3];
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for [name, role, prefix, created] in &rows {
-        let [w0, w1, w2] = widths;
-        out.push_str(&format!(
-            "{name:w0$}  {role:w1$}  {prefix:w2$}  {created}\n"
-        ));
-    }
-    out
+    super::columns(&rows)
 }
 
 #[cfg(test)]
