@@ -626,3 +626,34 @@ async fn a_plugin_installed_on_one_node_is_enforced_on_another() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runaway_hook_run_in_place_holds_up_no_other_client() {
+    // Limits of 100 ms or less run the hook on the request's own task (no hand-off).
+    let n = TestNode::start().await;
+    installed(
+        &n.client,
+        "loop",
+        &hostile("loop"),
+        json!({"prefixes": ["/inline"], "hooks": ["validate"], "limits": {"time_ms": 50}}),
+    )
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = background_writer(&n, stop.clone());
+    let mut pending = Vec::new();
+    for i in 0..6 {
+        let c = n.client.clone();
+        pending.push(tokio::spawn(async move {
+            call(&c, Method::PUT, &format!("/v1/kv/inline/{i}"), Some("1")).await
+        }));
+    }
+    for p in pending {
+        let m = refused(&p.await.unwrap(), 422, "plugin_failed", "loop");
+        assert!(m.contains("time limit of 50ms"), "{m}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = writer.await.unwrap();
+    assert_eq!(failed, 0);
+    assert!(ok > 0);
+    n.shutdown().await;
+}
