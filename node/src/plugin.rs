@@ -193,6 +193,9 @@ struct Inner {
     /// Loaded programs by [`program_key`]: kept across reloads while a manifest uses them,
     /// and filled by the install check so the reload after an install does not load again.
     programs: Mutex<HashMap<String, Arc<Program>>>,
+    /// Writes that ran hooks, and the time the hooks added to them in all (ns).
+    judged: AtomicU64,
+    judge_nanos: AtomicU64,
 }
 
 /// What a loaded program depends on: the name (its log lines), the file, the hooks and limits.
@@ -244,6 +247,8 @@ impl Plugins {
                 fetch: RwLock::new(None),
                 outputs: derive::Outputs::default(),
                 programs: Mutex::new(HashMap::new()),
+                judged: AtomicU64::new(0),
+                judge_nanos: AtomicU64::new(0),
             }),
         })
     }
@@ -512,7 +517,28 @@ impl Plugins {
     }
 
     /// [`Plugins::judge`] on the calling thread (the file view's threads).
-    pub fn judge_now(&self, mut writes: Vec<Write>, token: &str) -> Result<Vec<Write>, Rejection> {
+    pub fn judge_now(&self, writes: Vec<Write>, token: &str) -> Result<Vec<Write>, Rejection> {
+        let start = std::time::Instant::now();
+        let r = self.run_hooks(writes, token);
+        self.inner.judged.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .judge_nanos
+            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        r
+    }
+
+    /// Writes that ran hooks on this node, and the mean time the hooks added to each (µs).
+    pub fn hook_time(&self) -> Value {
+        let n = self.inner.judged.load(Ordering::Relaxed);
+        let ns = self.inner.judge_nanos.load(Ordering::Relaxed);
+        serde_json::json!({
+            "writes": n,
+            "total_us": ns / 1000,
+            "mean_us": if n == 0 { 0.0 } else { ns as f64 / n as f64 / 1000.0 },
+        })
+    }
+
+    fn run_hooks(&self, mut writes: Vec<Write>, token: &str) -> Result<Vec<Write>, Rejection> {
         let reg = self.registry();
         if reg.entries.is_empty() {
             return Ok(writes);

@@ -86,7 +86,8 @@ fn list(app: &App) -> Response<Body> {
         .collect();
     json_response(
         StatusCode::OK,
-        json!({"plugins": plugins, "outputs": outputs}).to_string(),
+        json!({"plugins": plugins, "outputs": outputs, "hooks": app.plugins.hook_time()})
+            .to_string(),
     )
 }
 
