@@ -393,9 +393,9 @@ struct Planned {
 struct Group {
     planned: Vec<Planned>,
     /// Keys written by the group.
-    touched: HashSet<Box<str>>,
+    touched: HashSet<Box<str>, foldhash::fast::RandomState>,
     /// Proper ancestors of the keys written by the group.
-    ancestors: HashSet<Box<str>>,
+    ancestors: HashSet<Box<str>, foldhash::fast::RandomState>,
 }
 
 impl Group {
@@ -915,10 +915,10 @@ type Replies = Vec<(Origin, Result<(Written, usize), Error>)>;
 fn apply(inner: &Inner, st: &mut State, p: Planned, feed: bool, replies: &mut Replies) {
     let Planned {
         regs,
+        removes,
         events,
         written,
         origin,
-        ..
     } = p;
     let mut events = events;
     let mut applied = 0;
@@ -927,9 +927,9 @@ fn apply(inner: &Inner, st: &mut State, p: Planned, feed: bool, replies: &mut Re
             if feed {
                 let _ = inner.changes.send(regs.clone().into());
             }
-            for (k, r) in regs {
-                st.store.merge(&k, r);
-            }
+            // Planned against this state (overlapping writes wait for each other), so the
+            // plan's removals hold and the registers need no second planning.
+            st.store.apply_planned(&removes, regs);
         }
         Origin::Remote(_) => {
             let mut keys = Vec::with_capacity(regs.len());

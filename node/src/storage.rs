@@ -89,7 +89,7 @@ pub struct Commit<'a> {
 }
 
 /// Changes not yet in redb: key to encoded register, or `None` for a removal.
-type Dirty = HashMap<Box<str>, Option<Box<[u8]>>>;
+type Dirty = HashMap<Box<str>, Option<Box<[u8]>>, foldhash::fast::RandomState>;
 
 /// The open database and its log.
 pub struct Storage {
@@ -132,7 +132,7 @@ impl Storage {
             db: Arc::new(db),
             wal_dir,
             log: None,
-            dirty: Dirty::new(),
+            dirty: Dirty::default(),
             dirty_log_bytes: 0,
             dirty_since: None,
             lsn: 0,

@@ -169,11 +169,18 @@ impl Store {
         self.regs.iter().map(|(k, r)| (&**k, r))
     }
 
-    fn below(&self, key: &str) -> impl Iterator<Item = (&str, &Register)> {
-        let (lo, hi) = below_bounds(key);
+    fn below<'s, 'k>(
+        &'s self,
+        key: &'k str,
+    ) -> impl Iterator<Item = (&'s str, &'s Register)> + use<'s, 'k> {
+        // Keys below `key` start with `key` and a NUL separator, the smallest byte, so they
+        // directly follow `key` in order: no bound needs building.
         self.regs
-            .range::<str, _>((as_str(&lo), as_str(&hi)))
+            .range::<str, _>((Bound::Excluded(key), Bound::Unbounded))
             .map(|(k, r)| (&**k, r))
+            .take_while(move |(k, _)| {
+                key.is_empty() || (k.len() > key.len() && path::key_contains(key, k))
+            })
     }
 
     fn has_visible_below(&self, key: &str, now: u64) -> bool {
@@ -214,10 +221,39 @@ impl Store {
         for k in removed {
             self.remove(&k);
         }
-        self.remove(key);
-        self.index(key, &reg);
-        self.regs.insert(key.into(), reg);
+        self.replace(key.into(), reg);
         true
+    }
+
+    /// Applies a local write planned by [`Store::plan_local`] and [`Store::plan_merge`] against
+    /// this same state: removes what the plan dropped, then puts the registers. The plan is
+    /// exact as long as nothing at, above or below its keys changed since, which the writer
+    /// guarantees; it spares planning every register a second time.
+    pub fn apply_planned(
+        &mut self,
+        removes: &[Box<str>],
+        regs: impl IntoIterator<Item = (Box<str>, Register)>,
+    ) {
+        for k in removes {
+            self.remove(k);
+        }
+        for (k, r) in regs {
+            self.replace(k, r);
+        }
+    }
+
+    /// Puts `reg` at `key` in place of whatever register was there.
+    fn replace(&mut self, key: Box<str>, reg: Register) {
+        self.index(&key, &reg);
+        match self.regs.get_mut(&*key) {
+            Some(slot) => {
+                let old = std::mem::replace(slot, reg);
+                self.unindex(&key, &old);
+            }
+            None => {
+                self.regs.insert(key, reg);
+            }
+        }
     }
 
     /// Adds a register (about to enter `regs`) to the digest and the indexes.
@@ -234,7 +270,13 @@ impl Store {
     /// Removes a register and its index entries.
     pub fn remove(&mut self, key: &str) -> Option<Register> {
         let reg = self.regs.remove(key)?;
-        self.digest.remove(key, &reg);
+        self.unindex(key, &reg);
+        Some(reg)
+    }
+
+    /// Removes a register that left `regs` from the digest and the indexes.
+    fn unindex(&mut self, key: &str, reg: &Register) {
+        self.digest.remove(key, reg);
         if let Some(t) = reg.expires {
             let k = (t, Box::<str>::from(key));
             self.expiries.remove(&k);
@@ -243,7 +285,6 @@ impl Store {
         if reg.kind == Kind::Deleted {
             self.tombstones.remove(&(reg.version.millis, key.into()));
         }
-        Some(reg)
     }
 
     /// What `key` shows at `now`.

@@ -344,3 +344,62 @@ proptest! {
         }
     }
 }
+
+/// A random local write at a path of the same small tree, with an optional time to live.
+fn arb_op() -> impl Strategy<Value = (Op, u64)> {
+    let path = prop::sample::select(vec!["/a", "/a/b", "/a/b/c", "/a/d", "/e", "/e/f"]);
+    let value = prop_oneof![
+        (0u8..4).prop_map(|n| json!(n)),
+        Just(json!({"x": 1, "y": {"z": 2}})),
+        Just(json!({})),
+    ];
+    (path, value, prop::option::of(1u64..30), any::<bool>(), 0u64..40).prop_map(
+        |(p, v, ttl, delete, now)| {
+            let path = Path::parse(p).unwrap();
+            let ttl = ttl.filter(|_| !v.is_object());
+            let op = if delete {
+                Op::Delete { path }
+            } else {
+                Op::put(path, &v, ttl).unwrap()
+            };
+            (op, now)
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The writer's shortcut for local writes (plan once, then `apply_planned`) leaves exactly
+    /// the store that merging the planned registers one by one leaves: registers, digest and
+    /// document.
+    #[test]
+    fn apply_planned_equals_merge(ops in prop::collection::vec(arb_op(), 1..24)) {
+        let mut merged = Node::new(1);
+        let mut planned = Store::new();
+        let mut clock = Hlc::new(1, Version::ZERO);
+        let mut now = 0;
+        for (op, t) in ops {
+            now = now.max(t);
+            let regs = merged.apply(op.clone(), now);
+            let v = clock.tick(now);
+            let regs2 = planned.plan_local(&op, v, now);
+            prop_assert_eq!(&regs, &regs2);
+            let mut removes = Vec::new();
+            for (k, r) in &regs2 {
+                removes.extend(planned.plan_merge(k, r).expect("a local write is never covered"));
+            }
+            planned.apply_planned(&removes, regs2);
+            let ra: Vec<_> = merged.store.registers().map(|(k, r)| (k.to_owned(), r.clone())).collect();
+            let rb: Vec<_> = planned.registers().map(|(k, r)| (k.to_owned(), r.clone())).collect();
+            prop_assert_eq!(&ra, &rb);
+            prop_assert!(merged.store.digest() == planned.digest());
+            prop_assert_eq!(doc_at(&merged.store, now), doc_at(&planned, now));
+            prop_assert_eq!(merged.store.due_expiries(now + 100), planned.due_expiries(now + 100));
+            prop_assert_eq!(
+                merged.store.due_tombstones(now + 100, 0),
+                planned.due_tombstones(now + 100, 0)
+            );
+        }
+    }
+}
