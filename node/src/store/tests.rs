@@ -353,8 +353,14 @@ fn arb_op() -> impl Strategy<Value = (Op, u64)> {
         Just(json!({"x": 1, "y": {"z": 2}})),
         Just(json!({})),
     ];
-    (path, value, prop::option::of(1u64..30), any::<bool>(), 0u64..40).prop_map(
-        |(p, v, ttl, delete, now)| {
+    (
+        path,
+        value,
+        prop::option::of(1u64..30),
+        any::<bool>(),
+        0u64..40,
+    )
+        .prop_map(|(p, v, ttl, delete, now)| {
             let path = Path::parse(p).unwrap();
             let ttl = ttl.filter(|_| !v.is_object());
             let op = if delete {
@@ -363,8 +369,7 @@ fn arb_op() -> impl Strategy<Value = (Op, u64)> {
                 Op::put(path, &v, ttl).unwrap()
             };
             (op, now)
-        },
-    )
+        })
 }
 
 proptest! {
