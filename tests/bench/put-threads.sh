@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Where a durable PUT's CPU goes, by thread: starts `herd serve` on a fresh data dir on loopback,
+# drives it with wrk (durable PUTs of 256-byte values over 10,000 keys, 64 keep-alive HTTPS
+# connections, the single-node benchmark's kv.lua), and prints the throughput, the node's CPU
+# per PUT, and each thread's user and system CPU per committed write (from /proc/PID/task/*/stat,
+# counted from the node's start, so the warm-up is included) with the mean group commit size.
+#
+# Usage: bash tests/bench/put-threads.sh [--herd-bin PATH] [--seconds N] [--runs N]
+#   --herd-bin PATH  herd binary (default target/release/herd; build it with
+#                    `cargo build --release -p node --bin herd`)
+#   --seconds N      measured seconds per run (default 10), after a 2 s warm-up
+#   --runs N         how many runs, one after another (default 1)
+# Compare two binaries by alternating them: their figures move with the machine's state.
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+HERD_BIN="$REPO/target/release/herd"
+SECS=10
+RUNS=1
+while (($#)); do
+  case $1 in
+    --herd-bin) HERD_BIN=$2; shift 2 ;;
+    --seconds) SECS=$2; shift 2 ;;
+    --runs) RUNS=$2; shift 2 ;;
+    *) echo "put-threads.sh: unknown argument $1 (see the header for usage)" >&2; exit 2 ;;
+  esac
+done
+[[ -x $HERD_BIN ]] || { echo "put-threads.sh: no herd binary at $HERD_BIN" >&2; exit 1; }
+command -v wrk >/dev/null || { echo "put-threads.sh: wrk is missing (apt-get install wrk)" >&2; exit 1; }
+TICK=$(getconf CLK_TCK)
+PORT=$((20000 + RANDOM % 20000))
+
+for ((run = 1; run <= RUNS; run++)); do
+  dir=$(mktemp -d /tmp/herd-put-threads.XXXXXX)
+  "$HERD_BIN" serve --data-dir "$dir/data" --api-addr "127.0.0.1:$PORT" \
+    --peer-addr "127.0.0.1:$((PORT + 1))" --no-mdns >"$dir/log" 2>&1 &
+  pid=$!
+  trap 'kill $pid 2>/dev/null; rm -rf "$dir"' EXIT
+  for _ in $(seq 100); do
+    [[ -f $dir/data/admin.token ]] && curl -sk "https://127.0.0.1:$PORT/v1/health" >/dev/null && break
+    sleep 0.1
+  done
+  [[ -f $dir/data/admin.token ]] || { cat "$dir/log" >&2; exit 1; }
+  token=$(cat "$dir/data/admin.token")
+  url="https://127.0.0.1:$PORT"
+  args=(-t2 -c64 -s "$REPO/tests/bench/kv.lua" "$url" -- herd put "$token" 10000 256)
+  wrk -d2s "${args[@]}" >/dev/null
+  c0=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
+  wrk -d"${SECS}s" --latency "${args[@]}" >"$dir/wrk.txt"
+  c1=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
+  line=$(grep '^BENCH ' "$dir/wrk.txt")
+  requests=$(sed 's/.*requests=\([0-9]*\).*/\1/' <<<"$line")
+  p99=$(sed 's/.*p99_us=\([0-9]*\).*/\1/' <<<"$line")
+  metrics=$(curl -sk -H "Authorization: Bearer $token" "$url/metrics")
+  writes=$(awk '/^herd_committed_writes_total/ { print $2 }' <<<"$metrics")
+  commits=$(awk '/^herd_commits_total/ { print $2 }' <<<"$metrics")
+  awk -v run="$run" -v n="$requests" -v secs="$SECS" -v p99="$p99" -v cpu=$((c1 - c0)) \
+    -v hz="$TICK" -v w="$writes" -v c="$commits" 'BEGIN {
+      printf "run %d: %.0f PUT/s, p99 %.2f ms, node CPU %.1f us per PUT, %.1f writes per commit\n",
+        run, n / secs, p99 / 1000, cpu / hz * 1e6 / n, w / c }'
+  for t in /proc/$pid/task/*; do
+    read -r name <"$t/comm"
+    awk -v n="$name" -v w="$writes" -v hz="$TICK" '{
+      u = $14 / hz * 1e6 / w; s = $15 / hz * 1e6 / w
+      if (u + s >= 0.05) printf "  %-16s user %5.2f us  system %5.2f us  per write\n", n, u, s }' "$t/stat"
+  done
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  rm -rf "$dir"; trap - EXIT
+done
