@@ -639,12 +639,7 @@ impl Writer {
                 version,
             }));
         }
-        let mut removes = Vec::new();
-        for (k, r) in &regs {
-            if let Some(rm) = st.store.plan_merge(k, r) {
-                removes.extend(rm);
-            }
-        }
+        let removes = st.store.plan_removals(&regs);
         drop(st);
         self.revision = revision;
         Ok((regs, removes, events, Written { version, revision }))

@@ -178,9 +178,7 @@ impl Store {
         self.regs
             .range::<str, _>((Bound::Excluded(key), Bound::Unbounded))
             .map(|(k, r)| (&**k, r))
-            .take_while(move |(k, _)| {
-                key.is_empty() || (k.len() > key.len() && path::key_contains(key, k))
-            })
+            .take_while(move |(k, _)| path::key_contains(key, k))
     }
 
     fn has_visible_below(&self, key: &str, now: u64) -> bool {
@@ -218,17 +216,23 @@ impl Store {
         let Some(removed) = self.plan_merge(key, &reg) else {
             return false;
         };
-        for k in removed {
-            self.remove(&k);
-        }
-        self.replace(key.into(), reg);
+        self.apply_planned(&removed, [(key.into(), reg)]);
         true
     }
 
-    /// Applies a local write planned by [`Store::plan_local`] and [`Store::plan_merge`] against
-    /// this same state: removes what the plan dropped, then puts the registers. The plan is
+    /// What a local write's registers (from [`Store::plan_local`]) drop when merged: the keys
+    /// below each that are older, by [`Store::plan_merge`].
+    pub fn plan_removals(&self, regs: &[(Box<str>, Register)]) -> Vec<Box<str>> {
+        regs.iter()
+            .filter_map(|(k, r)| self.plan_merge(k, r))
+            .flatten()
+            .collect()
+    }
+
+    /// Applies registers planned against this same state: removes what the plan dropped (from
+    /// [`Store::plan_merge`] or [`Store::plan_removals`]), then puts the registers. The plan is
     /// exact as long as nothing at, above or below its keys changed since, which the writer
-    /// guarantees; it spares planning every register a second time.
+    /// guarantees for local writes; it spares planning them a second time.
     pub fn apply_planned(
         &mut self,
         removes: &[Box<str>],
