@@ -31,15 +31,12 @@ PORT=$((20000 + RANDOM % 20000))
 
 for ((run = 1; run <= RUNS; run++)); do
   dir=$(mktemp -d /tmp/herd-put-threads.XXXXXX)
-  "$HERD_BIN" serve --data-dir "$dir/data" --api-addr "127.0.0.1:$PORT" \
-    --peer-addr "127.0.0.1:$((PORT + 1))" --no-mdns >"$dir/log" 2>&1 &
-  pid=$!
-  trap 'kill $pid 2>/dev/null; rm -rf "$dir"' EXIT
-  for _ in $(seq 100); do
-    [[ -f $dir/data/admin.token ]] && curl -sk "https://127.0.0.1:$PORT/v1/health" >/dev/null && break
-    sleep 0.1
-  done
-  [[ -f $dir/data/admin.token ]] || { cat "$dir/log" >&2; exit 1; }
+  trap 'kill "$(cat "$dir/pid" 2>/dev/null)" 2>/dev/null; rm -rf "$dir"' EXIT
+  python3 "$REPO/tests/bench/spawn_wait.py" --health "https://127.0.0.1:$PORT/v1/health" \
+    --pid-file "$dir/pid" --log "$dir/log" --deadline 60 -- \
+    "$HERD_BIN" serve --data-dir "$dir/data" --api-addr "127.0.0.1:$PORT" \
+    --peer-addr "127.0.0.1:$((PORT + 1))" --no-mdns >/dev/null || { cat "$dir/log" >&2; exit 1; }
+  pid=$(cat "$dir/pid")
   token=$(cat "$dir/data/admin.token")
   url="https://127.0.0.1:$PORT"
   args=(-t2 -c64 -s "$REPO/tests/bench/kv.lua" "$url" -- herd put "$token" 10000 256)
@@ -63,6 +60,7 @@ for ((run = 1; run <= RUNS; run++)); do
       u = $14 / hz * 1e6 / w; s = $15 / hz * 1e6 / w
       if (u + s >= 0.05) printf "  %-16s user %5.2f us  system %5.2f us  per write\n", n, u, s }' "$t/stat"
   done
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  kill "$pid"
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
   rm -rf "$dir"; trap - EXIT
 done
