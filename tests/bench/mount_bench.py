@@ -13,16 +13,15 @@ Prints a markdown report.
 """
 
 import argparse
-import http.client
 import json
 import os
-import signal
-import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+import herd_node
 
 
 def log(msg):
@@ -34,54 +33,20 @@ def pct(samples, p):
     return s[min(len(s) - 1, int(len(s) * p))]
 
 
-class Node:
+class Node(herd_node.Node):
+    """`herd serve --mount MNT` (read-only if asked); ready once MNT is mounted."""
+
     def __init__(self, herd, data, mnt, read_only):
-        self.data, self.mnt = data, mnt
-        try:
-            os.remove(os.path.join(data, "node.json"))
-        except FileNotFoundError:
-            pass
-        args = [herd, "serve", "--data-dir", data, "--api-addr", "127.0.0.1:0", "--mount", mnt]
-        if read_only:
-            args.append("--mount-read-only")
-        self.log = open(os.path.join(os.path.dirname(data), "herd.log"), "a")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log,
-                                     env=dict(os.environ, HERD_LOG="warn"))
-        deadline = time.time() + 60
-        while True:
-            if self.proc.poll() is not None:
-                sys.exit(f"herd serve exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                with open(os.path.join(data, "node.json")) as f:
-                    api = json.load(f)["api"]
-                if os.path.ismount(mnt):
-                    break
-            except (FileNotFoundError, json.JSONDecodeError, KeyError):
-                pass
-            if time.time() > deadline:
-                sys.exit("herd serve did not start within 60 s")
-            time.sleep(0.02)
-        host, port = api.removeprefix("https://").rsplit(":", 1)
-        ctx = ssl.create_default_context(cafile=os.path.join(data, "tls", "ca.crt"))
-        self.conn = http.client.HTTPSConnection(host, int(port), context=ctx)
-        with open(os.path.join(data, "admin.token")) as f:
-            self.token = f.read().strip()
+        self.mnt = mnt
+        args = ["--mount", mnt] + (["--mount-read-only"] if read_only else [])
+        super().__init__(herd, data, args, ready=lambda: os.path.ismount(mnt), deadline=60)
 
     def call(self, method, path, body=None):
-        headers = {"Authorization": f"Bearer {self.token}"}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        self.conn.request(method, path, body=body, headers=headers)
-        r = self.conn.getresponse()
-        data = r.read()
-        if r.status != 200:
-            sys.exit(f"{method} {path}: {r.status} {data[:200]!r}")
-        return data
+        return super().call(method, path, body, ok=(200,))[1]
 
     def stop(self):
         self.conn.close()
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=30)
+        super().stop()
         if os.path.ismount(self.mnt):
             subprocess.run(["umount", "-l", self.mnt], check=False)
 

@@ -14,18 +14,16 @@ Prints a markdown report.
 """
 
 import argparse
-import http.client
 import json
 import os
 import re
 import shutil
-import signal
-import ssl
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+import herd_node
 
 
 def log(msg):
@@ -40,61 +38,7 @@ def pct(samples, p):
 SCHEMA = {"guards": "/bench/k0", "schema": {"type": "string", "maxLength": 1000}}
 
 
-class Node:
-    def __init__(self, herd, data):
-        self.herd, self.data = herd, data
-        self.start()
-
-    def start(self):
-        try:
-            os.remove(os.path.join(self.data, "node.json"))
-        except FileNotFoundError:
-            pass
-        self.log = open(os.path.join(os.path.dirname(self.data), "herd.log"), "a")
-        self.spawned = time.monotonic()
-        self.proc = subprocess.Popen(
-            [self.herd, "serve", "--data-dir", self.data, "--api-addr", "127.0.0.1:0"],
-            stdout=self.log, stderr=self.log, env=dict(os.environ, HERD_LOG="warn"))
-        deadline = time.time() + 120
-        while True:
-            if self.proc.poll() is not None:
-                sys.exit(f"herd serve exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                with open(os.path.join(self.data, "node.json")) as f:
-                    self.api = json.load(f)["api"]
-                break
-            except (FileNotFoundError, json.JSONDecodeError, KeyError):
-                pass
-            if time.time() > deadline:
-                sys.exit("herd serve did not start within 120 s")
-            time.sleep(0.002)
-        host, port = self.api.removeprefix("https://").rsplit(":", 1)
-        self.host, self.port = host, int(port)
-        self.ctx = ssl.create_default_context(cafile=os.path.join(self.data, "tls", "ca.crt"))
-        self.conn = http.client.HTTPSConnection(host, self.port, context=self.ctx)
-        with open(os.path.join(self.data, "admin.token")) as f:
-            self.token = f.read().strip()
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
-
-    def call(self, method, path, body=None, ctype="application/json", ok=(200, 201)):
-        headers = {"Authorization": f"Bearer {self.token}"}
-        if body is not None:
-            headers["Content-Type"] = ctype
-        while True:
-            try:
-                self.conn.request(method, path, body=body, headers=headers)
-                r = self.conn.getresponse()
-                data = r.read()
-                break
-            except (ConnectionError, http.client.HTTPException, OSError):
-                self.conn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx)
-        if ok and r.status not in ok:
-            sys.exit(f"{method} {path}: {r.status} {data[:300]!r}")
-        return r.status, data
-
+class Node(herd_node.Node):
     def install(self, name, wasm, manifest):
         with open(wasm, "rb") as f:
             _, data = self.call("POST", "/v1/plugins/files", f.read(), "application/wasm")
