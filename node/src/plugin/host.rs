@@ -12,7 +12,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path as FsPath, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
@@ -211,16 +211,57 @@ impl Runtime {
     }
 }
 
+/// Counts the guest calls in progress, so the epoch thread ticks only while guest code runs:
+/// an idle node (or one without plugins) is not woken every [`EPOCH_TICK`].
+#[derive(Default)]
+struct Ticker {
+    running: Mutex<usize>,
+    started: Condvar,
+}
+
+impl Ticker {
+    /// Marks guest code as running until the guard is dropped.
+    fn enter(&self) -> Running<'_> {
+        let mut n = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        *n += 1;
+        if *n == 1 {
+            self.started.notify_one();
+        }
+        Running(self)
+    }
+
+    /// Waits (up to `most`) until some guest code runs; true if some does.
+    fn wait_running(&self, most: Duration) -> bool {
+        let n = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let (n, _) = self
+            .started
+            .wait_timeout_while(n, most, |n| *n == 0)
+            .unwrap_or_else(|e| e.into_inner());
+        *n > 0
+    }
+}
+
+/// Guest code is running while this lives.
+struct Running<'a>(&'a Ticker);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        *self.0.running.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+    }
+}
+
 /// The engines (one per stack limit in use) and the compiled-code cache every plugin shares.
 #[derive(Clone)]
 pub struct Host {
     runtimes: Arc<Mutex<HashMap<u64, Runtime>>>,
+    ticker: Arc<Ticker>,
     cache: PathBuf,
 }
 
 impl Host {
     /// A host whose compiled code is cached under `cache` (created if missing). A thread
-    /// advances every engine's epoch every [`EPOCH_TICK`] while the host lives.
+    /// advances every engine's epoch every [`EPOCH_TICK`] while guest code runs, for as long
+    /// as the host lives.
     pub fn new(cache: PathBuf) -> wasmtime::Result<Host> {
         std::fs::create_dir_all(&cache)?;
         let default = Limits::default().stack;
@@ -229,16 +270,29 @@ impl Host {
             Runtime::new(default as usize)?,
         )])));
         let weak = Arc::downgrade(&runtimes);
+        let ticker = Arc::new(Ticker::default());
+        let ticks = ticker.clone();
         std::thread::Builder::new()
             .name("plugin-epoch".into())
             .spawn(move || loop {
+                // Idle waits end every second to notice that the host is gone.
+                let running = ticks.wait_running(Duration::from_secs(1));
+                let Some(rts) = weak.upgrade() else { return };
+                if !running {
+                    continue;
+                }
+                drop(rts);
                 std::thread::sleep(EPOCH_TICK);
                 let Some(rts) = weak.upgrade() else { return };
                 for rt in rts.lock().unwrap_or_else(|e| e.into_inner()).values() {
                     rt.engine.increment_epoch();
                 }
             })?;
-        Ok(Host { runtimes, cache })
+        Ok(Host {
+            runtimes,
+            ticker,
+            cache,
+        })
     }
 
     /// The engine for a stack limit, made on first use.
@@ -331,6 +385,7 @@ impl Host {
             },
             limits,
             idle: Mutex::new(Vec::new()),
+            ticker: self.ticker.clone(),
             cached,
         })
     }
@@ -372,6 +427,7 @@ pub struct Program {
     indices: Indices,
     limits: Limits,
     idle: Mutex<Vec<Slot>>,
+    ticker: Arc<Ticker>,
     /// The compiled code came from the cache.
     pub cached: bool,
 }
@@ -424,6 +480,7 @@ impl Program {
 
     /// Instantiates once, so a plugin whose start traps or outgrows its limits fails at load.
     pub fn warm_up(&self) -> Result<(), CallError> {
+        let _running = self.ticker.enter();
         let slot = self.instantiate().map_err(|e| self.failure(e))?;
         self.give_back(slot);
         Ok(())
@@ -450,6 +507,7 @@ impl Program {
         view: Arc<dyn StoreView>,
         f: impl FnOnce(&mut Slot) -> wasmtime::Result<Result<R, String>>,
     ) -> Result<R, CallError> {
+        let _running = self.ticker.enter();
         let mut slot = self.take().map_err(|e| self.failure(e))?;
         slot.store.data_mut().view = view;
         slot.store.set_epoch_deadline(self.ticks());
