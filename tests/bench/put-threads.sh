@@ -2,8 +2,10 @@
 # Where a durable PUT's CPU goes, by thread: starts `herd serve` on a fresh data dir on loopback,
 # drives it with wrk (durable PUTs of 256-byte values over 10,000 keys, 64 keep-alive HTTPS
 # connections, the single-node benchmark's kv.lua), and prints the throughput, the node's CPU
-# per PUT, and each thread's user and system CPU per committed write (from /proc/PID/task/*/stat,
-# counted from the node's start, so the warm-up is included) with the mean group commit size.
+# per PUT, the mean group commit size, and for each thread its user and system CPU and how often
+# it slept and was preempted (voluntary and involuntary context switches), per committed write
+# (from /proc/PID/task/*/stat and status, counted from the node's start, so the warm-up is
+# included).
 #
 # Usage: bash tests/bench/put-threads.sh [--herd-bin PATH] [--seconds N] [--runs N]
 #   --herd-bin PATH  herd binary (default target/release/herd; build it with
@@ -56,9 +58,13 @@ for ((run = 1; run <= RUNS; run++)); do
         run, n / secs, p99 / 1000, cpu / hz * 1e6 / n, w / c }'
   for t in /proc/$pid/task/*; do
     read -r name <"$t/comm"
-    awk -v n="$name" -v w="$writes" -v hz="$TICK" '{
-      u = $14 / hz * 1e6 / w; s = $15 / hz * 1e6 / w
-      if (u + s >= 0.05) printf "  %-16s user %5.2f us  system %5.2f us  per write\n", n, u, s }' "$t/stat"
+    switches=$(awk '/^voluntary_ctxt_switches/ { v = $2 } /^nonvoluntary_ctxt_switches/ { n = $2 }
+      END { print v, n }' "$t/status")
+    awk -v n="$name" -v w="$writes" -v hz="$TICK" -v sw="$switches" '{
+      u = $14 / hz * 1e6 / w; s = $15 / hz * 1e6 / w; split(sw, c, " ")
+      if (u + s >= 0.05)
+        printf "  %-16s user %5.2f us  system %5.2f us  sleeps %.3f  preempted %.3f  per write\n",
+          n, u, s, c[1] / w, c[2] / w }' "$t/stat"
   done
   kill "$pid"
   while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
