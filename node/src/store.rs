@@ -91,12 +91,46 @@ pub enum Lookup<'a> {
 pub struct Store {
     /// Every uncovered register, by key (see [`path`] for the key encoding).
     regs: BTreeMap<Box<str>, Register>,
+    /// Kept in step with `regs`: every register in it is [`Indexes::add`]ed once.
+    ix: Indexes,
+}
+
+/// What is derived from the registers, so that nothing needs a scan.
+#[derive(Debug, Default, Clone)]
+struct Indexes {
     /// Leaves that carry an expiry, by (expiry, key), so expiries are found without a scan.
     expiries: BTreeSet<(u64, Box<str>)>,
     /// Deletion markers by (version millis, key), so the grace-period collection needs no scan.
     tombstones: BTreeSet<(u64, Box<str>)>,
-    /// The anti-entropy summary of `regs`, kept in step by `index` and `remove`.
+    /// The anti-entropy summary of the registers.
     digest: Digest,
+}
+
+impl Indexes {
+    /// Adds a register that enters the store.
+    fn add(&mut self, key: &str, reg: &Register) {
+        self.digest.insert(key, reg);
+        if let Some(t) = reg.expires {
+            self.expiries.insert((t, key.into()));
+        }
+        if reg.kind == Kind::Deleted {
+            self.tombstones.insert((reg.version.millis, key.into()));
+        }
+    }
+
+    /// Removes a register that leaves the store. Before [`Indexes::add`] of its successor at
+    /// the same key: both may have the same (time, key) entry.
+    fn remove(&mut self, key: &str, reg: &Register) {
+        self.digest.remove(key, reg);
+        if let Some(t) = reg.expires {
+            let k = (t, Box::<str>::from(key));
+            self.expiries.remove(&k);
+            self.tombstones.remove(&k);
+        }
+        if reg.kind == Kind::Deleted {
+            self.tombstones.remove(&(reg.version.millis, key.into()));
+        }
+    }
 }
 
 /// The keys strictly below `key`: the range `[key\0, key\x01)`, or everything but the root.
@@ -129,7 +163,7 @@ impl Store {
         let keys: Vec<(Box<str>, Register)> =
             s.regs.iter().map(|(k, r)| (k.clone(), r.clone())).collect();
         for (k, r) in &keys {
-            s.index(k, r);
+            s.ix.add(k, r);
         }
         // Registers on disk were stored uncovered; re-check anyway so the invariant holds even
         // for a store written by an older version.
@@ -152,7 +186,7 @@ impl Store {
 
     /// Number of deletion markers and announced expiries waiting for the grace period.
     pub fn tombstone_count(&self) -> usize {
-        self.tombstones.len()
+        self.ix.tombstones.len()
     }
 
     pub fn register(&self, key: &str) -> Option<&Register> {
@@ -161,7 +195,7 @@ impl Store {
 
     /// The anti-entropy digest of the registers (see [`digest`]).
     pub fn digest(&self) -> &Digest {
-        &self.digest
+        &self.ix.digest
     }
 
     /// Every register, in key order.
@@ -248,47 +282,24 @@ impl Store {
 
     /// Puts `reg` at `key` in place of whatever register was there.
     fn replace(&mut self, key: Box<str>, reg: Register) {
-        self.index(&key, &reg);
         match self.regs.get_mut(&*key) {
             Some(slot) => {
-                let old = std::mem::replace(slot, reg);
-                self.unindex(&key, &old);
+                self.ix.remove(&key, slot);
+                self.ix.add(&key, &reg);
+                *slot = reg;
             }
             None => {
+                self.ix.add(&key, &reg);
                 self.regs.insert(key, reg);
             }
-        }
-    }
-
-    /// Adds a register (about to enter `regs`) to the digest and the indexes.
-    fn index(&mut self, key: &str, reg: &Register) {
-        self.digest.insert(key, reg);
-        if let Some(t) = reg.expires {
-            self.expiries.insert((t, key.into()));
-        }
-        if reg.kind == Kind::Deleted {
-            self.tombstones.insert((reg.version.millis, key.into()));
         }
     }
 
     /// Removes a register and its index entries.
     pub fn remove(&mut self, key: &str) -> Option<Register> {
         let reg = self.regs.remove(key)?;
-        self.unindex(key, &reg);
+        self.ix.remove(key, &reg);
         Some(reg)
-    }
-
-    /// Removes a register that left `regs` from the digest and the indexes.
-    fn unindex(&mut self, key: &str, reg: &Register) {
-        self.digest.remove(key, reg);
-        if let Some(t) = reg.expires {
-            let k = (t, Box::<str>::from(key));
-            self.expiries.remove(&k);
-            self.tombstones.remove(&k);
-        }
-        if reg.kind == Kind::Deleted {
-            self.tombstones.remove(&(reg.version.millis, key.into()));
-        }
     }
 
     /// What `key` shows at `now`.
@@ -512,7 +523,8 @@ impl Store {
 
     /// Leaves whose expiry is at or before `now` and not yet announced: (key, version).
     pub fn due_expiries(&self, now: u64) -> Vec<(Box<str>, Version)> {
-        self.expiries
+        self.ix
+            .expiries
             .range((
                 Bound::Unbounded,
                 Bound::Excluded((now + 1, Box::<str>::from(""))),
@@ -523,7 +535,7 @@ impl Store {
 
     /// The earliest expiry not yet announced.
     pub fn next_expiry(&self) -> Option<u64> {
-        self.expiries.first().map(|(t, _)| *t)
+        self.ix.expiries.first().map(|(t, _)| *t)
     }
 
     /// Marks an expiry as announced: the leaf stays (it still covers older writes) and joins
@@ -532,8 +544,8 @@ impl Store {
         let Some(t) = self.regs.get(key).and_then(|r| r.expires) else {
             return false;
         };
-        if self.expiries.remove(&(t, key.into())) {
-            self.tombstones.insert((t, key.into()));
+        if self.ix.expiries.remove(&(t, key.into())) {
+            self.ix.tombstones.insert((t, key.into()));
             true
         } else {
             false
@@ -543,7 +555,8 @@ impl Store {
     /// Tombstones (deletions and expired leaves) whose grace period has passed at `now`.
     pub fn due_tombstones(&self, now: u64, grace_ms: u64) -> Vec<Box<str>> {
         let until = now.saturating_sub(grace_ms);
-        self.tombstones
+        self.ix
+            .tombstones
             .range((
                 Bound::Unbounded,
                 Bound::Excluded((until + 1, Box::<str>::from(""))),

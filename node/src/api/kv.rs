@@ -300,22 +300,12 @@ fn derived<B>(path: &Path, v: serde_json::Value, req: &Request<B>) -> Response<B
 }
 
 fn written(w: Written) -> Response<Body> {
-    // On every write's path: the version is formatted once, for the body and the ETag.
-    let version = w.version.to_string();
-    let mut body = String::with_capacity(version.len() + 48);
-    body.push_str("{\"version\":\"");
-    body.push_str(&version);
-    body.push_str("\",\"revision\":");
-    body.push_str(itoa::Buffer::new().format(w.revision));
-    body.push('}');
+    let body = format!(
+        "{{\"version\":\"{}\",\"revision\":{}}}",
+        w.version, w.revision
+    );
     let mut resp = with_revision(json_response(StatusCode::OK, body), w.revision);
-    let mut etag = String::with_capacity(version.len() + 2);
-    etag.push('"');
-    etag.push_str(&version);
-    etag.push('"');
-    if let Ok(val) = HeaderValue::try_from(etag) {
-        resp.headers_mut().insert(header::ETAG, val);
-    }
+    set_etag(resp.headers_mut(), w.version);
     resp
 }
 

@@ -277,11 +277,12 @@ impl Host {
             .spawn(move || loop {
                 // Idle waits end every second to notice that the host is gone.
                 let running = ticks.wait_running(Duration::from_secs(1));
-                let Some(rts) = weak.upgrade() else { return };
+                if weak.strong_count() == 0 {
+                    return;
+                }
                 if !running {
                     continue;
                 }
-                drop(rts);
                 std::thread::sleep(EPOCH_TICK);
                 let Some(rts) = weak.upgrade() else { return };
                 for rt in rts.lock().unwrap_or_else(|e| e.into_inner()).values() {

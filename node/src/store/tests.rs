@@ -180,6 +180,25 @@ fn ttl_expires_locally_and_renewal_wins() {
 }
 
 #[test]
+fn a_register_replaced_in_the_same_millisecond_keeps_its_index_entries() {
+    // The new register's (time, key) entry equals the old one's: replacing must not drop it.
+    let mut n = Node::new(1);
+    let lease = || Op::put(Path::parse("/lease").unwrap(), &json!("me"), Some(5_000)).unwrap();
+    n.apply(lease(), 1_000);
+    n.apply(lease(), 1_000);
+    assert_eq!(n.store.next_expiry(), Some(6_000));
+    assert_eq!(n.store.due_expiries(6_000).len(), 1);
+    n.put("/d", json!(1));
+    n.del("/d");
+    n.del("/d");
+    assert_eq!(n.store.tombstone_count(), 1);
+    assert_eq!(
+        n.store.due_tombstones(2_100, 1_000),
+        vec![Box::<str>::from("d")]
+    );
+}
+
+#[test]
 fn expired_leaves_and_deletions_are_collected_after_grace() {
     let mut n = Node::new(1);
     n.apply(
