@@ -5,7 +5,7 @@
 //! Write path: callers send requests to the writer thread; it drains whatever is queued, checks
 //! preconditions and plans each request against the committed state (stamping versions and
 //! revisions), and appends the whole group to the write-ahead log as one record. The sync thread
-//! then syncs the log (one `fdatasync` for every group appended meanwhile), and only then applies
+//! then syncs the log (one sync for every group appended meanwhile), and only then applies
 //! the groups to the in-memory store in order, appends the events and answers. So the writer
 //! plans and appends the next group while the previous one is being synced, readers never see a
 //! write that is not durable, and concurrent writers share fsyncs. Two requests whose paths

@@ -1,6 +1,6 @@
 //! Durable storage: a write-ahead log in front of one redb file.
 //!
-//! A commit is one record appended to the log ([`Storage::append`]) and synced (`fdatasync`,
+//! A commit is one record appended to the log ([`Storage::append`]) and synced (see `wal` for how;
 //! [`LogSync::sync`], possibly on another thread so the next group can be appended meanwhile):
 //! the sync is the point of acknowledgement. The registers it changed are also kept in memory ("dirty")
 //! and a checkpoint thread writes them to redb in one synced transaction once the log since the
@@ -184,7 +184,7 @@ impl Storage {
         let dirty = &mut self.dirty;
         for (i, (_, path)) in segments.iter().enumerate() {
             let last = i + 1 == segments.len();
-            let dropped = wal::read_segment(path, last, |payload| {
+            let end = wal::read_segment(path, last, |payload| {
                 let rec = Record::decode(payload)?;
                 if rec.lsn <= lsn {
                     return Ok::<_, Error>(()); // in redb already
@@ -198,13 +198,15 @@ impl Storage {
                 replayed_bytes += payload.len() as u64 + 8;
                 Ok(())
             })?;
-            if dropped > 0 {
+            if end.dropped > 0 {
                 tracing::warn!(
                     segment = %path.display(),
-                    bytes = dropped,
+                    bytes = end.dropped,
                     "the write-ahead log ends in a torn record (a write cut off by a crash, \
                      never acknowledged); dropped it"
                 );
+                // New writes go to a new segment, after which this one must read clean.
+                wal::truncate(path, end.valid)?;
             }
         }
         if replayed > 0 {
@@ -232,7 +234,15 @@ impl Storage {
         if replayed == 0 {
             wal::remove_upto(&self.wal_dir, next - 1)?;
         }
-        self.log = Some(wal::Writer::create(&self.wal_dir, next)?);
+        let log = wal::Writer::create(&self.wal_dir, next)?;
+        if !log.direct() {
+            tracing::info!(
+                dir = %self.wal_dir.display(),
+                "this file system has no direct I/O: the write-ahead log is appended and \
+                 synced with fdatasync, which costs more per write"
+            );
+        }
+        self.log = Some(log);
         (self.lsn, self.revision, self.high_water) = (lsn, revision, high_water);
         self.checkpointer = Some(Checkpointer::start(self.db.clone(), self.wal_dir.clone())?);
         Ok(Loaded {
@@ -741,6 +751,12 @@ mod tests {
         let l = r.load().unwrap();
         assert_eq!(keys(&l), vec![("a".to_string(), a2.clone())]);
         assert_eq!((l.revision, l.high_water), (2, c2.version));
+        // A second crash before the next checkpoint: the torn segment is no longer the last
+        // one, and still loads (the first load cut the torn record off).
+        let again = tempfile::tempdir().unwrap();
+        let copy2 = crash_image(image.path(), again.path());
+        let l2 = Storage::open(&copy2, 1 << 20).unwrap().load().unwrap();
+        assert_eq!(keys(&l2), vec![("a".to_string(), a2.clone())]);
         // The replayed changes reach redb with the next checkpoint (here: the clean drop).
         drop(r);
         let mut r = Storage::open(&copy, 1 << 20).unwrap();
