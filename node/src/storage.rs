@@ -270,12 +270,15 @@ impl Storage {
         let lsn = self.lsn + 1;
         let mut spans = Vec::with_capacity(c.puts.len());
         Record::encode(&mut self.payload, lsn, c, &mut spans);
-        if let Err(e) = log.append(&self.payload, &mut self.frame) {
-            let e = Error::from(e);
-            tracing::error!(error = %e, "write-ahead log append failed; refusing all writes until restart");
-            let _ = self.stopped.set(e.to_string());
-            return Err(e);
-        }
+        let framed = match log.append(&self.payload, &mut self.frame) {
+            Ok(n) => n,
+            Err(e) => {
+                let e = Error::from(e);
+                tracing::error!(error = %e, "write-ahead log append failed; refusing all writes until restart");
+                let _ = self.stopped.set(e.to_string());
+                return Err(e);
+            }
+        };
         let sync = LogSync {
             segment: log.segment(),
             stopped: self.stopped.clone(),
@@ -288,7 +291,7 @@ impl Storage {
         for ((k, _), (start, end)) in c.puts.iter().zip(spans) {
             set_dirty(&mut self.dirty, k, Some(&self.payload[start..end]));
         }
-        self.dirty_log_bytes += self.frame.len() as u64;
+        self.dirty_log_bytes += framed as u64;
         let since = *self.dirty_since.get_or_insert_with(Instant::now);
         if self.dirty_log_bytes >= CHECKPOINT_BYTES || since.elapsed() >= CHECKPOINT_INTERVAL {
             self.checkpoint();
@@ -768,6 +771,32 @@ mod tests {
             1,
             "only the new, empty segment is left"
         );
+    }
+
+    #[test]
+    fn a_checkpoint_starts_once_the_log_passes_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Storage::open(&dir.path().join("store.redb"), 1 << 20).unwrap();
+        s.load().unwrap();
+        let big = Register {
+            kind: Kind::Leaf("x".repeat(1 << 20).into()),
+            ..leaf("", 1)
+        };
+        // Each record is a little over 1 MiB, so the 16th takes the log past 16 MiB.
+        assert_eq!(CHECKPOINT_BYTES, 16 << 20);
+        for i in 1..=16 {
+            s.commit(&Commit {
+                puts: vec![("a", &big)],
+                revision: i,
+                high_water: big.version,
+                ..Commit::default()
+            })
+            .unwrap();
+            if i < 16 {
+                assert!(s.dirty_log_bytes > i << 20, "{i}: {}", s.dirty_log_bytes);
+            }
+        }
+        assert!(s.dirty_since.is_none() && s.dirty.is_empty());
     }
 
     #[test]

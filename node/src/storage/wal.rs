@@ -319,8 +319,8 @@ impl Writer {
     }
 
     /// Appends one record, framing `payload`; [`Segment::sync`] makes it durable. `buf` is
-    /// scratch space.
-    pub fn append(&mut self, payload: &[u8], buf: &mut Vec<u8>) -> Result<(), Error> {
+    /// scratch space. Returns the record's size in the log.
+    pub fn append(&mut self, payload: &[u8], buf: &mut Vec<u8>) -> Result<usize, Error> {
         if payload.is_empty() || payload.len() > MAX_RECORD {
             return Err(Error::BadSize(payload.len()));
         }
@@ -331,13 +331,14 @@ impl Writer {
         };
         if let Some(d) = &self.log.direct {
             header(&mut lock(&d.tail).bytes);
-            return Ok(());
+        } else {
+            buf.clear();
+            header(buf);
+            (&self.log.file)
+                .write_all(buf)
+                .map_err(io_err(&self.log.path))?;
         }
-        buf.clear();
-        header(buf);
-        (&self.log.file)
-            .write_all(buf)
-            .map_err(io_err(&self.log.path))
+        Ok(HEADER + payload.len())
     }
 
     /// A handle that syncs what has been appended to this segment so far (and later).
