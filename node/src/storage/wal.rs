@@ -359,7 +359,9 @@ impl Writer {
 /// Opens `path` (new and empty) for direct I/O and zero-fills its first stretch; `None` if the
 /// file system does not support direct I/O.
 fn open_direct(path: &Path) -> Result<Option<(File, u64)>, Error> {
-    let unsupported = |e: &io::Error| e.raw_os_error() == Some(libc::EINVAL);
+    // Linux answers EINVAL where a file system has no direct I/O; some answer EOPNOTSUPP.
+    let unsupported =
+        |e: &io::Error| matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP));
     let file = match OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
