@@ -110,7 +110,6 @@ pub struct Storage {
     /// Why commits are refused, after a log failure; shared with [`LogSync`]s.
     stopped: Arc<OnceLock<String>>,
     payload: Vec<u8>,
-    frame: Vec<u8>,
 }
 
 impl Storage {
@@ -141,7 +140,6 @@ impl Storage {
             checkpointer: None,
             stopped: Arc::default(),
             payload: Vec::with_capacity(64 << 10),
-            frame: Vec::with_capacity(64 << 10),
         })
     }
 
@@ -195,7 +193,7 @@ impl Storage {
                 (lsn, revision) = (rec.lsn, rec.revision);
                 high_water = high_water.max(rec.high_water);
                 replayed += 1;
-                replayed_bytes += payload.len() as u64 + 8;
+                replayed_bytes += wal::record_len(payload.len()) as u64;
                 Ok(())
             })?;
             if end.dropped > 0 {
@@ -270,7 +268,7 @@ impl Storage {
         let lsn = self.lsn + 1;
         let mut spans = Vec::with_capacity(c.puts.len());
         Record::encode(&mut self.payload, lsn, c, &mut spans);
-        let framed = match log.append(&self.payload, &mut self.frame) {
+        let framed = match log.append(&self.payload) {
             Ok(n) => n,
             Err(e) => {
                 let e = Error::from(e);

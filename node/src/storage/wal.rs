@@ -27,6 +27,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The header in front of every payload: length and checksum.
 const HEADER: usize = 8;
+
+/// The bytes a record with a payload of `payload` bytes takes in the log.
+pub fn record_len(payload: usize) -> usize {
+    HEADER + payload
+}
 /// Larger payloads are refused on write and treated as a torn record on read.
 pub const MAX_RECORD: usize = 1 << 30;
 /// Direct writes start, end and sit in memory at multiples of this (the largest logical block
@@ -101,17 +106,21 @@ pub fn read_segment<E: From<Error>>(
     let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
     let mut at = 0;
     while at < end {
-        let len = data
-            .get(at..at + 4)
-            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
-        let whole = match len {
-            Some(len) if len > 0 && len <= MAX_RECORD && data.len() - at >= HEADER + len => {
-                let crc = u32::from_le_bytes(data[at + 4..at + 8].try_into().expect("4 bytes"));
-                crc32fast::hash(&data[at + HEADER..at + HEADER + len]) == crc
-            }
-            _ => false,
-        };
-        if !whole {
+        // The payload's length if a whole record starts here.
+        let whole = data
+            .get(at..at + HEADER)
+            .map(|h| {
+                let len = u32::from_le_bytes(h[..4].try_into().expect("4 bytes")) as usize;
+                let crc = u32::from_le_bytes(h[4..].try_into().expect("4 bytes"));
+                (len, crc)
+            })
+            .filter(|&(len, crc)| {
+                len > 0
+                    && len <= MAX_RECORD
+                    && data.len() - at >= HEADER + len
+                    && crc32fast::hash(&data[at + HEADER..at + HEADER + len]) == crc
+            });
+        let Some((len, _)) = whole else {
             if last {
                 return Ok(End {
                     valid: at as u64,
@@ -123,8 +132,7 @@ pub fn read_segment<E: From<Error>>(
                 offset: at,
             }
             .into());
-        }
-        let len = len.expect("a whole record has a length");
+        };
         f(&data[at + HEADER..at + HEADER + len])?;
         at += HEADER + len;
     }
@@ -253,6 +261,8 @@ pub struct Writer {
     seq: u64,
     /// Whether to try direct I/O for new segments.
     try_direct: bool,
+    /// Scratch for framing a record on the buffered path.
+    frame: Vec<u8>,
 }
 
 impl Writer {
@@ -305,6 +315,7 @@ impl Writer {
             log: Arc::new(log),
             seq,
             try_direct,
+            frame: Vec::new(),
         })
     }
 
@@ -318,9 +329,9 @@ impl Writer {
         self.log.direct.is_some()
     }
 
-    /// Appends one record, framing `payload`; [`Segment::sync`] makes it durable. `buf` is
-    /// scratch space. Returns the record's size in the log.
-    pub fn append(&mut self, payload: &[u8], buf: &mut Vec<u8>) -> Result<usize, Error> {
+    /// Appends one record, framing `payload`; [`Segment::sync`] makes it durable. Returns the
+    /// record's size in the log.
+    pub fn append(&mut self, payload: &[u8]) -> Result<usize, Error> {
         if payload.is_empty() || payload.len() > MAX_RECORD {
             return Err(Error::BadSize(payload.len()));
         }
@@ -332,13 +343,13 @@ impl Writer {
         if let Some(d) = &self.log.direct {
             header(&mut lock(&d.tail).bytes);
         } else {
-            buf.clear();
-            header(buf);
+            self.frame.clear();
+            header(&mut self.frame);
             (&self.log.file)
-                .write_all(buf)
+                .write_all(&self.frame)
                 .map_err(io_err(&self.log.path))?;
         }
-        Ok(HEADER + payload.len())
+        Ok(record_len(payload.len()))
     }
 
     /// A handle that syncs what has been appended to this segment so far (and later).
@@ -425,12 +436,11 @@ mod tests {
             let dir = disk_dir();
             let mut w = Writer::create_as(dir.path(), 1, direct).unwrap();
             assert_eq!(w.direct(), direct);
-            let mut buf = Vec::new();
             let records = [b"one".to_vec(), vec![0u8; 9], vec![7u8; 1000]];
             for r in &records {
-                w.append(r, &mut buf).unwrap();
+                w.append(r).unwrap();
             }
-            assert!(matches!(w.append(b"", &mut buf), Err(Error::BadSize(0))));
+            assert!(matches!(w.append(b""), Err(Error::BadSize(0))));
             w.segment().sync().unwrap();
             let content = records.iter().map(|r| r.len() + HEADER).sum::<usize>();
             let written = fs::metadata(segment_path(dir.path(), 1)).unwrap().len();
@@ -442,7 +452,7 @@ mod tests {
             }
             let first = w.rotate().unwrap();
             assert_eq!((first, w.seq()), (1, 2));
-            w.append(b"two", &mut buf).unwrap();
+            w.append(b"two").unwrap();
             let segs = segments(dir.path()).unwrap();
             assert_eq!(segs.iter().map(|s| s.0).collect::<Vec<_>>(), vec![1, 2]);
             let (recs, end) = read_all(&segs[0].1, false).unwrap();
@@ -515,7 +525,6 @@ mod tests {
         );
         let path = segment_path(dir.path(), 1);
         let seg = w.segment();
-        let mut buf = Vec::new();
         let mut expect: Vec<Vec<u8>> = Vec::new();
         let mut durable = 0;
         // Records of many sizes: inside one block, across block boundaries, and one larger than
@@ -523,7 +532,7 @@ mod tests {
         let sizes = [1, 300, 4088, 4096, 5000, 17, 3 << 20, 12, 8191, 1];
         for (i, &n) in sizes.iter().enumerate() {
             let rec: Vec<u8> = (0..n).map(|j| (i * 31 + j) as u8 | 1).collect();
-            w.append(&rec, &mut buf).unwrap();
+            w.append(&rec).unwrap();
             // Appended is not yet written: the file still ends with the previous sync.
             assert_eq!(read_all(&path, true).unwrap().0, expect[..durable]);
             expect.push(rec);
@@ -547,7 +556,7 @@ mod tests {
             end.valid
         );
         // A handle kept across a rotation still syncs the old segment.
-        w.append(b"last words", &mut buf).unwrap();
+        w.append(b"last words").unwrap();
         w.rotate().unwrap();
         seg.sync().unwrap();
         expect.push(b"last words".to_vec());
