@@ -52,10 +52,11 @@ for ((run = 1; run <= RUNS; run++)); do
   metrics=$(curl -sk -H "Authorization: Bearer $token" "$url/metrics")
   writes=$(awk '/^herd_committed_writes_total/ { print $2 }' <<<"$metrics")
   commits=$(awk '/^herd_commits_total/ { print $2 }' <<<"$metrics")
+  commit_secs=$(awk '/^herd_commit_seconds_total/ { print $2 }' <<<"$metrics")
   awk -v run="$run" -v n="$requests" -v secs="$SECS" -v p99="$p99" -v cpu=$((c1 - c0)) \
-    -v hz="$TICK" -v w="$writes" -v c="$commits" 'BEGIN {
-      printf "run %d: %.0f PUT/s, p99 %.2f ms, node CPU %.1f us per PUT, %.1f writes per commit\n",
-        run, n / secs, p99 / 1000, cpu / hz * 1e6 / n, w / c }'
+    -v hz="$TICK" -v w="$writes" -v c="$commits" -v cs="$commit_secs" 'BEGIN {
+      printf "run %d: %.0f PUT/s, p99 %.2f ms, node CPU %.1f us per PUT, %.1f writes per commit, %.0f us per commit\n",
+        run, n / secs, p99 / 1000, cpu / hz * 1e6 / n, w / c, cs / c * 1e6 }'
   for t in /proc/$pid/task/*; do
     read -r name <"$t/comm"
     switches=$(awk '/^voluntary_ctxt_switches/ { v = $2 } /^nonvoluntary_ctxt_switches/ { n = $2 }
