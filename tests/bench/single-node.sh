@@ -8,7 +8,11 @@
 #   --warmup D        warm-up before each measured run, same settings (default 2s)
 #   --keys N          keys loaded for the memory and restart measurement (default 1000000)
 #   --bench-keys N    distinct keys the PUT/GET runs cycle over (default 10000)
-#   --quick           smoke check: 2s runs, 1s warm-up, 20000 keys, 2000 bench keys
+#   --rounds N        paired rounds after the per-server runs (default 3; 0: none): herd and the
+#                     ceiling run side by side and take turns at PUT and GET with 64 connections,
+#                     the first to go alternating by round, so a drift in the machine's speed
+#                     weighs on both; the ceiling targets are judged on the median round's ratio
+#   --quick           smoke check: 2s runs, 1s warm-up, 20000 keys, 2000 bench keys, 1 round
 #   --out FILE        also write the markdown report to FILE
 #   --servers LIST    comma-separated subset of herd,etcd,ceiling (default all three)
 #   --no-memory       skip the memory and restart measurement
@@ -32,6 +36,7 @@ DURATION=10s
 WARMUP=2s
 KEYS=1000000
 BENCH_KEYS=10000
+ROUNDS=3
 VALUE_BYTES=256      # JSON text of each PUT value (a JSON string, quotes included)
 MEM_VALUE_BYTES=16   # JSON text of each value in the memory test: small, so overhead dominates
 BATCH=2000           # ops per /v1/batch request when loading the memory test's keys
@@ -46,7 +51,7 @@ HERD_BIN="$REPO/target/release/herd"
 CEILING_BIN="$REPO/target/release/ceiling"
 TMP_PARENT="${TMPDIR:-/tmp}"
 KEEP_TMP=0
-quick=0; set_duration=0; set_warmup=0; set_keys=0; set_bench_keys=0
+quick=0; set_duration=0; set_warmup=0; set_keys=0; set_bench_keys=0; set_rounds=0
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
@@ -61,6 +66,7 @@ while [[ $# -gt 0 ]]; do
     --warmup) need_value "$@"; WARMUP=$2; set_warmup=1; shift 2 ;;
     --keys) need_value "$@"; KEYS=$2; set_keys=1; shift 2 ;;
     --bench-keys) need_value "$@"; BENCH_KEYS=$2; set_bench_keys=1; shift 2 ;;
+    --rounds) need_value "$@"; ROUNDS=$2; set_rounds=1; shift 2 ;;
     --quick) quick=1; shift ;;
     --out) need_value "$@"; OUT=$2; shift 2 ;;
     --servers) need_value "$@"; SERVERS=$2; shift 2 ;;
@@ -79,11 +85,13 @@ if [[ $quick == 1 ]]; then
   [[ $set_warmup == 1 ]] || WARMUP=1s
   [[ $set_keys == 1 ]] || KEYS=20000
   [[ $set_bench_keys == 1 ]] || BENCH_KEYS=2000
+  [[ $set_rounds == 1 ]] || ROUNDS=1
 fi
 [[ $DURATION =~ ^[1-9][0-9]*[smh]?$ ]] || die "--duration must look like 10s or 1m, got '$DURATION'"
 [[ $WARMUP =~ ^[0-9]+[smh]?$ ]] || die "--warmup must look like 2s, got '$WARMUP'"
 [[ $KEYS =~ ^[1-9][0-9]*$ ]] || die "--keys must be a positive integer, got '$KEYS'"
 [[ $BENCH_KEYS =~ ^[1-9][0-9]*$ ]] || die "--bench-keys must be a positive integer: '$BENCH_KEYS'"
+[[ $ROUNDS =~ ^[0-9]+$ ]] || die "--rounds must be a non-negative integer, got '$ROUNDS'"
 (( KEYS <= 9999999 )) || die "--keys must be at most 9999999 (paths are /m/k<7 digits>)"
 declare -A RUN_SERVER=()
 IFS=',' read -r -a _servers <<<"$SERVERS"
@@ -283,18 +291,20 @@ meta duration "$DURATION"
 meta warmup "$WARMUP"
 meta value_bytes "$VALUE_BYTES"
 meta bench_keys "$BENCH_KEYS"
+meta rounds "$ROUNDS"
 
 # ---------------------------------------------------------------------------------------------
 # Load: the same wrk settings for every server
 
-# run_wrk SERVER KIND URL TOKEN OP CONNS: a warm-up, then the measured run; appends a "run" record.
+# run_wrk SERVER KIND URL TOKEN OP CONNS [ROUND]: a warm-up, then the measured run; appends a "run"
+# record (a "round" record, numbered ROUND, when ROUND is given).
 run_wrk() {
-  local server=$1 kind=$2 url=$3 token=$4 op=$5 conns=$6
+  local server=$1 kind=$2 url=$3 token=$4 op=$5 conns=$6 round=${7:-}
   local threads=1 raw line
   (( conns > 1 )) && threads=2
   local args=(-t"$threads" -c"$conns" --timeout "$WRK_TIMEOUT" -s "$BENCH_DIR/kv.lua" "$url"
               -- "$kind" "$op" "${token:--}" "$BENCH_KEYS" "$VALUE_BYTES")
-  raw="$TMP_ROOT/wrk-$server-$op-c$conns.txt"
+  raw="$TMP_ROOT/wrk-$server-$op-c$conns${round:+-round$round}.txt"
   if [[ $WARMUP != 0 && $WARMUP != 0s ]]; then
     run_child "$raw.warmup" "$raw.warmup" wrk -d"$WARMUP" "${args[@]}" \
       || { cat "$raw.warmup" >&2; die "wrk warm-up against $server failed"; }
@@ -308,16 +318,18 @@ run_wrk() {
   local -A v=()
   local kv
   for kv in ${line#BENCH }; do v[${kv%%=*}]=${kv#*=}; done
-  printf 'run\t%s\t%s-c%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$op" "$conns" \
+  local record=run
+  [[ -n $round ]] && record="round"$'\t'"$round"
+  printf '%s\t%s\t%s-c%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$record" "$server" "$op" "$conns" \
     "${v[requests]}" "${v[duration_us]}" "${v[p50_us]}" "${v[p99_us]}" \
     "${v[err_connect]}" "${v[err_read]}" "${v[err_write]}" "${v[err_status]}" "${v[err_timeout]}" \
     >>"$RESULTS"
   local errors=$(( v[err_connect] + v[err_read] + v[err_write] + v[err_status] + v[err_timeout] ))
   local summary
   summary=$(awk -v n="${v[requests]}" -v d="${v[duration_us]}" -v p50="${v[p50_us]}" \
-    -v p99="${v[p99_us]}" -v s="$server" -v op="${op^^}" -v c="$conns" 'BEGIN {
-      printf "%-7s %-3s c=%-2d %8.0f req/s  p50 %7.2f ms  p99 %7.2f ms", s, op, c, n / (d / 1e6),
-        p50 / 1000, p99 / 1000 }')
+    -v p99="${v[p99_us]}" -v s="$server" -v op="${op^^}" -v c="$conns" -v r="$round" 'BEGIN {
+      printf "%-7s %-3s c=%-2d %8.0f req/s  p50 %7.2f ms  p99 %7.2f ms%s", s, op, c, n / (d / 1e6),
+        p50 / 1000, p99 / 1000, r == "" ? "" : "  (round " r ")" }')
   if (( errors > 0 )); then
     summary+="  ERRORS: connect ${v[err_connect]}, read ${v[err_read]}, write ${v[err_write]},"
     summary+=" non-2xx ${v[err_status]}, timeout ${v[err_timeout]}"
@@ -325,8 +337,8 @@ run_wrk() {
   log "$summary"
 }
 
-# run_workloads SERVER KIND URL TOKEN [CACERT]: prefill the keys, then PUT and GET at 1 and 64.
-run_workloads() {
+# prefill SERVER KIND URL TOKEN [CACERT]: writes the keys the GET runs read.
+prefill() {
   local server=$1 kind=$2 url=$3 token=$4 cacert=${5:-}
   local auth=()
   if [[ -n $cacert ]]; then auth+=(--cacert "$cacert"); fi
@@ -335,6 +347,12 @@ run_workloads() {
   run_child /dev/null "" python3 "$BENCH_DIR/load_keys.py" prefill --url "$url" --kind "$kind" \
     "${auth[@]}" --keys "$BENCH_KEYS" --value-bytes "$VALUE_BYTES" --conns "$PREFILL_CONNS" \
     || die "$server: prefill failed"
+}
+
+# run_workloads SERVER KIND URL TOKEN [CACERT]: prefill the keys, then PUT and GET at 1 and 64.
+run_workloads() {
+  local server=$1 kind=$2 url=$3 token=$4
+  prefill "$@"
   run_wrk "$server" "$kind" "$url" "$token" put 1
   run_wrk "$server" "$kind" "$url" "$token" put 64
   run_wrk "$server" "$kind" "$url" "$token" get 1
@@ -414,8 +432,9 @@ bench_etcd() {
   rm -rf -- "$dir/data"; sync
 }
 
-bench_ceiling() {
-  local dir="$TMP_ROOT/ceiling" pid url=""
+# start_ceiling DIR: starts the ceiling, waits until it answers; sets CEILING_PID and CEILING_URL.
+start_ceiling() {
+  local dir=$1 pid url
   mkdir -p "$dir"
   log "ceiling: starting"
   CURRENT_LOG="$dir/ceiling.log"
@@ -429,8 +448,47 @@ bench_ceiling() {
   wait_for "ceiling: PUT $url/v1/kv/bench/ready" 30 "$pid" http_code_is 200 -k -X PUT \
     -H 'Authorization: Bearer bench' --data-binary '"ready"' "$url/v1/kv/bench/ready"
   check_kv ceiling "$url" bench -k
-  run_workloads ceiling ceiling "$url" bench
-  stop_pid "$pid"; forget_pid "$pid"
+  CEILING_PID=$pid CEILING_URL=$url
+}
+
+bench_ceiling() {
+  start_ceiling "$TMP_ROOT/ceiling"
+  run_workloads ceiling ceiling "$CEILING_URL" bench
+  stop_pid "$CEILING_PID"; forget_pid "$CEILING_PID"
+}
+
+# Paired rounds: a fresh herd and a fresh ceiling run side by side (the one not measured is idle)
+# and take turns at PUT and GET with 64 connections. Odd rounds measure herd first, even rounds
+# the ceiling first, so a slow spell of the machine falls on both in turn.
+bench_rounds() {
+  local dir="$TMP_ROOT/herd-rounds" port token url ca r op s first second
+  mkdir -p "$dir"
+  port=$(free_ports 1)
+  log "rounds: $ROUNDS paired rounds of herd and the ceiling at 64 connections"
+  start_herd "$dir/data" "$port" "$dir/herd.log"
+  url="https://127.0.0.1:$port" ca="$dir/data/tls/ca.crt"
+  token=$(head -n 1 "$dir/data/admin.token" | tr -d '[:space:]')
+  check_kv herd "$url" "$token" --cacert "$ca"
+  prefill herd herd "$url" "$token" "$ca"
+  start_ceiling "$TMP_ROOT/ceiling-rounds"
+  prefill ceiling ceiling "$CEILING_URL" bench
+  for ((r = 1; r <= ROUNDS; r++)); do
+    if (( r % 2 == 1 )); then first=herd second=ceiling; else first=ceiling second=herd; fi
+    for op in put get; do
+      for s in "$first" "$second"; do
+        if [[ $s == herd ]]; then
+          CURRENT_LOG="$dir/herd.log"
+          run_wrk herd herd "$url" "$token" "$op" 64 "$r"
+        else
+          CURRENT_LOG="$TMP_ROOT/ceiling-rounds/ceiling.log"
+          run_wrk ceiling ceiling "$CEILING_URL" bench "$op" 64 "$r"
+        fi
+      done
+    done
+  done
+  stop_pid "$HERD_PID"; forget_pid "$HERD_PID"
+  stop_pid "$CEILING_PID"; forget_pid "$CEILING_PID"
+  rm -rf -- "$dir/data"; sync
 }
 
 # Memory and restart: a fresh herd, RSS empty, load KEYS keys through /v1/batch, RSS loaded;
@@ -493,6 +551,9 @@ log "temp dir $TMP_ROOT"
 [[ -n ${RUN_SERVER[herd]:-} ]] && bench_herd
 [[ -n ${RUN_SERVER[etcd]:-} ]] && bench_etcd
 [[ -n ${RUN_SERVER[ceiling]:-} ]] && bench_ceiling
+if [[ -n ${RUN_SERVER[herd]:-} && -n ${RUN_SERVER[ceiling]:-} ]] && (( ROUNDS > 0 )); then
+  bench_rounds
+fi
 if [[ -n ${RUN_SERVER[herd]:-} && $MEMORY == 1 ]]; then bench_herd_memory; fi
 CURRENT_LOG=""
 
