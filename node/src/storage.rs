@@ -3,9 +3,10 @@
 //! A commit is one record appended to the log ([`Storage::append`]) and synced (see `wal` for how;
 //! [`LogSync::sync`], possibly on another thread so the next group can be appended meanwhile):
 //! the sync is the point of acknowledgement. The registers it changed are also kept in memory ("dirty")
-//! and a checkpoint thread writes them to redb in one synced transaction once the log since the
-//! last checkpoint passes [`CHECKPOINT_BYTES`] or is older than [`CHECKPOINT_INTERVAL`]; then the
-//! log segments it covers are deleted. Checkpoints coalesce: a key written a thousand times
+//! and a checkpoint thread writes them to redb in one synced transaction once they take
+//! [`CHECKPOINT_DIRTY_BYTES`] of memory, the log since the last checkpoint passes
+//! [`CHECKPOINT_LOG_BYTES`], or the oldest is [`CHECKPOINT_INTERVAL`] old; then the log segments it
+//! covers are deleted. Checkpoints coalesce: a key written a thousand times
 //! between two checkpoints is written to redb once, so redb's copy-on-write page rewrites are
 //! paid per checkpoint instead of per commit. A load reads redb, then replays the log records
 //! after the log sequence number that the last checkpoint stored, so a restart finds exactly
@@ -32,10 +33,19 @@ const REGISTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("registers"
 const META_KEY: &str = "\0meta";
 /// The last log record that redb holds (little-endian u64).
 const LSN_KEY: &str = "\0lsn";
-/// A checkpoint starts once this much log has been written since the last one...
-pub const CHECKPOINT_BYTES: u64 = 16 << 20;
+/// A checkpoint starts once the dirty registers take about this much memory (keys, encoded
+/// registers and [`DIRTY_ENTRY_BYTES`] each): this bounds the memory they hold...
+pub const CHECKPOINT_DIRTY_BYTES: u64 = 32 << 20;
+/// ...or once this much log has been written since the last one: this bounds what a restart
+/// replays. It is the larger bound because keys written again and again (the usual traffic of a
+/// configuration store) grow the log but not the dirty registers, and a checkpoint costs the
+/// same for a key written once or a thousand times...
+pub const CHECKPOINT_LOG_BYTES: u64 = 64 << 20;
 /// ...or once the oldest change not in redb is this old.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+/// What a dirty entry costs beyond its key and encoded register, estimated: the map's slot (two
+/// boxed slices, 32 bytes, plus a control byte and spare capacity) and allocator rounding.
+const DIRTY_ENTRY_BYTES: u64 = 48;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -98,6 +108,8 @@ pub struct Storage {
     /// The segment being appended to; `None` until [`Storage::load`].
     log: Option<wal::Writer>,
     dirty: Dirty,
+    /// The memory `dirty` takes, estimated (see [`CHECKPOINT_DIRTY_BYTES`]).
+    dirty_bytes: u64,
     /// Log bytes written since the last checkpoint was handed off.
     dirty_log_bytes: u64,
     /// When the oldest change in `dirty` was made.
@@ -132,6 +144,7 @@ impl Storage {
             wal_dir,
             log: None,
             dirty: Dirty::default(),
+            dirty_bytes: 0,
             dirty_log_bytes: 0,
             dirty_since: None,
             lsn: 0,
@@ -223,6 +236,11 @@ impl Storage {
                 keys = self.dirty.len(),
                 "replayed the write-ahead log"
             );
+            self.dirty_bytes = self
+                .dirty
+                .iter()
+                .map(|(k, v)| dirty_entry_bytes(k, v.as_deref()))
+                .sum();
             self.dirty_log_bytes = replayed_bytes;
             self.dirty_since = Some(Instant::now());
         }
@@ -284,14 +302,18 @@ impl Storage {
         (self.lsn, self.revision) = (lsn, c.revision);
         self.high_water = self.high_water.max(c.high_water);
         for k in &c.removes {
-            set_dirty(&mut self.dirty, k, None);
+            set_dirty(&mut self.dirty, &mut self.dirty_bytes, k, None);
         }
         for ((k, _), (start, end)) in c.puts.iter().zip(spans) {
-            set_dirty(&mut self.dirty, k, Some(&self.payload[start..end]));
+            let value = Some(&self.payload[start..end]);
+            set_dirty(&mut self.dirty, &mut self.dirty_bytes, k, value);
         }
         self.dirty_log_bytes += framed as u64;
         let since = *self.dirty_since.get_or_insert_with(Instant::now);
-        if self.dirty_log_bytes >= CHECKPOINT_BYTES || since.elapsed() >= CHECKPOINT_INTERVAL {
+        if self.dirty_bytes >= CHECKPOINT_DIRTY_BYTES
+            || self.dirty_log_bytes >= CHECKPOINT_LOG_BYTES
+            || since.elapsed() >= CHECKPOINT_INTERVAL
+        {
             self.checkpoint();
         }
         Ok(sync)
@@ -331,6 +353,7 @@ impl Storage {
             high_water: self.high_water,
             upto,
         };
+        self.dirty_bytes = 0;
         self.dirty_log_bytes = 0;
         self.dirty_since = None;
         if checkpointer.tx.send(job).is_err() {
@@ -378,14 +401,24 @@ impl LogSync {
     }
 }
 
-fn set_dirty(dirty: &mut Dirty, key: &str, value: Option<&[u8]>) {
+/// Records a change not yet in redb, keeping `bytes` (the estimate of what `dirty` takes) in step.
+fn set_dirty(dirty: &mut Dirty, bytes: &mut u64, key: &str, value: Option<&[u8]>) {
+    let new = dirty_entry_bytes(key, value);
     let value = value.map(Into::into);
     match dirty.get_mut(key) {
-        Some(slot) => *slot = value,
+        Some(slot) => {
+            *bytes = *bytes - dirty_entry_bytes(key, slot.as_deref()) + new;
+            *slot = value;
+        }
         None => {
+            *bytes += new;
             dirty.insert(key.into(), value);
         }
     }
+}
+
+fn dirty_entry_bytes(key: &str, value: Option<&[u8]>) -> u64 {
+    (key.len() + value.map_or(0, <[u8]>::len)) as u64 + DIRTY_ENTRY_BYTES
 }
 
 /// Dirty registers on their way to redb, and the log segments they cover.
@@ -780,9 +813,10 @@ mod tests {
             kind: Kind::Leaf("x".repeat(1 << 20).into()),
             ..leaf("", 1)
         };
-        // Each record is a little over 1 MiB, so the 16th takes the log past 16 MiB.
-        assert_eq!(CHECKPOINT_BYTES, 16 << 20);
-        for i in 1..=16 {
+        // One key written again and again: the dirty registers stay at one (a little over
+        // 1 MiB), while each record adds a little over 1 MiB of log, so the 64th passes 64 MiB.
+        assert_eq!(CHECKPOINT_LOG_BYTES, 64 << 20);
+        for i in 1..=64 {
             s.commit(&Commit {
                 puts: vec![("a", &big)],
                 revision: i,
@@ -790,11 +824,61 @@ mod tests {
                 ..Commit::default()
             })
             .unwrap();
-            if i < 16 {
+            if i < 64 {
                 assert!(s.dirty_log_bytes > i << 20, "{i}: {}", s.dirty_log_bytes);
+                assert_eq!(s.dirty.len(), 1);
+                assert!(s.dirty_bytes > 1 << 20 && s.dirty_bytes < 2 << 20);
             }
         }
-        assert!(s.dirty_since.is_none() && s.dirty.is_empty());
+        assert!(s.dirty_since.is_none() && s.dirty.is_empty() && s.dirty_bytes == 0);
+    }
+
+    #[test]
+    fn a_checkpoint_starts_once_the_dirty_registers_pass_their_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Storage::open(&dir.path().join("store.redb"), 1 << 20).unwrap();
+        s.load().unwrap();
+        let big = Register {
+            kind: Kind::Leaf("x".repeat(1 << 20).into()),
+            ..leaf("", 1)
+        };
+        // A new key each time: the dirty registers grow with the log and pass 32 MiB first.
+        assert_eq!(CHECKPOINT_DIRTY_BYTES, 32 << 20);
+        for i in 1..=32u64 {
+            let key = format!("k{i}");
+            s.commit(&Commit {
+                puts: vec![(&key, &big)],
+                revision: i,
+                high_water: big.version,
+                ..Commit::default()
+            })
+            .unwrap();
+            if i < 32 {
+                assert_eq!(s.dirty.len() as u64, i);
+                assert!(s.dirty_bytes > i << 20, "{i}: {}", s.dirty_bytes);
+            }
+        }
+        assert!(s.dirty_since.is_none() && s.dirty.is_empty() && s.dirty_bytes == 0);
+        // A removal replaces a key's entry: the estimate goes down by the register's size.
+        let small = leaf("1", 2);
+        s.commit(&Commit {
+            puts: vec![("a", &small)],
+            revision: 33,
+            high_water: small.version,
+            ..Commit::default()
+        })
+        .unwrap();
+        let with_a = s.dirty_bytes;
+        s.commit(&Commit {
+            removes: vec!["a"],
+            revision: 34,
+            high_water: small.version,
+            ..Commit::default()
+        })
+        .unwrap();
+        assert_eq!(s.dirty.len(), 1);
+        assert!(s.dirty_bytes < with_a, "{} < {with_a}", s.dirty_bytes);
+        assert_eq!(s.dirty_bytes, 1 + DIRTY_ENTRY_BYTES);
     }
 
     #[test]
