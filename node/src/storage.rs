@@ -804,8 +804,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_checkpoint_starts_once_the_log_passes_its_size() {
+    /// A loaded storage in a temporary directory, and a register a little over 1 MiB.
+    fn storage_and_big_register() -> (tempfile::TempDir, Storage, Register) {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Storage::open(&dir.path().join("store.redb"), 1 << 20).unwrap();
         s.load().unwrap();
@@ -813,17 +813,28 @@ mod tests {
             kind: Kind::Leaf("x".repeat(1 << 20).into()),
             ..leaf("", 1)
         };
+        (dir, s, big)
+    }
+
+    /// Commits `reg` at `key` alone.
+    fn put(s: &mut Storage, key: &str, reg: &Register, revision: u64) {
+        s.commit(&Commit {
+            puts: vec![(key, reg)],
+            revision,
+            high_water: reg.version,
+            ..Commit::default()
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_checkpoint_starts_once_the_log_passes_its_size() {
+        let (_dir, mut s, big) = storage_and_big_register();
         // One key written again and again: the dirty registers stay at one (a little over
         // 1 MiB), while each record adds a little over 1 MiB of log, so the 64th passes 64 MiB.
         assert_eq!(CHECKPOINT_LOG_BYTES, 64 << 20);
         for i in 1..=64 {
-            s.commit(&Commit {
-                puts: vec![("a", &big)],
-                revision: i,
-                high_water: big.version,
-                ..Commit::default()
-            })
-            .unwrap();
+            put(&mut s, "a", &big, i);
             if i < 64 {
                 assert!(s.dirty_log_bytes > i << 20, "{i}: {}", s.dirty_log_bytes);
                 assert_eq!(s.dirty.len(), 1);
@@ -835,24 +846,11 @@ mod tests {
 
     #[test]
     fn a_checkpoint_starts_once_the_dirty_registers_pass_their_size() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Storage::open(&dir.path().join("store.redb"), 1 << 20).unwrap();
-        s.load().unwrap();
-        let big = Register {
-            kind: Kind::Leaf("x".repeat(1 << 20).into()),
-            ..leaf("", 1)
-        };
+        let (_dir, mut s, big) = storage_and_big_register();
         // A new key each time: the dirty registers grow with the log and pass 32 MiB first.
         assert_eq!(CHECKPOINT_DIRTY_BYTES, 32 << 20);
         for i in 1..=32u64 {
-            let key = format!("k{i}");
-            s.commit(&Commit {
-                puts: vec![(&key, &big)],
-                revision: i,
-                high_water: big.version,
-                ..Commit::default()
-            })
-            .unwrap();
+            put(&mut s, &format!("k{i}"), &big, i);
             if i < 32 {
                 assert_eq!(s.dirty.len() as u64, i);
                 assert!(s.dirty_bytes > i << 20, "{i}: {}", s.dirty_bytes);
@@ -861,13 +859,7 @@ mod tests {
         assert!(s.dirty_since.is_none() && s.dirty.is_empty() && s.dirty_bytes == 0);
         // A removal replaces a key's entry: the estimate goes down by the register's size.
         let small = leaf("1", 2);
-        s.commit(&Commit {
-            puts: vec![("a", &small)],
-            revision: 33,
-            high_water: small.version,
-            ..Commit::default()
-        })
-        .unwrap();
+        put(&mut s, "a", &small, 33);
         let with_a = s.dirty_bytes;
         s.commit(&Commit {
             removes: vec!["a"],
