@@ -192,7 +192,7 @@ impl Storage {
 
         let segments = wal::segments(&self.wal_dir)?;
         let (mut replayed, mut replayed_bytes) = (0u64, 0u64);
-        let dirty = &mut self.dirty;
+        let (dirty, dirty_bytes) = (&mut self.dirty, &mut self.dirty_bytes);
         for (i, (_, path)) in segments.iter().enumerate() {
             let last = i + 1 == segments.len();
             let end = wal::read_segment(path, last, |payload| {
@@ -201,7 +201,7 @@ impl Storage {
                     return Ok::<_, Error>(()); // in redb already
                 }
                 rec.for_each(|key, value| {
-                    dirty.insert(key.into(), value.map(Into::into));
+                    set_dirty(dirty, dirty_bytes, key, value);
                 })?;
                 (lsn, revision) = (rec.lsn, rec.revision);
                 high_water = high_water.max(rec.high_water);
@@ -236,11 +236,6 @@ impl Storage {
                 keys = self.dirty.len(),
                 "replayed the write-ahead log"
             );
-            self.dirty_bytes = self
-                .dirty
-                .iter()
-                .map(|(k, v)| dirty_entry_bytes(k, v.as_deref()))
-                .sum();
             self.dirty_log_bytes = replayed_bytes;
             self.dirty_since = Some(Instant::now());
         }
@@ -785,6 +780,13 @@ mod tests {
         let l = r.load().unwrap();
         assert_eq!(keys(&l), vec![("a".to_string(), a2.clone())]);
         assert_eq!((l.revision, l.high_water), (2, c2.version));
+        // Replayed changes count toward the checkpoint's memory bound like new ones.
+        let replayed: u64 = r
+            .dirty
+            .iter()
+            .map(|(k, v)| dirty_entry_bytes(k, v.as_deref()))
+            .sum();
+        assert!(!r.dirty.is_empty() && r.dirty_bytes == replayed);
         // A second crash before the next checkpoint: the torn segment is no longer the last
         // one, and still loads (the first load cut the torn record off).
         let again = tempfile::tempdir().unwrap();

@@ -153,7 +153,7 @@ def main():
                 med = paired.get(wl, (None, [], 0))[0]
                 if med is not None:
                     ok = med >= x_ceiling
-                    checks.append("≥%g ceiling (median of paired rounds, %.2fx): %s"
+                    checks.append("≥%g ceiling (median of paired rounds, %.3fx): %s"
                                   % (x_ceiling, med, yes_no(ok)))
                     if not ok:
                         missed.append("%s >= %g ceiling (paired rounds)" % (wl, x_ceiling))

@@ -375,7 +375,8 @@ check_kv() {
     || die "$name: GET /v1/kv/bench/sanity answered '$body', expected \"sanity\""
 }
 
-# start_herd DATA_DIR PORT LOG: starts herd, waits for its token, CA and /v1/health; sets HERD_PID.
+# start_herd DATA_DIR PORT LOG: starts herd, waits for its token, CA and /v1/health; sets HERD_PID,
+# HERD_URL, HERD_TOKEN (the bootstrap admin token) and HERD_CA.
 start_herd() {
   local dir=$1 port=$2 logf=$3
   CURRENT_LOG=$logf
@@ -387,6 +388,9 @@ start_herd() {
     test -s "$dir/admin.token" -a -s "$dir/tls/ca.crt"
   wait_for "herd: GET https://127.0.0.1:$port/v1/health" 60 "$HERD_PID" \
     http_code_is 200 --cacert "$dir/tls/ca.crt" "https://127.0.0.1:$port/v1/health"
+  HERD_URL="https://127.0.0.1:$port" HERD_CA="$dir/tls/ca.crt"
+  HERD_TOKEN=$(head -n 1 "$dir/admin.token" | tr -d '[:space:]')
+  [[ -n $HERD_TOKEN ]] || die "herd: $dir/admin.token is empty"
 }
 
 bench_herd() {
@@ -395,11 +399,8 @@ bench_herd() {
   port=$(free_ports 1)
   log "herd: starting on https://127.0.0.1:$port"
   start_herd "$dir/data" "$port" "$dir/herd.log"
-  local token url="https://127.0.0.1:$port"
-  token=$(head -n 1 "$dir/data/admin.token" | tr -d '[:space:]')
-  [[ -n $token ]] || die "herd: $dir/data/admin.token is empty"
-  check_kv herd "$url" "$token" --cacert "$dir/data/tls/ca.crt"
-  run_workloads herd herd "$url" "$token" "$dir/data/tls/ca.crt"
+  check_kv herd "$HERD_URL" "$HERD_TOKEN" --cacert "$HERD_CA"
+  run_workloads herd herd "$HERD_URL" "$HERD_TOKEN" "$HERD_CA"
   stop_pid "$HERD_PID"; forget_pid "$HERD_PID"
   rm -rf -- "$dir/data"; sync
 }
@@ -461,15 +462,13 @@ bench_ceiling() {
 # and take turns at PUT and GET with 64 connections. Odd rounds measure herd first, even rounds
 # the ceiling first, so a slow spell of the machine falls on both in turn.
 bench_rounds() {
-  local dir="$TMP_ROOT/herd-rounds" port token url ca r op s first second
+  local dir="$TMP_ROOT/herd-rounds" port r op s first second
   mkdir -p "$dir"
   port=$(free_ports 1)
   log "rounds: $ROUNDS paired rounds of herd and the ceiling at 64 connections"
   start_herd "$dir/data" "$port" "$dir/herd.log"
-  url="https://127.0.0.1:$port" ca="$dir/data/tls/ca.crt"
-  token=$(head -n 1 "$dir/data/admin.token" | tr -d '[:space:]')
-  check_kv herd "$url" "$token" --cacert "$ca"
-  prefill herd herd "$url" "$token" "$ca"
+  check_kv herd "$HERD_URL" "$HERD_TOKEN" --cacert "$HERD_CA"
+  prefill herd herd "$HERD_URL" "$HERD_TOKEN" "$HERD_CA"
   start_ceiling "$TMP_ROOT/ceiling-rounds"
   prefill ceiling ceiling "$CEILING_URL" bench
   for ((r = 1; r <= ROUNDS; r++)); do
@@ -478,7 +477,7 @@ bench_rounds() {
       for s in "$first" "$second"; do
         if [[ $s == herd ]]; then
           CURRENT_LOG="$dir/herd.log"
-          run_wrk herd herd "$url" "$token" "$op" 64 "$r"
+          run_wrk herd herd "$HERD_URL" "$HERD_TOKEN" "$op" 64 "$r"
         else
           CURRENT_LOG="$TMP_ROOT/ceiling-rounds/ceiling.log"
           run_wrk ceiling ceiling "$CEILING_URL" bench "$op" 64 "$r"
@@ -499,9 +498,8 @@ bench_herd_memory() {
   port=$(free_ports 1)
   log "herd memory: starting a fresh node on https://127.0.0.1:$port"
   start_herd "$dir/data" "$port" "$dir/herd.log"
-  local token url="https://127.0.0.1:$port" ca="$dir/data/tls/ca.crt"
-  token=$(head -n 1 "$dir/data/admin.token" | tr -d '[:space:]')
-  local keys_args=(--url "$url" --kind herd --cacert "$ca" --token "$token" --keys "$KEYS"
+  local url=$HERD_URL ca=$HERD_CA
+  local keys_args=(--url "$url" --kind herd --cacert "$ca" --token "$HERD_TOKEN" --keys "$KEYS"
                    --value-bytes "$MEM_VALUE_BYTES")
   sleep 0.5   # let start-up allocations settle before the empty-store reading
   local rss0 rss1 rss2
