@@ -375,10 +375,14 @@ check_kv() {
     || die "$name: GET /v1/kv/bench/sanity answered '$body', expected \"sanity\""
 }
 
-# start_herd DATA_DIR PORT LOG: starts herd, waits for its token, CA and /v1/health; sets HERD_PID,
-# HERD_URL, HERD_TOKEN (the bootstrap admin token) and HERD_CA.
+# start_herd DIR: starts a fresh herd on a free port (data in DIR/data, log DIR/herd.log), waits
+# for its token, CA and /v1/health; sets HERD_PID, HERD_PORT, HERD_URL, HERD_TOKEN (the bootstrap
+# admin token) and HERD_CA.
 start_herd() {
-  local dir=$1 port=$2 logf=$3
+  mkdir -p "$1"
+  local dir="$1/data" logf="$1/herd.log" port
+  port=$(free_ports 1)
+  log "herd: starting on https://127.0.0.1:$port ($(basename "$1"))"
   CURRENT_LOG=$logf
   "$HERD_BIN" serve --data-dir "$dir" --api-addr "127.0.0.1:$port" "${HERD_FLAGS[@]}" \
     >"$logf" 2>&1 &
@@ -388,17 +392,14 @@ start_herd() {
     test -s "$dir/admin.token" -a -s "$dir/tls/ca.crt"
   wait_for "herd: GET https://127.0.0.1:$port/v1/health" 60 "$HERD_PID" \
     http_code_is 200 --cacert "$dir/tls/ca.crt" "https://127.0.0.1:$port/v1/health"
-  HERD_URL="https://127.0.0.1:$port" HERD_CA="$dir/tls/ca.crt"
+  HERD_PORT=$port HERD_URL="https://127.0.0.1:$port" HERD_CA="$dir/tls/ca.crt"
   HERD_TOKEN=$(head -n 1 "$dir/admin.token" | tr -d '[:space:]')
   [[ -n $HERD_TOKEN ]] || die "herd: $dir/admin.token is empty"
 }
 
 bench_herd() {
-  local dir="$TMP_ROOT/herd" port
-  mkdir -p "$dir"
-  port=$(free_ports 1)
-  log "herd: starting on https://127.0.0.1:$port"
-  start_herd "$dir/data" "$port" "$dir/herd.log"
+  local dir="$TMP_ROOT/herd"
+  start_herd "$dir"
   check_kv herd "$HERD_URL" "$HERD_TOKEN" --cacert "$HERD_CA"
   run_workloads herd herd "$HERD_URL" "$HERD_TOKEN" "$HERD_CA"
   stop_pid "$HERD_PID"; forget_pid "$HERD_PID"
@@ -462,11 +463,9 @@ bench_ceiling() {
 # and take turns at PUT and GET with 64 connections. Odd rounds measure herd first, even rounds
 # the ceiling first, so a slow spell of the machine falls on both in turn.
 bench_rounds() {
-  local dir="$TMP_ROOT/herd-rounds" port r op s first second
-  mkdir -p "$dir"
-  port=$(free_ports 1)
+  local dir="$TMP_ROOT/herd-rounds" r op s first second
   log "rounds: $ROUNDS paired rounds of herd and the ceiling at 64 connections"
-  start_herd "$dir/data" "$port" "$dir/herd.log"
+  start_herd "$dir"
   check_kv herd "$HERD_URL" "$HERD_TOKEN" --cacert "$HERD_CA"
   prefill herd herd "$HERD_URL" "$HERD_TOKEN" "$HERD_CA"
   start_ceiling "$TMP_ROOT/ceiling-rounds"
@@ -493,12 +492,9 @@ bench_rounds() {
 # Memory and restart: a fresh herd, RSS empty, load KEYS keys through /v1/batch, RSS loaded;
 # SIGKILL, restart on the same data dir, time from spawn to /v1/health 200, read keys back.
 bench_herd_memory() {
-  local dir="$TMP_ROOT/herd-mem" port
-  mkdir -p "$dir"
-  port=$(free_ports 1)
-  log "herd memory: starting a fresh node on https://127.0.0.1:$port"
-  start_herd "$dir/data" "$port" "$dir/herd.log"
-  local url=$HERD_URL ca=$HERD_CA
+  local dir="$TMP_ROOT/herd-mem"
+  start_herd "$dir"
+  local port=$HERD_PORT url=$HERD_URL ca=$HERD_CA
   local keys_args=(--url "$url" --kind herd --cacert "$ca" --token "$HERD_TOKEN" --keys "$KEYS"
                    --value-bytes "$MEM_VALUE_BYTES")
   sleep 0.5   # let start-up allocations settle before the empty-store reading
