@@ -254,13 +254,20 @@ impl Store {
         true
     }
 
-    /// What a local write's registers (from [`Store::plan_local`]) drop when merged: the keys
-    /// below each that are older, by [`Store::plan_merge`].
+    /// What a local write's registers (from [`Store::plan_local`]) drop when merged: every key
+    /// below each. A local write's version is newer than every register here (the writer's
+    /// clock has seen them all), so it is never covered and everything below it is older: the
+    /// result of [`Store::plan_merge`] without the lookups that would find nothing.
     pub fn plan_removals(&self, regs: &[(Box<str>, Register)]) -> Vec<Box<str>> {
-        regs.iter()
-            .filter_map(|(k, r)| self.plan_merge(k, r))
-            .flatten()
-            .collect()
+        let mut out = Vec::new();
+        for (k, r) in regs {
+            debug_assert!(!self.is_covered(k, r), "a local write is never covered");
+            out.extend(self.below(k).map(|(below, old)| {
+                debug_assert!(old.version < r.version, "a local write is the newest");
+                Box::<str>::from(below)
+            }));
+        }
+        out
     }
 
     /// Applies registers planned against this same state: removes what the plan dropped (from
