@@ -409,9 +409,11 @@ impl Group {
     fn touch(&mut self, key: &str) {
         self.touched.insert(key.into());
         for a in path::key_ancestors(key) {
-            if !self.ancestors.insert(a.into()) {
+            // Checked before inserting, so a key whose ancestors are known allocates nothing.
+            if self.ancestors.contains(a) {
                 break;
             }
+            self.ancestors.insert(a.into());
         }
     }
 }
@@ -619,17 +621,22 @@ impl Writer {
         let revision = self.revision + 1;
         let mut regs: Vec<(Box<str>, Register)> = Vec::new();
         let mut events = Vec::with_capacity(req.ops.len());
-        for (seq, op) in req.ops.iter().enumerate() {
-            for (k, r) in st.store.plan_local(op, version, now) {
-                if !regs.iter().any(|(x, _)| *x == k) {
-                    regs.push((k, r));
-                }
-            }
-            let (kind, value) = match op {
-                Op::Put { text, .. } => (EventKind::Put, Some(text.clone())),
-                Op::Delete { .. } => (EventKind::Delete, None),
-            };
+        // Ops of a batch do not overlap, but two under the same leaf both plan that leaf's
+        // `Object` register: it is kept once.
+        let mut seen = HashSet::<Box<str>, foldhash::fast::RandomState>::default();
+        let batch = req.ops.len() > 1;
+        for (seq, op) in req.ops.into_iter().enumerate() {
             let key = op.path().key().into();
+            let (planned, value) = st.store.plan_local(op, version, now);
+            if batch {
+                regs.extend(planned.into_iter().filter(|(k, _)| seen.insert(k.clone())));
+            } else {
+                regs = planned;
+            }
+            let kind = match value {
+                Some(_) => EventKind::Put,
+                None => EventKind::Delete,
+            };
             events.push(Arc::new(Event {
                 revision,
                 seq: seq as u32,
@@ -1079,6 +1086,32 @@ mod tests {
         };
         assert!(matches!(db.write(batch).await, Err(Error::Overlap(..))));
         assert_eq!(doc(&db), json!({"a": 2}));
+    }
+
+    #[tokio::test]
+    async fn a_batch_under_one_leaf_turns_it_into_a_directory_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _h) = Db::open(&dir.path().join("s.redb"), 1, opts()).unwrap();
+        db.write(put("/a", json!(1))).await.unwrap();
+        let mut feed = db.changes();
+        let batch = WriteRequest {
+            ops: vec![
+                Op::put(Path::parse("/a/x").unwrap(), &json!("x"), None).unwrap(),
+                Op::put(Path::parse("/a/y").unwrap(), &json!("y"), None).unwrap(),
+            ],
+            condition: Condition::None,
+        };
+        let w = db.write(batch).await.unwrap();
+        assert_eq!(doc(&db), json!({"a": {"x": "x", "y": "y"}}));
+        let change = feed.recv().await.unwrap();
+        let keys: Vec<&str> = change.iter().map(|(k, _)| &**k).collect();
+        assert_eq!(
+            keys,
+            ["a", "a\0x", "a\0y"],
+            "the leaf's Object register once"
+        );
+        assert!(change.iter().all(|(_, r)| r.version == w.version));
+        assert_eq!(change[0].1.kind, Kind::Object);
     }
 
     fn reg(kind: Kind, millis: u64, node: u64) -> Register {

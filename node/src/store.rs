@@ -33,6 +33,9 @@ fn is_internal(key: &str) -> bool {
     path::key_contains(INTERNAL, key)
 }
 
+/// Registers by key, as a write plans them.
+pub type Registers = Vec<(Box<str>, Register)>;
+
 /// One local write operation, already validated and exploded (the CPU-heavy part happens on the
 /// caller's thread, not under the store's lock).
 #[derive(Debug, Clone)]
@@ -368,13 +371,18 @@ impl Store {
     }
 
     /// The registers a local write produces at `version`: the value's registers (or a deletion
-    /// marker), preceded by an `Object` register for an ancestor that showed as a leaf.
-    pub fn plan_local(&self, op: &Op, version: Version, now: u64) -> Vec<(Box<str>, Register)> {
-        let mut out = Vec::new();
+    /// marker), preceded by an `Object` register for an ancestor that showed as a leaf. Takes
+    /// the op, so its values move into the registers uncopied; gives back a put's JSON text
+    /// (for its change event), `None` for a delete.
+    pub fn plan_local(&self, op: Op, version: Version, now: u64) -> (Registers, Option<Box<str>>) {
         match op {
             Op::Put {
-                path, tree, ttl_ms, ..
+                path,
+                tree,
+                text,
+                ttl_ms,
             } => {
+                let mut out = Vec::with_capacity(tree.len() + 1);
                 if let Some(a) = self.leaf_ancestor(path.key(), now) {
                     out.push((
                         a.into(),
@@ -391,27 +399,28 @@ impl Store {
                         _ => None,
                     };
                     out.push((
-                        k.clone(),
+                        k,
                         Register {
-                            kind: kind.clone(),
+                            kind,
                             version,
                             expires,
                         },
                     ));
                 }
+                (out, Some(text))
             }
-            Op::Delete { path } => {
-                out.push((
+            Op::Delete { path } => (
+                vec![(
                     path.key().into(),
                     Register {
                         kind: Kind::Deleted,
                         version,
                         expires: None,
                     },
-                ));
-            }
+                )],
+                None,
+            ),
         }
-        out
     }
 
     /// Writes the JSON of what `key` shows into `out`; false if nothing is there.

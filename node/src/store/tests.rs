@@ -21,7 +21,7 @@ impl Node {
 
     fn apply(&mut self, op: Op, now: u64) -> Vec<(Box<str>, Register)> {
         let v = self.clock.tick(now);
-        let regs = self.store.plan_local(&op, v, now);
+        let (regs, _) = self.store.plan_local(op, v, now);
         for (k, r) in &regs {
             self.store.merge(k, r.clone());
         }
@@ -407,7 +407,7 @@ proptest! {
             now = now.max(t);
             let regs = merged.apply(op.clone(), now);
             let v = clock.tick(now);
-            let regs2 = planned.plan_local(&op, v, now);
+            let (regs2, _) = planned.plan_local(op.clone(), v, now);
             prop_assert_eq!(&regs, &regs2);
             for (k, r) in &regs2 {
                 prop_assert!(!planned.is_covered(k, r), "a local write is never covered");
