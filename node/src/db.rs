@@ -978,7 +978,7 @@ fn apply(inner: &Inner, st: &mut State, p: Planned, feed: bool, replies: &mut Re
 fn past_grace(r: &Register, floor: u64) -> bool {
     match (&r.kind, r.expires) {
         (Kind::Deleted, _) => r.version.millis < floor,
-        (_, Some(t)) => t < floor,
+        (_, Some(t)) => t.get() < floor,
         _ => false,
     }
 }

@@ -659,7 +659,7 @@ mod tests {
         let a = Register {
             kind: Kind::Leaf("1".into()),
             version: v,
-            expires: Some(9),
+            expires: std::num::NonZeroU64::new(9),
         };
         let b = Register {
             kind: Kind::Deleted,

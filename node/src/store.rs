@@ -17,6 +17,7 @@ pub mod value;
 pub mod version;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU64;
 use std::ops::Bound;
 
 pub use digest::Digest;
@@ -114,7 +115,7 @@ impl Indexes {
     fn add(&mut self, key: &str, reg: &Register) {
         self.digest.insert(key, reg);
         if let Some(t) = reg.expires {
-            self.expiries.insert((t, key.into()));
+            self.expiries.insert((t.get(), key.into()));
         }
         if reg.kind == Kind::Deleted {
             self.tombstones.insert((reg.version.millis, key.into()));
@@ -126,7 +127,7 @@ impl Indexes {
     fn remove(&mut self, key: &str, reg: &Register) {
         self.digest.remove(key, reg);
         if let Some(t) = reg.expires {
-            let k = (t, Box::<str>::from(key));
+            let k = (t.get(), Box::<str>::from(key));
             self.expiries.remove(&k);
             self.tombstones.remove(&k);
         }
@@ -395,7 +396,10 @@ impl Store {
                 }
                 for (k, kind) in tree {
                     let expires = match kind {
-                        Kind::Leaf(_) => ttl_ms.map(|t| now.saturating_add(t.max(1))),
+                        // At least 1 ms from now, so never 0.
+                        Kind::Leaf(_) => {
+                            ttl_ms.and_then(|t| NonZeroU64::new(now.saturating_add(t.max(1))))
+                        }
                         _ => None,
                     };
                     out.push((
@@ -557,7 +561,12 @@ impl Store {
     /// Marks an expiry as announced: the leaf stays (it still covers older writes) and joins
     /// the tombstones, collected after the grace period like a deletion.
     pub fn announce_expiry(&mut self, key: &str) -> bool {
-        let Some(t) = self.regs.get(key).and_then(|r| r.expires) else {
+        let Some(t) = self
+            .regs
+            .get(key)
+            .and_then(|r| r.expires)
+            .map(NonZeroU64::get)
+        else {
             return false;
         };
         if self.ix.expiries.remove(&(t, key.into())) {

@@ -268,7 +268,7 @@ fn arb_register() -> impl Strategy<Value = (Box<str>, Register)> {
     )
         .prop_map(|(k, kind, millis, counter, node, ttl)| {
             let expires = match kind {
-                Kind::Leaf(_) => ttl,
+                Kind::Leaf(_) => ttl.and_then(std::num::NonZeroU64::new),
                 _ => None,
             };
             (

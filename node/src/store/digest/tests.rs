@@ -162,7 +162,7 @@ fn arb_writes(max: usize) -> impl Strategy<Value = Vec<(Box<str>, Register)>> {
             .enumerate()
             .map(|(i, (key, kind, node, ttl))| {
                 let expires = match kind {
-                    Kind::Leaf(_) => ttl,
+                    Kind::Leaf(_) => ttl.and_then(std::num::NonZeroU64::new),
                     _ => None,
                 };
                 let version = Version {
