@@ -18,7 +18,7 @@
 use crate::storage::{self, LogSync, Storage};
 use crate::store::log::Compacted;
 use crate::store::{
-    path, ChangeLog, Event, EventKind, Hlc, Kind, Lookup, Op, Register, Store, Version,
+    path, ChangeLog, Event, EventKind, Hlc, Kind, Lookup, Op, Register, Registers, Store, Version,
 };
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -619,20 +619,20 @@ impl Writer {
         }
         let version = self.clock.tick(now);
         let revision = self.revision + 1;
-        let mut regs: Vec<(Box<str>, Register)> = Vec::new();
+        let mut regs: Registers = Vec::new();
         let mut events = Vec::with_capacity(req.ops.len());
-        // Ops of a batch do not overlap, but two under the same leaf both plan that leaf's
-        // `Object` register: it is kept once.
-        let mut seen = HashSet::<Box<str>, foldhash::fast::RandomState>::default();
-        let batch = req.ops.len() > 1;
+        // Ops of a batch do not overlap, so only a register outside an op's path, the `Object`
+        // that turns a leaf above it into a directory, can be planned twice (by two ops under
+        // that leaf): it is kept once.
+        let mut above = HashSet::<Box<str>, foldhash::fast::RandomState>::default();
         for (seq, op) in req.ops.into_iter().enumerate() {
-            let key = op.path().key().into();
+            let key: Box<str> = op.path().key().into();
             let (planned, value) = st.store.plan_local(op, version, now);
-            if batch {
-                regs.extend(planned.into_iter().filter(|(k, _)| seen.insert(k.clone())));
-            } else {
-                regs = planned;
-            }
+            regs.extend(
+                planned
+                    .into_iter()
+                    .filter(|(k, _)| path::key_contains(&key, k) || above.insert(k.clone())),
+            );
             let kind = match value {
                 Some(_) => EventKind::Put,
                 None => EventKind::Delete,

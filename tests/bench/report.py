@@ -122,7 +122,7 @@ def main():
     missed = []
     for op, conns in WORKLOADS:
         wl = "%s-c%d" % (op, conns)
-        cells = ["%s c=%d" % (op.upper(), conns)]
+        cells = [label_of(wl)]
         for s in SERVERS:
             r = runs.get((s, wl))
             if r is None:
