@@ -398,6 +398,7 @@ async fn batches_are_atomic() {
         ),
         (r#"{"ops": 1}"#, "bad_json"),
         (r#"[]"#, "bad_json"),
+        (r#"[{"op": "put", "path": "/x", "value": 1}]"#, "bad_json"),
         (
             r#"{"ops": [{"op": "put", "path": "/x", "value": 1e400}]}"#,
             "number_out_of_range",
@@ -412,6 +413,17 @@ async fn batches_are_atomic() {
         );
         assert_eq!(n.doc().await, doc);
     }
+    // A bare array of ops is the likeliest slip: the message shows the shape.
+    let r = n
+        .send(
+            Method::POST,
+            "/v1/batch",
+            &[],
+            Some(r#"[{"op": "put", "path": "/x"}]"#),
+        )
+        .await;
+    let message = r.json().unwrap()["error"]["message"].to_string();
+    assert!(message.contains(r#"{\"ops\": ["#), "{message}");
     let r = n.send(Method::GET, "/v1/batch", &[], None).await;
     assert_eq!(
         (r.status.as_u16(), r.error_code().as_deref()),
