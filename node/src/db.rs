@@ -5,10 +5,12 @@
 //! Write path: callers send requests to the writer thread; it drains whatever is queued, checks
 //! preconditions and plans each request against the committed state (stamping versions and
 //! revisions), and appends the whole group to the write-ahead log as one record. The sync thread
-//! then syncs the log (one sync for every group appended meanwhile), and only then applies
-//! the groups to the in-memory store in order, appends the events and answers. So the writer
-//! plans and appends the next group while the previous one is being synced, readers never see a
-//! write that is not durable, and concurrent writers share fsyncs. Two requests whose paths
+//! then syncs the log, and only then applies the group to the in-memory store, appends the
+//! events and answers. While a sync is under way the writer holds back: the requests that arrive
+//! meanwhile queue up, and once the sync is done the writer plans them all as the next group
+//! while the sync thread applies and answers the last one. So readers never see a write that is
+//! not durable, concurrent writers share fsyncs, and a loaded writer wakes once per sync instead
+//! of once per arriving request. Two requests whose paths
 //! overlap (one contains the other) never share a group, and a request that overlaps a group
 //! still being synced waits until that group is applied, so planning against the committed state
 //! is exact.
@@ -140,14 +142,42 @@ pub struct WriteStats {
 
 struct Inner {
     state: RwLock<State>,
-    /// The last group (numbered by the writer from 1) that the sync thread has applied.
-    applied: Mutex<u64>,
-    applied_changed: Condvar,
+    /// The last group (numbered by the writer from 1) that the sync thread has made durable.
+    synced: Mark,
+    /// The last group that the sync thread has applied.
+    applied: Mark,
     stats: WriteStats,
     events: broadcast::Sender<Arc<Event>>,
     /// The registers of every local write once applied, for pushing to peers.
     changes: broadcast::Sender<Change>,
     node_id: u64,
+}
+
+/// A group number that only grows, and a way to wait for it.
+#[derive(Default)]
+struct Mark {
+    seq: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl Mark {
+    fn get(&self) -> u64 {
+        *self.seq.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, seq: u64) {
+        *self.seq.lock().unwrap_or_else(|e| e.into_inner()) = seq;
+        self.changed.notify_all();
+    }
+
+    /// Waits until the mark reaches `seq`; answers the mark.
+    fn wait_for(&self, seq: u64) -> u64 {
+        let mut guard = self.seq.lock().unwrap_or_else(|e| e.into_inner());
+        while *guard < seq {
+            guard = self.changed.wait(guard).unwrap_or_else(|e| e.into_inner());
+        }
+        *guard
+    }
 }
 
 /// The registers one local write produced, as replicated to peers.
@@ -201,8 +231,8 @@ impl Db {
         let (changes, _) = broadcast::channel(CHANGE_FEED);
         let inner = Arc::new(Inner {
             state: RwLock::new(state),
-            applied: Mutex::new(0),
-            applied_changed: Condvar::new(),
+            synced: Mark::default(),
+            applied: Mark::default(),
             stats: WriteStats::default(),
             events,
             changes,
@@ -445,7 +475,17 @@ struct Writer {
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut cmds = Vec::with_capacity(MAX_GROUP);
-        while let Some(first) = rx.blocking_recv() {
+        let mut full = false;
+        loop {
+            // Hold back while the sync thread writes the last group: whatever arrives meanwhile
+            // becomes the next group at once, and the senders wake nobody. A full group means
+            // more may be queued: that is planned without waiting.
+            if !full {
+                self.inner.synced.wait_for(self.sent);
+            }
+            let Some(first) = rx.blocking_recv() else {
+                break;
+            };
             cmds.push(first);
             while cmds.len() < MAX_GROUP {
                 match rx.try_recv() {
@@ -453,6 +493,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            full = cmds.len() == MAX_GROUP;
             let mut group = Group::default();
             for cmd in cmds.drain(..) {
                 match cmd {
@@ -529,8 +570,7 @@ impl Writer {
 
     /// Waits until the newest in-flight group for which `overlaps` is true has been applied.
     fn wait_for_inflight(&mut self, overlaps: impl Fn(&Group) -> bool) {
-        let applied = *self.inner.applied.lock().unwrap_or_else(|e| e.into_inner());
-        self.forget_applied(applied);
+        self.forget_applied(self.inner.applied.get());
         let Some(wanted) = self
             .inflight
             .iter()
@@ -540,16 +580,7 @@ impl Writer {
         else {
             return;
         };
-        let mut guard = self.inner.applied.lock().unwrap_or_else(|e| e.into_inner());
-        while *guard < wanted {
-            guard = self
-                .inner
-                .applied_changed
-                .wait(guard)
-                .unwrap_or_else(|e| e.into_inner());
-        }
-        let applied = *guard;
-        drop(guard);
+        let applied = self.inner.applied.wait_for(wanted);
         self.forget_applied(applied);
     }
 
@@ -850,9 +881,19 @@ impl Writer {
     }
 }
 
-/// The sync thread: syncs the log once for every group appended meanwhile, then applies those
-/// groups in order and answers their requests.
+/// The sync thread: syncs the log once for the groups it finds queued (one, unless the writer
+/// had more than a full group), then applies them in order and answers their requests.
 fn sync_loop(inner: &Inner, rx: std::sync::mpsc::Receiver<Synced>) {
+    /// However this thread ends (a panic included), the writer must not wait for it: its
+    /// sends then fail, and their callers see `ShuttingDown`.
+    struct Gone<'a>(&'a Inner);
+    impl Drop for Gone<'_> {
+        fn drop(&mut self) {
+            self.0.synced.set(u64::MAX);
+            self.0.applied.set(u64::MAX);
+        }
+    }
+    let _gone = Gone(inner);
     let mut batch = Vec::new();
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -872,6 +913,9 @@ fn sync_loop(inner: &Inner, rx: std::sync::mpsc::Receiver<Synced>) {
                 }
             }
         }
+        let last_seq = batch.last().map_or(0, |s| s.seq);
+        // The writer plans the next group while this one is applied and answered.
+        inner.synced.set(last_seq);
         let stats = &inner.stats;
         stats
             .commit_micros
@@ -879,7 +923,6 @@ fn sync_loop(inner: &Inner, rx: std::sync::mpsc::Receiver<Synced>) {
         stats.commits.fetch_add(1, Relaxed);
         let requests: usize = batch.iter().map(|s| s.planned.len()).sum();
         stats.committed_requests.fetch_add(requests as u64, Relaxed);
-        let last_seq = batch.last().map_or(0, |s| s.seq);
         let mut replies = Vec::with_capacity(requests);
         match synced {
             Ok(()) => {
@@ -901,8 +944,7 @@ fn sync_loop(inner: &Inner, rx: std::sync::mpsc::Receiver<Synced>) {
                 }
             }
         }
-        *inner.applied.lock().unwrap_or_else(|e| e.into_inner()) = last_seq;
-        inner.applied_changed.notify_all();
+        inner.applied.set(last_seq);
         for (origin, result) in replies {
             origin.answer(result);
         }

@@ -1,7 +1,7 @@
 //! Durable storage: a write-ahead log in front of one redb file.
 //!
 //! A commit is one record appended to the log ([`Storage::append`]) and synced (see `wal` for how;
-//! [`LogSync::sync`], possibly on another thread so the next group can be appended meanwhile):
+//! [`LogSync::sync`], possibly on another thread than the one appending):
 //! the sync is the point of acknowledgement. The registers it changed are also kept in memory ("dirty")
 //! and a checkpoint thread writes them to redb in one synced transaction once they take
 //! [`CHECKPOINT_DIRTY_BYTES`] of memory, the log since the last checkpoint passes
