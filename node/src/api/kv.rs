@@ -186,19 +186,20 @@ pub async fn batch(
     let body = read_body(app, req, app.config.max_batch_bytes).await?;
     // Parse strictly first (numbers, depth, UTF-8), then into the batch shape.
     let raw = value::parse(&body)?;
-    if !raw.is_object() {
-        // serde would read an array as the struct's fields in order, with a puzzling message.
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_json",
-            r#"not a batch: a batch is an object, {"ops": [{"op": "put", "path": ..., "value": ...}, ...]}"#.to_owned(),
-        ));
+    // serde would read an array as the struct's fields in order, with a puzzling message.
+    let batch = if raw.is_object() {
+        serde_json::from_value::<Batch>(raw).map_err(|e| e.to_string())
+    } else {
+        Err(
+            r#"a batch is an object, {"ops": [{"op": "put", "path": ..., "value": ...}, ...]}"#
+                .into(),
+        )
     }
-    let batch: Batch = serde_json::from_value(raw).map_err(|e| {
+    .map_err(|why| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_json",
-            format!("not a batch: {e}"),
+            format!("not a batch: {why}"),
         )
     })?;
     if batch.ops.is_empty() {
