@@ -30,6 +30,11 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Most requests planned into one group commit.
 const MAX_GROUP: usize = 1024;
+/// A log sync at least this slow is reported as a warning, with how many writes waited for it...
+const SLOW_SYNC: Duration = Duration::from_millis(100);
+/// ...at most once in this long (the next report sums up the slow syncs in between), so a disk
+/// that is always slow does not log on every commit.
+const SLOW_SYNC_REPORT: Duration = Duration::from_secs(60);
 /// Local writes the replication feed holds for a slow reader before that reader lags (and is
 /// then repaired by anti-entropy instead).
 const CHANGE_FEED: usize = 8192;
@@ -894,6 +899,7 @@ fn sync_loop(inner: &Inner, rx: std::sync::mpsc::Receiver<Synced>) {
         }
     }
     let _gone = Gone(inner);
+    let mut slow = SlowSyncs::default();
     let mut batch = Vec::new();
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -916,12 +922,21 @@ fn sync_loop(inner: &Inner, rx: std::sync::mpsc::Receiver<Synced>) {
         let last_seq = batch.last().map_or(0, |s| s.seq);
         // The writer plans the next group while this one is applied and answered.
         inner.synced.set(last_seq);
+        let took = t0.elapsed();
+        let requests: usize = batch.iter().map(|s| s.planned.len()).sum();
+        if let Some(r) = slow.note(took, requests, std::time::Instant::now()) {
+            tracing::warn!(
+                syncs = r.syncs,
+                slowest_ms = r.slowest.as_millis() as u64,
+                writes = r.writes,
+                "slow write-ahead log syncs: every write in them waited that long for the disk"
+            );
+        }
         let stats = &inner.stats;
         stats
             .commit_micros
-            .fetch_add(t0.elapsed().as_micros() as u64, Relaxed);
+            .fetch_add(took.as_micros() as u64, Relaxed);
         stats.commits.fetch_add(1, Relaxed);
-        let requests: usize = batch.iter().map(|s| s.planned.len()).sum();
         stats.committed_requests.fetch_add(requests as u64, Relaxed);
         let mut replies = Vec::with_capacity(requests);
         match synced {
@@ -948,6 +963,43 @@ fn sync_loop(inner: &Inner, rx: std::sync::mpsc::Receiver<Synced>) {
         for (origin, result) in replies {
             origin.answer(result);
         }
+    }
+}
+
+/// Slow log syncs not reported yet.
+#[derive(Debug, Default)]
+struct SlowSyncs {
+    syncs: u64,
+    slowest: Duration,
+    writes: usize,
+    reported: Option<std::time::Instant>,
+}
+
+impl SlowSyncs {
+    /// Counts a sync that took `took` for `writes` writes; answers what to report, if it is time.
+    fn note(
+        &mut self,
+        took: Duration,
+        writes: usize,
+        now: std::time::Instant,
+    ) -> Option<SlowSyncs> {
+        if took < SLOW_SYNC {
+            return None;
+        }
+        self.syncs += 1;
+        self.slowest = self.slowest.max(took);
+        self.writes += writes;
+        if self
+            .reported
+            .is_some_and(|at| now.duration_since(at) < SLOW_SYNC_REPORT)
+        {
+            return None;
+        }
+        let next = SlowSyncs {
+            reported: Some(now),
+            ..SlowSyncs::default()
+        };
+        Some(std::mem::replace(self, next))
     }
 }
 
@@ -1059,6 +1111,28 @@ mod tests {
         let mut s = String::new();
         db.read().store.render("", now_ms(), &mut s);
         serde_json::from_str(&s).unwrap()
+    }
+
+    #[test]
+    fn slow_syncs_are_reported_at_once_then_summed_up_once_a_minute() {
+        let (ms, t0) = (Duration::from_millis, std::time::Instant::now());
+        let mut slow = SlowSyncs::default();
+        assert!(slow.note(ms(99), 5, t0).is_none(), "not slow");
+        let first = slow
+            .note(ms(150), 3, t0)
+            .expect("the first slow sync is reported");
+        assert_eq!((first.syncs, first.slowest, first.writes), (1, ms(150), 3));
+        assert!(slow.note(ms(400), 1, t0 + ms(1_000)).is_none());
+        assert!(slow.note(ms(120), 2, t0 + ms(30_000)).is_none());
+        assert!(
+            slow.note(ms(10), 9, t0 + ms(61_000)).is_none(),
+            "fast syncs are not counted"
+        );
+        let next = slow
+            .note(ms(101), 4, t0 + ms(61_000))
+            .expect("a minute later");
+        assert_eq!((next.syncs, next.slowest, next.writes), (3, ms(400), 7));
+        assert!(slow.note(ms(200), 1, t0 + ms(62_000)).is_none());
     }
 
     #[tokio::test]
