@@ -25,7 +25,7 @@ use crate::store::{
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Most requests planned into one group commit.
@@ -904,7 +904,7 @@ fn sync_loop(inner: &Inner, rx: std::sync::mpsc::Receiver<Synced>) {
     while let Ok(first) = rx.recv() {
         batch.push(first);
         batch.extend(rx.try_iter());
-        let t0 = std::time::Instant::now();
+        let t0 = Instant::now();
         let mut synced = Ok(());
         // Every group in the batch was appended before it was sent, so one sync per segment
         // (the last group's) covers them all.
@@ -922,9 +922,10 @@ fn sync_loop(inner: &Inner, rx: std::sync::mpsc::Receiver<Synced>) {
         let last_seq = batch.last().map_or(0, |s| s.seq);
         // The writer plans the next group while this one is applied and answered.
         inner.synced.set(last_seq);
-        let took = t0.elapsed();
+        let now = Instant::now();
+        let took = now - t0;
         let requests: usize = batch.iter().map(|s| s.planned.len()).sum();
-        if let Some(r) = slow.note(took, requests, std::time::Instant::now()) {
+        if let Some(r) = slow.note(took, requests, now) {
             tracing::warn!(
                 syncs = r.syncs,
                 slowest_ms = r.slowest.as_millis() as u64,
@@ -972,17 +973,12 @@ struct SlowSyncs {
     syncs: u64,
     slowest: Duration,
     writes: usize,
-    reported: Option<std::time::Instant>,
+    reported: Option<Instant>,
 }
 
 impl SlowSyncs {
     /// Counts a sync that took `took` for `writes` writes; answers what to report, if it is time.
-    fn note(
-        &mut self,
-        took: Duration,
-        writes: usize,
-        now: std::time::Instant,
-    ) -> Option<SlowSyncs> {
+    fn note(&mut self, took: Duration, writes: usize, now: Instant) -> Option<SlowSyncs> {
         if took < SLOW_SYNC {
             return None;
         }
@@ -1115,7 +1111,7 @@ mod tests {
 
     #[test]
     fn slow_syncs_are_reported_at_once_then_summed_up_once_a_minute() {
-        let (ms, t0) = (Duration::from_millis, std::time::Instant::now());
+        let (ms, t0) = (Duration::from_millis, Instant::now());
         let mut slow = SlowSyncs::default();
         assert!(slow.note(ms(99), 5, t0).is_none(), "not slow");
         let first = slow
