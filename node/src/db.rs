@@ -925,14 +925,7 @@ fn sync_loop(inner: &Inner, rx: std::sync::mpsc::Receiver<Synced>) {
         let now = Instant::now();
         let took = now - t0;
         let requests: usize = batch.iter().map(|s| s.planned.len()).sum();
-        if let Some(r) = slow.note(took, requests, now) {
-            tracing::warn!(
-                syncs = r.syncs,
-                slowest_ms = r.slowest.as_millis() as u64,
-                writes = r.writes,
-                "slow write-ahead log syncs: every write in them waited that long for the disk"
-            );
-        }
+        let slow_report = slow.note(took, requests, now);
         let stats = &inner.stats;
         stats
             .commit_micros
@@ -963,6 +956,15 @@ fn sync_loop(inner: &Inner, rx: std::sync::mpsc::Receiver<Synced>) {
         inner.applied.set(last_seq);
         for (origin, result) in replies {
             origin.answer(result);
+        }
+        // Logged once the writes that waited have their answers.
+        if let Some(r) = slow_report {
+            tracing::warn!(
+                syncs = r.syncs,
+                slowest_ms = r.slowest.as_millis() as u64,
+                writes = r.writes,
+                "slow write-ahead log syncs: every write in them waited that long for the disk"
+            );
         }
     }
 }
