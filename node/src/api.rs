@@ -120,6 +120,7 @@ impl From<db::Error> for ApiError {
             db::Error::Storage(_) | db::Error::ShuttingDown => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
+            db::Error::StorageUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
         };
         ApiError::new(status, code, e.to_string())
     }

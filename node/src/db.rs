@@ -63,8 +63,22 @@ pub enum Error {
     Overlap(String, String),
     #[error("storage failure, nothing was written: {0}")]
     Storage(String),
+    /// The write's own log write or sync failed: it may be durable, and may come back when
+    /// the node restarts.
+    #[error("storage failure, the write may or may not have been stored (read the path again after the node restarts): {0}")]
+    StorageUnknown(String),
     #[error("the node is shutting down")]
     ShuttingDown,
+}
+
+impl From<storage::Error> for Error {
+    fn from(e: storage::Error) -> Error {
+        if e.outcome_unknown() {
+            Error::StorageUnknown(e.to_string())
+        } else {
+            Error::Storage(e.to_string())
+        }
+    }
 }
 
 /// A precondition on a single-path write, checked on this node just before it is planned.
@@ -772,8 +786,9 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, "group commit failed; its writes are refused");
                 self.revision = planned[0].written.revision - 1;
+                let e = Error::from(e);
                 for p in planned {
-                    p.origin.answer(Err(Error::Storage(e.to_string())));
+                    p.origin.answer(Err(e.clone()));
                 }
                 return;
             }
@@ -806,9 +821,7 @@ impl Writer {
             revision,
             high_water: self.clock.high_water(),
         };
-        self.storage
-            .commit(&commit)
-            .map_err(|e| Error::Storage(e.to_string()))?;
+        self.storage.commit(&commit)?;
         self.revision = revision;
         let mut st = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
         st.store = Store::new();
@@ -886,8 +899,9 @@ impl Writer {
     }
 }
 
-/// The sync thread: syncs the log once for the groups it finds queued (one, unless the writer
-/// had more than a full group), then applies them in order and answers their requests.
+/// The sync thread: syncs the log for the groups it finds queued (one, unless the writer had
+/// more than a full group), each up to its own record, then applies those that are durable in
+/// order and answers their requests.
 fn sync_loop(inner: &Inner, rx: std::sync::mpsc::Receiver<Synced>) {
     /// However this thread ends (a panic included), the writer must not wait for it: its
     /// sends then fail, and their callers see `ShuttingDown`.
@@ -905,20 +919,9 @@ fn sync_loop(inner: &Inner, rx: std::sync::mpsc::Receiver<Synced>) {
         batch.push(first);
         batch.extend(rx.try_iter());
         let t0 = Instant::now();
-        let mut synced = Ok(());
-        // Every group in the batch was appended before it was sent, so one sync per segment
-        // (the last group's) covers them all.
-        for (i, s) in batch.iter().enumerate() {
-            let last_in_segment = batch
-                .get(i + 1)
-                .is_none_or(|next: &Synced| !next.sync.same_segment(&s.sync));
-            if last_in_segment {
-                if let Err(e) = s.sync.sync() {
-                    synced = Err(e);
-                    break;
-                }
-            }
-        }
+        // Each group's sync writes its own record and nothing after it, so a failure leaves
+        // the groups before it durable and nothing of those after it written (with direct I/O).
+        let synced: Vec<Result<(), storage::Error>> = batch.iter().map(|s| s.sync.sync()).collect();
         let last_seq = batch.last().map_or(0, |s| s.seq);
         // The writer plans the next group while this one is applied and answered.
         inner.synced.set(last_seq);
@@ -933,26 +936,26 @@ fn sync_loop(inner: &Inner, rx: std::sync::mpsc::Receiver<Synced>) {
         stats.commits.fetch_add(1, Relaxed);
         stats.committed_requests.fetch_add(requests as u64, Relaxed);
         let mut replies = Vec::with_capacity(requests);
-        match synced {
-            Ok(()) => {
-                let feed = inner.changes.receiver_count() > 0;
-                let mut st = inner.state.write().unwrap_or_else(|e| e.into_inner());
-                for s in batch.drain(..) {
+        let feed = inner.changes.receiver_count() > 0;
+        let mut st = inner.state.write().unwrap_or_else(|e| e.into_inner());
+        for (s, result) in batch.drain(..).zip(synced) {
+            match result {
+                Ok(()) => {
                     for p in s.planned {
                         apply(inner, &mut st, p, feed, &mut replies);
                     }
                     st.revision = s.last_revision;
                 }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "group commit failed; its writes are refused");
-                for s in batch.drain(..) {
+                Err(e) => {
+                    tracing::error!(error = %e, "group commit failed; its writes are refused");
+                    let e = Error::from(e);
                     for p in s.planned {
-                        replies.push((p.origin, Err(Error::Storage(e.to_string()))));
+                        replies.push((p.origin, Err(e.clone())));
                     }
                 }
             }
         }
+        drop(st);
         inner.applied.set(last_seq);
         for (origin, result) in replies {
             origin.answer(result);

@@ -136,7 +136,9 @@ pub fn db_error(e: db::Error) -> Error {
         db::Error::NotFound(_) => ErrorKind::NotFound,
         db::Error::PreconditionFailed { .. } | db::Error::AlreadyExists(_) => ErrorKind::Conflict,
         db::Error::Overlap(..) => ErrorKind::Invalid,
-        db::Error::Storage(_) | db::Error::ShuttingDown => ErrorKind::Unavailable,
+        db::Error::Storage(_) | db::Error::StorageUnknown(_) | db::Error::ShuttingDown => {
+            ErrorKind::Unavailable
+        }
     };
     Error::new(kind, e.to_string())
 }

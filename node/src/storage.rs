@@ -14,7 +14,15 @@
 //!
 //! A failed log write or sync stops all later commits (fail-stop): after a failed `fsync` the
 //! kernel may have dropped the pages, and the only trustworthy state is the one a restart
-//! recovers from disk. Knows nothing of the merge rule, tasks or HTTP: it stores what it is given.
+//! recovers from disk. A failure says whether the commit may have reached the disk
+//! ([`Error::outcome_unknown`]): a refused write must leave no trace.
+//!
+//! A load refuses, naming the file, whatever would silently drop an acknowledged commit: a bad
+//! log record that is not a torn tail (a whole record follows it, in its segment or a later
+//! one), a gap in the log's sequence numbers, or a redb file that no longer meets the log
+//! (rolled back, replaced, emptied or deleted: redb records the first log segment it does not
+//! cover, and the segments before it are deleted only after that is durable). Knows nothing of
+//! the merge rule, tasks or HTTP: it stores what it is given.
 
 mod wal;
 
@@ -33,6 +41,8 @@ const REGISTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("registers"
 const META_KEY: &str = "\0meta";
 /// The last log record that redb holds (little-endian u64).
 const LSN_KEY: &str = "\0lsn";
+/// The first log segment redb does not cover (little-endian u64): every older one may be gone.
+const WAL_NEXT_KEY: &str = "\0walnext";
 /// A checkpoint starts once the dirty registers take about this much memory (keys, encoded
 /// registers and [`DIRTY_ENTRY_BYTES`] each): this bounds the memory they hold...
 pub const CHECKPOINT_DIRTY_BYTES: u64 = 32 << 20;
@@ -67,8 +77,33 @@ pub enum Error {
     Log(#[from] wal::Error),
     #[error("write-ahead log record {lsn} is malformed: {why}")]
     BadRecord { lsn: u64, why: &'static str },
-    #[error("storage stopped after an earlier write-ahead log failure ({0}); restart the node to recover what was acknowledged")]
-    Stopped(String),
+    #[error("write-ahead log segment {path} is damaged at byte {offset}, and acknowledged records follow it ({after}); refusing to start rather than drop them. Restore the data directory from a backup, or move it aside and let the node resync from its peers")]
+    Damaged {
+        path: String,
+        offset: u64,
+        after: String,
+    },
+    #[error("{0}; refusing to start rather than serve without acknowledged writes. Restore the data directory from a backup, or move it aside and let the node resync from its peers")]
+    Gap(String),
+    #[error("storage stopped after an earlier write-ahead log failure ({why}); restart the node to recover what was acknowledged")]
+    Stopped {
+        why: String,
+        /// The commit was handed to the kernel before the failure (buffered log): it may reach
+        /// the disk.
+        appended: bool,
+    },
+}
+
+impl Error {
+    /// True if the commit that failed may be durable all the same: its own log write or sync
+    /// failed, or it sits in the page cache of a buffered log. Otherwise nothing of it was
+    /// written.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            Error::Log(wal::Error::Unsynced { .. }) | Error::Stopped { appended: true, .. }
+        )
+    }
 }
 
 fn read_err(e: impl std::fmt::Display) -> Error {
@@ -104,6 +139,8 @@ type Dirty = HashMap<Box<str>, Option<Box<[u8]>>, foldhash::fast::RandomState>;
 /// The open database and its log.
 pub struct Storage {
     db: Arc<Database>,
+    /// The database file, for messages.
+    path: PathBuf,
     wal_dir: PathBuf,
     /// The segment being appended to; `None` until [`Storage::load`].
     log: Option<wal::Writer>,
@@ -129,18 +166,21 @@ impl Storage {
     /// `store.wal/`). `cache_bytes` bounds redb's page cache: the store keeps its own in-memory
     /// copy, so the cache only needs to hold the B-tree's upper levels.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Storage, Error> {
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(path)
-            .map_err(|source| Error::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
+        // redb panics on some damaged files (one cut short, for one): a clean error instead.
+        let db = std::panic::catch_unwind(|| {
+            Database::builder().set_cache_size(cache_bytes).create(path)
+        })
+        .map_err(|panic| Error::Read(damaged(path, &panic)))?
+        .map_err(|source| Error::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
         let wal_dir = path.with_extension("wal");
         std::fs::create_dir_all(&wal_dir)
             .map_err(|e| Error::Read(format!("cannot create {}: {e}", wal_dir.display())))?;
         Ok(Storage {
             db: Arc::new(db),
+            path: path.to_path_buf(),
             wal_dir,
             log: None,
             dirty: Dirty::default(),
@@ -163,42 +203,64 @@ impl Storage {
         if self.log.is_some() {
             return Err(Error::Read("the store is loaded already".into()));
         }
-        let tx = self.db.begin_read().map_err(read_err)?;
-        let mut registers = Vec::new();
-        let (mut revision, mut high_water, mut lsn) = (0, Version::ZERO, 0);
-        match tx.open_table(REGISTERS) {
-            Ok(table) => {
-                registers.reserve(table.len().map_err(read_err)? as usize);
-                for row in table.iter().map_err(read_err)? {
-                    let (k, v) = row.map_err(read_err)?;
-                    match k.value() {
-                        META_KEY => (revision, high_water) = decode_meta(v.value())?,
-                        LSN_KEY => lsn = decode_lsn(v.value())?,
-                        key => {
-                            let reg =
-                                Register::decode(v.value()).map_err(|source| Error::Corrupt {
-                                    key: key.replace('\0', "/"),
-                                    source,
-                                })?;
-                            registers.push((Box::<str>::from(key), reg));
-                        }
-                    }
-                }
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(read_err(e)),
-        }
-        drop(tx);
+        let db = self.db.clone();
+        // After a panic the database is not used again: the load fails and it is dropped.
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_redb(&db)))
+            .map_err(|panic| Error::Read(damaged(&self.path, &panic)))??;
+        let Redb {
+            mut registers,
+            mut revision,
+            mut high_water,
+            mut lsn,
+            wal_next,
+        } = read;
+        let redb_lsn = lsn;
 
         let segments = wal::segments(&self.wal_dir)?;
+        // Segments before `wal_next` were deleted once redb covered them: if the oldest one
+        // left is later, redb is older than the checkpoint that deleted them.
+        // A new redb file meets only a log that starts at segment 1; one written before
+        // `wal_next` was recorded is not checked.
+        let floor = wal_next.or((redb_lsn == 0).then_some(1));
+        if let (Some((oldest, path)), Some(next)) = (segments.first(), floor) {
+            if *oldest > next {
+                let why = if wal_next.is_some() {
+                    "it was rolled back, replaced or damaged"
+                } else {
+                    "it is new or empty: deleted, emptied or replaced"
+                };
+                return Err(Error::Gap(format!(
+                    "{} covers the write-ahead log up to segment {next}, but the oldest segment \
+                     left is {} ({why})",
+                    self.path.display(),
+                    path.display()
+                )));
+            }
+        }
         let (mut replayed, mut replayed_bytes) = (0u64, 0u64);
         let (dirty, dirty_bytes) = (&mut self.dirty, &mut self.dirty_bytes);
-        for (i, (_, path)) in segments.iter().enumerate() {
-            let last = i + 1 == segments.len();
-            let end = wal::read_segment(path, last, |payload| {
+        // A bad record ends the log only as a torn tail: nothing whole may follow it.
+        let mut torn: Option<(&Path, wal::End)> = None;
+        for (_, path) in &segments {
+            let end = wal::read_segment(path, |payload| {
                 let rec = Record::decode(payload)?;
+                if let Some((torn_path, end)) = &torn {
+                    return Err(Error::Damaged {
+                        path: torn_path.display().to_string(),
+                        offset: end.valid,
+                        after: format!("record {} in {}", rec.lsn, path.display()),
+                    });
+                }
                 if rec.lsn <= lsn {
                     return Ok::<_, Error>(()); // in redb already
+                }
+                if rec.lsn != lsn + 1 {
+                    return Err(Error::Gap(format!(
+                        "the write-ahead log jumps from record {lsn} to record {} in {} \
+                         (records, a segment or the database file's last checkpoint are missing)",
+                        rec.lsn,
+                        path.display()
+                    )));
                 }
                 rec.for_each(|key, value| {
                     set_dirty(dirty, dirty_bytes, key, value);
@@ -209,16 +271,35 @@ impl Storage {
                 replayed_bytes += wal::record_len(payload.len()) as u64;
                 Ok(())
             })?;
-            if end.dropped > 0 {
-                tracing::warn!(
-                    segment = %path.display(),
-                    bytes = end.dropped,
-                    "the write-ahead log ends in a torn record (a write cut off by a crash, \
-                     never acknowledged); dropped it"
-                );
-                // New writes go to a new segment, after which this one must read clean.
-                wal::truncate(path, end.valid)?;
+            if end.dropped == 0 {
+                continue;
             }
+            if let Some(resumes) = end.resumes {
+                return Err(Error::Damaged {
+                    path: path.display().to_string(),
+                    offset: end.valid,
+                    after: format!("a whole record at byte {resumes}"),
+                });
+            }
+            if let Some((torn_path, end)) = &torn {
+                return Err(Error::Damaged {
+                    path: torn_path.display().to_string(),
+                    offset: end.valid,
+                    after: format!("bytes that are not zero-fill in {}", path.display()),
+                });
+            }
+            torn = Some((path, end));
+        }
+        if let Some((path, end)) = torn {
+            tracing::warn!(
+                segment = %path.display(),
+                offset = end.valid,
+                bytes = end.dropped,
+                "the write-ahead log ends in a torn record (a write cut off by a crash, \
+                 never acknowledged); dropped it"
+            );
+            // New writes go to a new segment, after which this one must read clean.
+            wal::truncate(path, end.valid)?;
         }
         if replayed > 0 {
             registers.retain(|(k, _)| !self.dirty.contains_key(k));
@@ -239,12 +320,26 @@ impl Storage {
             self.dirty_log_bytes = replayed_bytes;
             self.dirty_since = Some(Instant::now());
         }
-        // Replayed segments stay until the first checkpoint covers them; segments with nothing
-        // to replay are covered by redb already.
-        let next = segments.last().map_or(1, |(seq, _)| seq + 1);
+        let next = segments
+            .last()
+            .map_or(1, |(seq, _)| seq + 1)
+            .max(wal_next.unwrap_or(1));
         if replayed == 0 {
+            // Segments with nothing to replay are covered by redb already: say so in redb
+            // before deleting them, so the next load finds redb meeting the log.
+            write_checkpoint(
+                &self.db,
+                &Job {
+                    entries: Dirty::default(),
+                    lsn,
+                    revision,
+                    high_water,
+                    upto: next - 1,
+                },
+            )?;
             wal::remove_upto(&self.wal_dir, next - 1)?;
         }
+        // Replayed segments stay until the first checkpoint covers them.
         let log = wal::Writer::create(&self.wal_dir, next)?;
         if !log.direct() {
             tracing::info!(
@@ -273,7 +368,10 @@ impl Storage {
     /// durable in order: a sync covers everything appended before it.
     pub fn append(&mut self, c: &Commit<'_>) -> Result<LogSync, Error> {
         if let Some(why) = self.stopped.get() {
-            return Err(Error::Stopped(why.clone()));
+            return Err(Error::Stopped {
+                why: why.clone(),
+                appended: false,
+            });
         }
         let Some(log) = self.log.as_mut() else {
             return Err(Error::Commit("the store was not loaded".into()));
@@ -377,10 +475,13 @@ pub struct LogSync {
 }
 
 impl LogSync {
-    /// Syncs the log segment this commit went to. A failure stops the storage for good.
+    /// Syncs the log up to this commit. A failure stops the storage for good.
     pub fn sync(&self) -> Result<(), Error> {
         if let Some(why) = self.stopped.get() {
-            return Err(Error::Stopped(why.clone()));
+            return Err(Error::Stopped {
+                why: why.clone(),
+                appended: !self.segment.direct(),
+            });
         }
         self.segment.sync().map_err(|e| {
             let e = Error::from(e);
@@ -388,11 +489,6 @@ impl LogSync {
             let _ = self.stopped.set(e.to_string());
             e
         })
-    }
-
-    /// True if syncing one of the two also syncs the other's commit.
-    pub fn same_segment(&self, other: &LogSync) -> bool {
-        self.segment.same(&other.segment)
     }
 }
 
@@ -499,8 +595,68 @@ fn write_checkpoint(db: &Database, job: &Job) -> Result<(), Error> {
         .map_err(commit_err)?;
         regs.insert(LSN_KEY, job.lsn.to_le_bytes().as_slice())
             .map_err(commit_err)?;
+        regs.insert(WAL_NEXT_KEY, (job.upto + 1).to_le_bytes().as_slice())
+            .map_err(commit_err)?;
     }
     tx.commit().map_err(commit_err)
+}
+
+/// What redb holds.
+struct Redb {
+    registers: Vec<(Box<str>, Register)>,
+    revision: u64,
+    high_water: Version,
+    lsn: u64,
+    /// `None` in a new file, or one written before this was recorded.
+    wal_next: Option<u64>,
+}
+
+fn read_redb(db: &Database) -> Result<Redb, Error> {
+    let tx = db.begin_read().map_err(read_err)?;
+    let mut r = Redb {
+        registers: Vec::new(),
+        revision: 0,
+        high_water: Version::ZERO,
+        lsn: 0,
+        wal_next: None,
+    };
+    match tx.open_table(REGISTERS) {
+        Ok(table) => {
+            r.registers.reserve(table.len().map_err(read_err)? as usize);
+            for row in table.iter().map_err(read_err)? {
+                let (k, v) = row.map_err(read_err)?;
+                match k.value() {
+                    META_KEY => (r.revision, r.high_water) = decode_meta(v.value())?,
+                    LSN_KEY => r.lsn = decode_u64(v.value(), "log position")?,
+                    WAL_NEXT_KEY => r.wal_next = Some(decode_u64(v.value(), "next segment")?),
+                    key => {
+                        let reg = Register::decode(v.value()).map_err(|source| Error::Corrupt {
+                            key: key.replace('\0', "/"),
+                            source,
+                        })?;
+                        r.registers.push((Box::<str>::from(key), reg));
+                    }
+                }
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(read_err(e)),
+    }
+    Ok(r)
+}
+
+/// The message for a panic inside redb while it read `path`.
+fn damaged(path: &Path, panic: &Box<dyn std::any::Any + Send>) -> String {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    format!(
+        "{} is damaged (redb failed reading it: {what}); restore the data directory from a \
+         backup, or move it aside and let the node resync from its peers",
+        path.display()
+    )
 }
 
 /// One log record: a group commit.
@@ -610,10 +766,10 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-fn decode_lsn(b: &[u8]) -> Result<u64, Error> {
+fn decode_u64(b: &[u8], what: &str) -> Result<u64, Error> {
     b.try_into()
         .map(u64::from_le_bytes)
-        .map_err(|_| Error::Read("the log position record has the wrong size".into()))
+        .map_err(|_| Error::Read(format!("the {what} record has the wrong size")))
 }
 
 /// The counters: revision, then the clock's high-water mark (millis, counter, node).
@@ -875,6 +1031,180 @@ mod tests {
         assert_eq!(s.dirty_bytes, 1 + DIRTY_ENTRY_BYTES);
     }
 
+    /// Commits `n` single-key records, `k0`..; returns the registers written.
+    fn put_many(s: &mut Storage, from: u64, n: u64) -> Vec<Register> {
+        (from..from + n)
+            .map(|i| {
+                let r = leaf(&format!("\"value {i}\""), i + 1);
+                put(s, &format!("k{i}"), &r, i + 1);
+                r
+            })
+            .collect()
+    }
+
+    /// Waits until the checkpoint thread has deleted every segment but the newest.
+    fn await_checkpoint(s: &Storage) {
+        let t0 = Instant::now();
+        while wal::segments(&s.wal_dir).unwrap().len() > 1 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "checkpoint never finished"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn load_err(file: &Path) -> Error {
+        match Storage::open(file, 1 << 20).and_then(|mut s| s.load().map(drop)) {
+            Ok(()) => panic!("{} loaded", file.display()),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn damage_inside_the_log_refuses_the_load_and_keeps_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Storage::open(&dir.path().join("store.redb"), 1 << 20).unwrap();
+        s.load().unwrap();
+        put_many(&mut s, 0, 200);
+        let image = tempfile::tempdir().unwrap();
+        let copy = crash_image(dir.path(), image.path());
+        let segs = wal::segments(&image.path().join("store.wal")).unwrap();
+        let seg = &segs.last().unwrap().1;
+        let whole = std::fs::read(seg).unwrap();
+        let middle = whole.iter().rposition(|&b| b != 0).unwrap() / 2;
+        // One flipped bit, 64 bytes of garbage, 400 zeros: acknowledged records follow each.
+        let flip = |b: &mut Vec<u8>| b[middle] ^= 1;
+        let garbage = |b: &mut Vec<u8>| b[middle..middle + 64].fill(0xa5);
+        let zeros = |b: &mut Vec<u8>| b[middle..middle + 400].fill(0);
+        for damage in [&flip as &dyn Fn(&mut Vec<u8>), &garbage, &zeros] {
+            let mut bad = whole.clone();
+            damage(&mut bad);
+            std::fs::write(seg, &bad).unwrap();
+            let e = load_err(&copy);
+            assert!(matches!(e, Error::Damaged { .. }), "{e}");
+            assert!(e.to_string().contains(&seg.display().to_string()), "{e}");
+            assert_eq!(
+                std::fs::read(seg).unwrap(),
+                bad,
+                "the file is left as it was"
+            );
+        }
+        // A torn tail (the last record cut short) is still dropped.
+        let last = whole.iter().rposition(|&b| b != 0).unwrap();
+        let mut torn = whole.clone();
+        torn[last - 20..].fill(0);
+        std::fs::write(seg, &torn).unwrap();
+        let mut r = Storage::open(&copy, 1 << 20).unwrap();
+        assert_eq!(r.load().unwrap().registers.len(), 199);
+    }
+
+    #[test]
+    fn a_damaged_later_segment_after_a_torn_one_refuses_the_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Storage::open(&dir.path().join("store.redb"), 1 << 20).unwrap();
+        s.load().unwrap();
+        put_many(&mut s, 0, 3);
+        let image = tempfile::tempdir().unwrap();
+        let copy = crash_image(dir.path(), image.path());
+        let wal_dir = image.path().join("store.wal");
+        let first = wal::segments(&wal_dir).unwrap()[0].1.clone();
+        let mut bytes = std::fs::read(&first).unwrap();
+        // The last record is bad, so no whole record follows it in its own segment...
+        let last = bytes.iter().rposition(|&b| b != 0).unwrap();
+        bytes[last - 4] ^= 1;
+        std::fs::write(&first, &bytes).unwrap();
+        // ...but a later segment holds whole records: the bad one is not a torn tail.
+        let later = wal_dir.join(format!("{:020}.log", 2));
+        let rec = std::fs::read(
+            wal::segments(&dir.path().join("store.wal")).unwrap()[0]
+                .1
+                .clone(),
+        )
+        .unwrap();
+        std::fs::write(&later, &rec).unwrap();
+        assert!(matches!(load_err(&copy), Error::Damaged { .. }));
+        // An empty (zero-filled) later segment is what a crash just after a rotation leaves.
+        std::fs::write(&later, vec![0u8; 4096]).unwrap();
+        let mut r = Storage::open(&copy, 1 << 20).unwrap();
+        assert_eq!(r.load().unwrap().registers.len(), 2);
+    }
+
+    #[test]
+    fn a_database_file_that_no_longer_meets_the_log_refuses_the_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("store.redb");
+        let mut s = Storage::open(&file, 1 << 20).unwrap();
+        s.load().unwrap();
+        put_many(&mut s, 0, 200);
+        s.checkpoint();
+        await_checkpoint(&s);
+        // redb as of the first checkpoint, to put back later.
+        let older = tempfile::tempdir().unwrap();
+        crash_image(dir.path(), older.path());
+        put_many(&mut s, 200, 10);
+        s.checkpoint();
+        await_checkpoint(&s);
+        put_many(&mut s, 210, 5);
+        let image = tempfile::tempdir().unwrap();
+        let copy = crash_image(dir.path(), image.path());
+        assert_eq!(
+            Storage::open(&copy, 1 << 20)
+                .unwrap()
+                .load()
+                .unwrap()
+                .registers
+                .len(),
+            215
+        );
+
+        let check = |what: &str, change: &dyn Fn(&Path)| {
+            let t = tempfile::tempdir().unwrap();
+            let f = crash_image(image.path(), t.path());
+            change(&f);
+            let e = load_err(&f);
+            assert!(
+                matches!(e, Error::Gap(_)) && e.to_string().contains("store.redb"),
+                "{what}: {e}"
+            );
+        };
+        check("deleted", &|f| std::fs::remove_file(f).unwrap());
+        let t = tempfile::tempdir().unwrap();
+        let f = crash_image(image.path(), t.path());
+        std::fs::write(&f, b"").unwrap();
+        let e = load_err(&f);
+        assert!(e.to_string().contains("store.redb"), "emptied: {e}");
+        check("rolled back", &|f| {
+            std::fs::copy(older.path().join("store.redb"), f).unwrap();
+        });
+        // Cut in half: redb may panic reading it; that is an error too, not a crash.
+        let t = tempfile::tempdir().unwrap();
+        let f = crash_image(image.path(), t.path());
+        let len = std::fs::metadata(&f).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        let e = load_err(&f);
+        assert!(e.to_string().contains("store.redb"), "{e}");
+
+        // After a clean shutdown only an empty segment is left: redb still has to meet it.
+        drop(s);
+        let restarted = Storage::open(&file, 1 << 20).unwrap().load().unwrap();
+        assert_eq!(restarted.registers.len(), 215);
+        let t = tempfile::tempdir().unwrap();
+        let f = crash_image(dir.path(), t.path());
+        std::fs::remove_file(&f).unwrap();
+        assert!(matches!(load_err(&f), Error::Gap(_)));
+        // Restarts with nothing to replay keep redb and the log in step.
+        for _ in 0..3 {
+            let mut r = Storage::open(&file, 1 << 20).unwrap();
+            assert_eq!(r.load().unwrap().registers.len(), 215);
+        }
+    }
+
     #[test]
     fn a_failed_log_stops_every_later_commit() {
         let dir = tempfile::tempdir().unwrap();
@@ -891,5 +1221,6 @@ mod tests {
             })
             .unwrap_err();
         assert!(err.to_string().contains("disk on fire"), "{err}");
+        assert!(!err.outcome_unknown(), "nothing of it was written");
     }
 }

@@ -14,10 +14,15 @@
 //! - **Buffered** (elsewhere, e.g. tmpfs): records are appended with `write` and synced with
 //!   `fdatasync`.
 //!
-//! Only the segment being written when a crash happens can end in a torn record: reading stops
-//! there and drops the tail, which was never acknowledged. A bad record anywhere else is
-//! corruption and refuses the load. Knows nothing of what the payload means (see `storage` for
-//! that).
+//! A sync writes the records up to the one it was asked for and nothing after it, and a direct
+//! sync that needs more zeroed file zero-fills it with a write of its own first, so a sync that
+//! fails for want of space has written nothing of its record ([`Error::Io`]); only a failure of
+//! the record's own write leaves its outcome unknown ([`Error::Unsynced`]).
+//!
+//! So a crash can tear only the last record written, and what follows a torn record is zeros or
+//! pieces of that record: reading stops at the first bad record and reports where, and whether
+//! a whole record follows it (which a crash cannot explain: that is damage). Whether a bad
+//! record is a torn tail is for `storage` to decide. Knows nothing of what the payload means.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -46,10 +51,12 @@ const KEEP_BUFFER: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Nothing of the record being written reached the file.
     #[error("write-ahead log {path}: {source}")]
     Io { path: String, source: io::Error },
-    #[error("write-ahead log segment {path} is corrupt at byte {offset} (it is not the last segment, so this is not a torn write)")]
-    Corrupt { path: String, offset: usize },
+    /// The record's own write or sync failed: it may or may not be on the disk.
+    #[error("write-ahead log {path}: {source} (the record may or may not have reached the disk)")]
+    Unsynced { path: String, source: io::Error },
     #[error("write-ahead log record of {0} bytes: records hold 1 byte to 1 GiB")]
     BadSize(usize),
 }
@@ -87,18 +94,32 @@ fn segment_path(dir: &Path, seq: u64) -> PathBuf {
 /// What reading a segment found after its whole records.
 #[derive(Debug, PartialEq, Eq)]
 pub struct End {
-    /// Bytes of whole records, from the start of the file.
+    /// Bytes of whole records, from the start of the file: where the first bad record starts,
+    /// if there is one.
     pub valid: u64,
-    /// Bytes after them that are not zero-fill: a torn record (only in the last segment).
+    /// Bytes after them that are not zero-fill: a bad record and whatever follows it.
     pub dropped: usize,
+    /// Where the first whole record after the bad one starts, if one does: a crash tears only
+    /// the last record written, so this means the segment was damaged, not torn.
+    pub resumes: Option<u64>,
 }
 
-/// Calls `f` with each whole record's payload in `path`, in order. Zeros after the last record
-/// are the zero-filled stretch ahead of the log's end. A torn or corrupt record ends the segment
-/// when `last` is true (the bytes after it are reported as dropped) and is an error otherwise.
+/// The payload's length if a whole record (plausible length, matching checksum) starts at `at`.
+fn whole_record(data: &[u8], at: usize) -> Option<usize> {
+    let h = data.get(at..at + HEADER)?;
+    let len = u32::from_le_bytes(h[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(h[4..].try_into().expect("4 bytes"));
+    (len > 0
+        && len <= MAX_RECORD
+        && data.len() - at >= HEADER + len
+        && crc32fast::hash(&data[at + HEADER..at + HEADER + len]) == crc)
+        .then_some(len)
+}
+
+/// Calls `f` with each whole record's payload in `path`, in order, up to the first bad record.
+/// Zeros after the last record are the zero-filled stretch ahead of the log's end.
 pub fn read_segment<E: From<Error>>(
     path: &Path,
-    last: bool,
     mut f: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<End, E> {
     let data = fs::read(path).map_err(io_err(path))?;
@@ -106,32 +127,16 @@ pub fn read_segment<E: From<Error>>(
     let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
     let mut at = 0;
     while at < end {
-        // The payload's length if a whole record starts here.
-        let whole = data
-            .get(at..at + HEADER)
-            .map(|h| {
-                let len = u32::from_le_bytes(h[..4].try_into().expect("4 bytes")) as usize;
-                let crc = u32::from_le_bytes(h[4..].try_into().expect("4 bytes"));
-                (len, crc)
-            })
-            .filter(|&(len, crc)| {
-                len > 0
-                    && len <= MAX_RECORD
-                    && data.len() - at >= HEADER + len
-                    && crc32fast::hash(&data[at + HEADER..at + HEADER + len]) == crc
+        let Some(len) = whole_record(&data, at) else {
+            // Slow, but only on a bad record: look at every later offset for a whole record.
+            let resumes = (at + 1..end)
+                .find(|&i| whole_record(&data, i).is_some())
+                .map(|i| i as u64);
+            return Ok(End {
+                valid: at as u64,
+                dropped: end - at,
+                resumes,
             });
-        let Some((len, _)) = whole else {
-            if last {
-                return Ok(End {
-                    valid: at as u64,
-                    dropped: end - at,
-                });
-            }
-            return Err(Error::Corrupt {
-                path: path.display().to_string(),
-                offset: at,
-            }
-            .into());
         };
         f(&data[at + HEADER..at + HEADER + len])?;
         at += HEADER + len;
@@ -139,6 +144,7 @@ pub fn read_segment<E: From<Error>>(
     Ok(End {
         valid: at as u64,
         dropped: 0,
+        resumes: None,
     })
 }
 
@@ -206,51 +212,70 @@ fn blocks(len: u64) -> u64 {
 }
 
 impl Log {
-    fn sync(&self) -> Result<(), Error> {
+    /// Makes the records up to byte `upto` of the segment durable, and nothing after them.
+    fn sync(&self, upto: u64) -> Result<(), Error> {
         let Some(d) = &self.direct else {
-            return self.file.sync_data().map_err(io_err(&self.path));
+            return self.file.sync_data().map_err(unsynced(&self.path));
         };
         let mut io = lock(&d.io);
         let Io { buf, zeroed } = &mut *io;
-        let (start, at, total) = {
-            let mut t = lock(&d.tail);
-            if t.bytes.len() == t.synced {
+        // Only a sync drains the tail, and syncs hold `io`: `start` and the bytes up to `upto`
+        // stay as they are while the writer appends after them.
+        let (start, len) = {
+            let t = lock(&d.tail);
+            if upto <= t.start + t.synced as u64 {
                 return Ok(());
             }
-            let len = t.bytes.len();
-            let end = t.start + blocks(len as u64);
-            // Past the zeroed stretch, this write zero-fills the next one too.
-            let upto = if end > *zeroed {
-                blocks(end.max(*zeroed + (*zeroed).clamp(ZERO_FIRST, ZERO_STEP_MAX)))
-            } else {
-                end
-            };
-            let total = (upto - t.start) as usize;
-            if buf.len() < total + BLOCK {
-                *buf = vec![0; total + BLOCK];
-            }
-            let at = buf.as_ptr().align_offset(BLOCK);
-            buf[at..at + len].copy_from_slice(&t.bytes);
-            buf[at + len..at + total].fill(0);
-            let start = t.start;
-            // Whole blocks are done with; the last, partial one is written again next time.
-            let full = len / BLOCK * BLOCK;
-            t.bytes.drain(..full);
-            if t.bytes.capacity() > KEEP_BUFFER {
-                t.bytes.shrink_to(2 * BLOCK);
-            }
-            t.start += full as u64;
-            t.synced = t.bytes.len();
-            (start, at, total)
+            (t.start, (upto - t.start) as usize)
         };
+        let end = start + blocks(len as u64);
+        if end > *zeroed {
+            // Zero-fill ahead with a write of its own: if the file system is out of space, this
+            // write fails and nothing of the record has been written.
+            let upto = blocks(end.max(*zeroed + (*zeroed).clamp(ZERO_FIRST, ZERO_STEP_MAX)));
+            let n = (upto - *zeroed) as usize;
+            let at = aligned(buf, n);
+            buf[at..at + n].fill(0);
+            self.file
+                .write_all_at(&buf[at..at + n], *zeroed)
+                .map_err(io_err(&self.path))?;
+            *zeroed = upto;
+        }
+        let total = (end - start) as usize;
+        let at = aligned(buf, total);
+        buf[at..at + len].copy_from_slice(&lock(&d.tail).bytes[..len]);
+        buf[at + len..at + total].fill(0);
         self.file
             .write_all_at(&buf[at..at + total], start)
-            .map_err(io_err(&self.path))?;
-        *zeroed = (*zeroed).max(start + total as u64);
+            .map_err(unsynced(&self.path))?;
         if buf.len() > KEEP_BUFFER {
             *buf = Vec::new();
         }
+        let mut t = lock(&d.tail);
+        // Whole blocks are done with; the last, partial one is written again next time.
+        let full = len / BLOCK * BLOCK;
+        t.bytes.drain(..full);
+        if t.bytes.capacity() > KEEP_BUFFER {
+            t.bytes.shrink_to(2 * BLOCK);
+        }
+        t.start += full as u64;
+        t.synced = len - full;
         Ok(())
+    }
+}
+
+/// Grows `buf` to hold `n` bytes from a block-aligned offset, and returns that offset.
+fn aligned(buf: &mut Vec<u8>, n: usize) -> usize {
+    if buf.len() < n + BLOCK {
+        *buf = vec![0; n + BLOCK];
+    }
+    buf.as_ptr().align_offset(BLOCK)
+}
+
+fn unsynced(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |source| Error::Unsynced {
+        path: path.display().to_string(),
+        source,
     }
 }
 
@@ -263,6 +288,8 @@ pub struct Writer {
     try_direct: bool,
     /// Scratch for framing a record on the buffered path.
     frame: Vec<u8>,
+    /// Bytes appended to this segment.
+    len: u64,
 }
 
 impl Writer {
@@ -316,6 +343,7 @@ impl Writer {
             seq,
             try_direct,
             frame: Vec::new(),
+            len: 0,
         })
     }
 
@@ -329,8 +357,8 @@ impl Writer {
         self.log.direct.is_some()
     }
 
-    /// Appends one record, framing `payload`; [`Segment::sync`] makes it durable. Returns the
-    /// record's size in the log.
+    /// Appends one record, framing `payload`; the [`Segment`] returned by [`Writer::segment`]
+    /// after it makes it durable. Returns the record's size in the log.
     pub fn append(&mut self, payload: &[u8]) -> Result<usize, Error> {
         if payload.is_empty() || payload.len() > MAX_RECORD {
             return Err(Error::BadSize(payload.len()));
@@ -349,13 +377,15 @@ impl Writer {
                 .write_all(&self.frame)
                 .map_err(io_err(&self.log.path))?;
         }
+        self.len += record_len(payload.len()) as u64;
         Ok(record_len(payload.len()))
     }
 
-    /// A handle that syncs what has been appended to this segment so far (and later).
+    /// A handle that syncs what has been appended to this segment so far, and nothing later.
     pub fn segment(&self) -> Segment {
         Segment {
             log: self.log.clone(),
+            upto: self.len,
         }
     }
 
@@ -391,21 +421,27 @@ fn open_direct(path: &Path) -> Result<Option<(File, u64)>, Error> {
     }
 }
 
-/// A segment to sync, possibly from another thread than the one appending.
+/// The records of a segment up to some point, to sync, possibly from another thread than the
+/// one appending.
 #[derive(Clone)]
 pub struct Segment {
     log: Arc<Log>,
+    /// The end of the last record this handle syncs.
+    upto: u64,
 }
 
 impl Segment {
-    /// Makes everything appended to the segment so far durable.
+    /// Makes the records up to this handle's point durable (with buffered I/O, everything
+    /// appended so far).
     pub fn sync(&self) -> Result<(), Error> {
-        self.log.sync()
+        self.log.sync(self.upto)
     }
 
-    /// True if both handles sync the same segment.
-    pub fn same(&self, other: &Segment) -> bool {
-        Arc::ptr_eq(&self.log, &other.log)
+    /// True if the segment is written with direct I/O: records after this handle's point are
+    /// then only in memory until their own sync, while buffered ones are in the page cache and
+    /// may reach the disk whatever happens to their sync.
+    pub fn direct(&self) -> bool {
+        self.log.direct.is_some()
     }
 }
 
@@ -413,9 +449,9 @@ impl Segment {
 mod tests {
     use super::*;
 
-    fn read_all(path: &Path, last: bool) -> Result<(Vec<Vec<u8>>, End), Error> {
+    fn read_all(path: &Path) -> Result<(Vec<Vec<u8>>, End), Error> {
         let mut out = Vec::new();
-        let end = read_segment(path, last, |p| {
+        let end = read_segment(path, |p| {
             out.push(p.to_vec());
             Ok::<_, Error>(())
         })?;
@@ -431,7 +467,7 @@ mod tests {
     }
 
     #[test]
-    fn records_round_trip_and_a_torn_tail_is_dropped_only_from_the_last_segment() {
+    fn records_round_trip_and_a_bad_record_is_torn_only_if_no_whole_record_follows() {
         for direct in [true, false] {
             let dir = disk_dir();
             let mut w = Writer::create_as(dir.path(), 1, direct).unwrap();
@@ -455,13 +491,14 @@ mod tests {
             w.append(b"two").unwrap();
             let segs = segments(dir.path()).unwrap();
             assert_eq!(segs.iter().map(|s| s.0).collect::<Vec<_>>(), vec![1, 2]);
-            let (recs, end) = read_all(&segs[0].1, false).unwrap();
+            let (recs, end) = read_all(&segs[0].1).unwrap();
             assert_eq!(recs, records);
             assert_eq!(
                 end,
                 End {
                     valid: content as u64,
-                    dropped: 0
+                    dropped: 0,
+                    resumes: None,
                 }
             );
 
@@ -473,7 +510,7 @@ mod tests {
                     let mut torn = whole[..cut].to_vec();
                     torn.resize(cut + fill, 0);
                     fs::write(&segs[1].1, &torn).unwrap();
-                    let (recs, end) = read_all(&segs[1].1, true).unwrap();
+                    let (recs, end) = read_all(&segs[1].1).unwrap();
                     let mut ends = records.iter().scan(0, |at, r| {
                         *at += r.len() + HEADER;
                         Some(*at)
@@ -486,33 +523,100 @@ mod tests {
                     let valid: usize = recs.iter().map(|r| r.len() + HEADER).sum();
                     assert_eq!(end.valid, valid as u64);
                     assert!(end.dropped <= (cut + fill).saturating_sub(valid));
-                    // Truncated, the torn segment reads clean where it is not the last.
+                    // Only pieces of the last record follow a torn one: never a whole record.
+                    assert_eq!(end.resumes, None, "cut {cut}");
+                    // Truncated, the torn segment reads clean.
                     truncate(&segs[1].1, end.valid).unwrap();
-                    assert_eq!(read_all(&segs[1].1, false).unwrap().0, recs);
+                    let (again, end) = read_all(&segs[1].1).unwrap();
+                    assert_eq!((again, end.dropped), (recs, 0));
                 }
             }
-            // A flipped byte is caught by the checksum...
-            let mut bad = whole.clone();
-            bad[HEADER + 1] ^= 1;
-            fs::write(&segs[1].1, &bad).unwrap();
-            assert_eq!(read_all(&segs[1].1, true).unwrap().0.len(), 0);
-            // ...and is an error in a segment that is not the last, as is anything but zeros
-            // after the last record.
-            assert!(matches!(
-                read_all(&segs[1].1, false),
-                Err(Error::Corrupt { offset: 0, .. })
-            ));
-            let mut trailing = whole.clone();
+            // A flipped byte is caught by the checksum; the whole records after it are found,
+            // which no crash can explain.
+            let second = (records[0].len() + HEADER) as u64;
+            for at in [HEADER + 1, 0, 4, 5] {
+                let mut bad = whole.clone();
+                bad[at] ^= 1;
+                fs::write(&segs[1].1, &bad).unwrap();
+                let (recs, end) = read_all(&segs[1].1).unwrap();
+                assert_eq!(recs.len(), 0);
+                assert_eq!((end.valid, end.resumes), (0, Some(second)), "flip at {at}");
+            }
+            // Garbage after the last record is reported, with nothing whole after it.
+            let mut trailing = whole[..content].to_vec();
             trailing.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
             fs::write(&segs[1].1, &trailing).unwrap();
-            assert!(matches!(
-                read_all(&segs[1].1, false),
-                Err(Error::Corrupt { offset, .. }) if offset == content
-            ));
+            let (recs, end) = read_all(&segs[1].1).unwrap();
+            assert_eq!(recs, records);
+            assert_eq!((end.valid, end.dropped), (content as u64, 10));
+            assert_eq!(end.resumes, None);
 
             remove_upto(dir.path(), 1).unwrap();
             assert_eq!(segments(dir.path()).unwrap().len(), 1);
         }
+    }
+
+    /// A tmpfs of `size` mounted on a temporary directory, unmounted when dropped; `None`
+    /// (after saying why) where this process cannot mount, unless `HERD_TEST_STRICT` is set.
+    struct SmallFs(tempfile::TempDir);
+
+    impl SmallFs {
+        fn mount(size: &str) -> Option<SmallFs> {
+            let dir = tempfile::tempdir().unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return Some(SmallFs(dir));
+            }
+            let why = "mounting a small tmpfs needs root";
+            assert!(
+                std::env::var_os("HERD_TEST_STRICT").is_none(),
+                "{why} (HERD_TEST_STRICT is set, so this is a failure)"
+            );
+            eprintln!("SKIPPED: {why}");
+            None
+        }
+    }
+
+    impl Drop for SmallFs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    #[test]
+    fn a_sync_refused_for_want_of_space_leaves_no_trace_of_its_record() {
+        let Some(fs) = SmallFs::mount("64k") else {
+            return;
+        };
+        let mut w = Writer::create(fs.0.path(), 1).unwrap();
+        assert!(w.direct(), "tmpfs takes direct I/O since Linux 6.6");
+        let path = segment_path(fs.0.path(), 1);
+        let mut durable = Vec::new();
+        let failed = loop {
+            let rec = vec![durable.len() as u8 | 1; 5000];
+            w.append(&rec).unwrap();
+            match w.segment().sync() {
+                Ok(()) => durable.push(rec),
+                Err(e) => break e,
+            }
+            assert!(durable.len() < 100, "the file system never filled up");
+        };
+        // Out of space while zero-filling ahead: nothing of the record was written...
+        assert!(
+            matches!(&failed, Error::Io { source, .. }
+            if source.raw_os_error() == Some(libc::ENOSPC)),
+            "{failed}"
+        );
+        // ...so the file holds exactly the records whose sync succeeded.
+        let (recs, end) = read_all(&path).unwrap();
+        assert_eq!(recs, durable);
+        assert_eq!(end.dropped, 0);
     }
 
     #[test]
@@ -524,7 +628,6 @@ mod tests {
             "this disk takes direct I/O, so the log must use it"
         );
         let path = segment_path(dir.path(), 1);
-        let seg = w.segment();
         let mut expect: Vec<Vec<u8>> = Vec::new();
         let mut durable = 0;
         // Records of many sizes: inside one block, across block boundaries, and one larger than
@@ -534,18 +637,19 @@ mod tests {
             let rec: Vec<u8> = (0..n).map(|j| (i * 31 + j) as u8 | 1).collect();
             w.append(&rec).unwrap();
             // Appended is not yet written: the file still ends with the previous sync.
-            assert_eq!(read_all(&path, true).unwrap().0, expect[..durable]);
+            assert_eq!(read_all(&path).unwrap().0, expect[..durable]);
             expect.push(rec);
             if i % 3 != 1 {
+                let seg = w.segment();
                 seg.sync().unwrap();
                 durable = expect.len();
-                assert_eq!(read_all(&path, true).unwrap().0, expect);
+                assert_eq!(read_all(&path).unwrap().0, expect);
                 // A second sync with nothing new writes nothing.
                 seg.sync().unwrap();
             }
         }
-        seg.sync().unwrap();
-        let (recs, end) = read_all(&path, false).unwrap();
+        w.segment().sync().unwrap();
+        let (recs, end) = read_all(&path).unwrap();
         assert_eq!(recs, expect);
         let len = fs::metadata(&path).unwrap().len();
         assert_eq!(len % BLOCK as u64, 0);
@@ -555,11 +659,18 @@ mod tests {
             "zero-fill is at most the log again: {len} for {}",
             end.valid
         );
-        // A handle kept across a rotation still syncs the old segment.
+        // A handle syncs the records appended before it was taken, and none after.
         w.append(b"last words").unwrap();
-        w.rotate().unwrap();
+        let seg = w.segment();
+        w.append(b"after").unwrap();
         seg.sync().unwrap();
         expect.push(b"last words".to_vec());
-        assert_eq!(read_all(&path, false).unwrap().0, expect);
+        assert_eq!(read_all(&path).unwrap().0, expect);
+        // It still syncs the old segment after a rotation.
+        let after = w.segment();
+        w.rotate().unwrap();
+        after.sync().unwrap();
+        expect.push(b"after".to_vec());
+        assert_eq!(read_all(&path).unwrap().0, expect);
     }
 }
