@@ -14,6 +14,7 @@ mod watch;
 
 pub use body::Body;
 pub use metrics::Metrics;
+pub use watch::SNAPSHOT_UNIT;
 
 use crate::auth::{self, Grant, Role, Tokens};
 use crate::config::Config;
@@ -38,6 +39,11 @@ pub struct App {
     pub metrics: Metrics,
     /// Permits for watch streams (`max_watchers`).
     pub watchers: Arc<Semaphore>,
+    /// Watch streams open per token (`max_watchers_per_token`).
+    pub token_watchers: Arc<watch::Slots>,
+    /// Room for watches' initial state waiting to be sent (`watch_snapshot_bytes`), in units
+    /// of `watch::SNAPSHOT_UNIT` bytes.
+    pub snapshots: Arc<Semaphore>,
     /// Fires on shutdown; long-lived responses (watches) end with it.
     pub cancel: CancellationToken,
     /// Every task a handler spawns (watch feeds) joins this, so shutdown waits for them.
@@ -157,6 +163,12 @@ impl From<auth::Error> for ApiError {
             auth::Error::BadName(..) | auth::Error::BadPrefix(..) => {
                 ApiError::bad_request(e.to_string())
             }
+            auth::Error::ReservedPrefix(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "reserved_path", e.to_string())
+            }
+            auth::Error::OutsidePrefix { .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "outside_prefix", e.to_string())
+            }
             auth::Error::File { .. } => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -189,14 +201,16 @@ pub async fn serve(
 ) {
     let limits = crate::serve::Limits {
         max_connections: app.config.max_connections,
+        max_per_client: app.config.max_connections_per_client,
         handshake: app.config.handshake_timeout,
         headers: app.config.handshake_timeout,
+        write: app.config.write_timeout,
     };
-    let make = |_peer| {
+    let make = |_peer, overloaded| {
         app.metrics.connection_opened();
         let app = app.clone();
         let guard = OpenConnection(app.clone());
-        (move |req| handle(app.clone(), req), guard)
+        (move |req| handle(app.clone(), req, overloaded), guard)
     };
     crate::serve::serve("api", listener, tls, limits, make, cancel, tracker).await;
 }
@@ -210,11 +224,24 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Answers one request; never fails (errors become JSON error responses).
-async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+/// Answers one request; never fails (errors become JSON error responses). On a connection
+/// past the limit (`overloaded`) only `/v1/health` is answered.
+async fn handle(app: Arc<App>, req: Request<Incoming>, overloaded: bool) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
-    let resp = match route(&app, req).await {
+    let routed = if overloaded && req.uri().path() != "/v1/health" {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!(
+                "the node serves {} connections already; try again later",
+                app.config.max_connections
+            ),
+        ))
+    } else {
+        route(&app, req).await
+    };
+    let resp = match routed {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
@@ -240,7 +267,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>>
         if req.method() != Method::GET {
             return Err(method_not_allowed("GET"));
         }
-        return watch::watch(app, &grant, &path, &req);
+        return watch::watch(app, &grant, &path, &req).await;
     }
     if let Some(rest) = strip_route(&raw_path, "/v1/plugins") {
         let grant = authenticate(app, &req)?;
@@ -249,7 +276,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>>
     if let Some(rest) = strip_route(&raw_path, "/v1/tokens") {
         let grant = authenticate(app, &req)?;
         require(&grant, Role::Admin)?;
-        return admin::tokens(app, rest, req).await;
+        return admin::tokens(app, &grant, rest, req).await;
     }
     match raw_path.as_str() {
         "/v1/batch" => {
@@ -261,18 +288,18 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>>
         }
         "/v1/health" => Ok(admin::health()),
         "/v1/members" => {
-            authenticate(app, &req)?;
+            require_node_wide(&authenticate(app, &req)?)?;
             if req.method() != Method::GET {
                 return Err(method_not_allowed("GET"));
             }
             Ok(admin::members(app))
         }
         "/v1/status" => {
-            authenticate(app, &req)?;
+            require_node_wide(&authenticate(app, &req)?)?;
             Ok(admin::status(app))
         }
         "/metrics" => {
-            authenticate(app, &req)?;
+            require_node_wide(&authenticate(app, &req)?)?;
             Ok(admin::metrics(app))
         }
         _ => Err(ApiError::new(
@@ -394,6 +421,22 @@ pub fn require(grant: &Grant, role: Role) -> Result<()> {
 pub fn authorize(grant: &Grant, role: Role, p: &Path) -> Result<()> {
     require(grant, role)?;
     require_path(grant, p)
+}
+
+/// Requires a token without a prefix: node-wide information (status, metrics, members,
+/// plugins) describes the whole store, not a part of it.
+pub fn require_node_wide(grant: &Grant) -> Result<()> {
+    if grant.prefix.is_root() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "outside_prefix",
+        format!(
+            "token {:?} is limited to {}; node-wide information needs a token without a prefix",
+            grant.name, grant.prefix
+        ),
+    ))
 }
 
 /// Requires that the token's prefix covers `p` and that `p` is not reserved.

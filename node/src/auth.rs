@@ -57,12 +57,20 @@ pub struct Grant {
     pub name: String,
     pub role: Role,
     pub prefix: Path,
+    /// The secret's hash, to tell later whether the token still holds ([`Tokens::holds`]).
+    hash: [u8; 32],
 }
 
 impl Grant {
     /// True if the token may touch `p` (its prefix contains `p`).
     pub fn covers(&self, p: &Path) -> bool {
         self.prefix.contains(p)
+    }
+
+    /// True if this token may manage a token with `role` and `prefix`: an admin manages the
+    /// tokens within its own prefix, and never grants more than its own role.
+    pub fn manages(&self, role: Role, prefix: &Path) -> bool {
+        self.role == Role::Admin && role <= self.role && self.covers(prefix)
     }
 }
 
@@ -72,6 +80,14 @@ pub enum Error {
     BadName(String, String),
     #[error("prefix {0:?} is not valid: {1}")]
     BadPrefix(String, String),
+    #[error("a token may not be limited to {0}: /.herd is the node's own")]
+    ReservedPrefix(String),
+    #[error("token {name:?} would reach {prefix}, outside this token's prefix {own}")]
+    OutsidePrefix {
+        name: String,
+        prefix: String,
+        own: String,
+    },
     #[error("a token named {0:?} already exists")]
     Exists(String),
     #[error("no token named {0:?}")]
@@ -86,9 +102,20 @@ pub enum Error {
 }
 
 /// Hash → grant, rebuilt from the store.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Tokens {
     cache: Arc<RwLock<HashMap<[u8; 32], Grant>>>,
+    /// Counts reloads, so long-lived requests (watch streams) can check their token again.
+    reloads: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for Tokens {
+    fn default() -> Tokens {
+        Tokens {
+            cache: Arc::default(),
+            reloads: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
 }
 
 /// SHA-256 of a secret.
@@ -139,6 +166,22 @@ impl Tokens {
             .cloned()
     }
 
+    /// True if `grant`'s token is still there, unchanged (not revoked, not replaced).
+    pub fn holds(&self, grant: &Grant) -> bool {
+        self.cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&grant.hash)
+            .is_some_and(|g| {
+                g.name == grant.name && g.role == grant.role && g.prefix == grant.prefix
+            })
+    }
+
+    /// Changes each time the tokens are reloaded: then [`Tokens::holds`] may answer otherwise.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloads.subscribe()
+    }
+
     /// Rebuilds the cache from the records in the store.
     pub fn reload(&self, db: &Db) {
         let records = list(db);
@@ -154,10 +197,12 @@ impl Tokens {
                     name,
                     role: r.role,
                     prefix,
+                    hash: h,
                 },
             );
         }
         *self.cache.write().unwrap_or_else(|e| e.into_inner()) = map;
+        self.reloads.send_modify(|n| *n += 1);
     }
 
     /// Keeps the cache in step with the store until `cancel` fires.
@@ -214,16 +259,36 @@ async fn change(db: &Db, tokens: &Tokens, op: Op, condition: Condition) -> Resul
     Ok(())
 }
 
-/// Creates a token and returns its secret (the only time it is shown).
+/// Every token record `by` may manage (see [`Grant::manages`]), by name.
+pub fn list_managed(db: &Db, by: &Grant) -> Vec<(String, Record)> {
+    list(db)
+        .into_iter()
+        .filter(|(_, r)| Path::parse(&r.prefix).is_ok_and(|p| by.manages(r.role, &p)))
+        .collect()
+}
+
+/// Creates a token and returns its secret (the only time it is shown). `by` is the token
+/// asking: it may create only what it [manages](Grant::manages).
 pub async fn create(
     db: &Db,
     tokens: &Tokens,
+    by: &Grant,
     name: &str,
     role: Role,
     prefix: &str,
 ) -> Result<String, Error> {
     let prefix_path =
         Path::parse(prefix).map_err(|e| Error::BadPrefix(prefix.into(), e.to_string()))?;
+    if prefix_path.first() == Some(RESERVED) {
+        return Err(Error::ReservedPrefix(prefix_path.to_string()));
+    }
+    if !by.manages(role, &prefix_path) {
+        return Err(Error::OutsidePrefix {
+            name: name.into(),
+            prefix: prefix_path.to_string(),
+            own: by.prefix.to_string(),
+        });
+    }
     let secret = new_secret();
     let record = Record {
         hash: hex(&hash(&secret)),
@@ -245,8 +310,13 @@ pub async fn create(
     }
 }
 
-/// Revokes a token by name.
-pub async fn revoke(db: &Db, tokens: &Tokens, name: &str) -> Result<(), Error> {
+/// Revokes a token by name; `by` sees (and revokes) only the tokens it
+/// [manages](Grant::manages): any other is answered as missing.
+pub async fn revoke(db: &Db, tokens: &Tokens, by: &Grant, name: &str) -> Result<(), Error> {
+    if !list_managed(db, by).iter().any(|(n, _)| n == name) {
+        token_path(name)?;
+        return Err(Error::NoSuchToken(name.into()));
+    }
     let op = Op::Delete {
         path: token_path(name)?,
     };
@@ -258,37 +328,41 @@ pub async fn revoke(db: &Db, tokens: &Tokens, name: &str) -> Result<(), Error> {
 }
 
 /// Makes sure the bootstrap admin token exists: `DATA/admin.token` (mode 0600) and its record.
-/// A token file from an earlier start is kept; its record is restored if the store lost it.
+///
+/// A token file from an earlier start is kept as it is. Its record is never written again: if
+/// the token was revoked, it stays revoked (a warning says so) until an operator deletes
+/// `admin.token` and restarts the node, which then makes a new one. The record is written
+/// before the file, so a crash in between leaves no file and the next start makes both anew.
 pub async fn bootstrap(db: &Db, tokens: &Tokens, data_dir: &std::path::Path) -> Result<(), Error> {
     let file = data_dir.join("admin.token");
     let name = format!("bootstrap-{:016x}", db.node_id());
-    let secret = match std::fs::read_to_string(&file) {
-        Ok(s) if !s.trim().is_empty() => s.trim().to_owned(),
-        _ => {
-            let s = new_secret();
-            write_private(&file, &format!("{s}\n"))?;
-            s
+    if let Ok(s) = std::fs::read_to_string(&file) {
+        if !s.trim().is_empty() {
+            let hash = hex(&hash(s.trim()));
+            let intact = list(db).into_iter().any(|(n, r)| {
+                n == name && r.hash == hash && r.role == Role::Admin && r.prefix == "/"
+            });
+            if !intact {
+                tracing::warn!(
+                    file = %file.display(),
+                    token = %name,
+                    "the bootstrap admin token in this file was revoked and stays revoked; \
+                     delete the file and restart the node to make a new one"
+                );
+            }
+            tokens.reload(db);
+            return Ok(());
         }
-    };
-    let hash = hex(&hash(&secret));
-    let current = list(db)
-        .into_iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, r)| r);
-    let intact =
-        current.is_some_and(|r| r.hash == hash && r.role == Role::Admin && r.prefix == "/");
-    if intact {
-        tokens.reload(db);
-        return Ok(());
     }
+    let secret = new_secret();
     let record = Record {
-        hash,
+        hash: hex(&hash(&secret)),
         role: Role::Admin,
         prefix: "/".into(),
         created: now_ms(),
     };
     change(db, tokens, put_record(&name, &record)?, Condition::None).await?;
-    Ok(())
+    write_private(&file, &format!("{secret}\n"))
 }
 
 /// Writes a file readable by its owner only, atomically.
@@ -321,6 +395,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let opts = db::Options {
             log_events: 100,
+            log_bytes: 1 << 20,
             tombstone_grace_ms: 1000,
             cache_bytes: 1 << 20,
         };
@@ -334,7 +409,8 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(tokens.check(admin.trim()).unwrap().role, Role::Admin);
+        let root = tokens.check(admin.trim()).unwrap();
+        assert_eq!(root.role, Role::Admin);
         // a second start keeps the same token
         bootstrap(&db, &tokens, dir.path()).await.unwrap();
         assert_eq!(
@@ -342,7 +418,7 @@ mod tests {
             admin
         );
 
-        let s = create(&db, &tokens, "ci", Role::Write, "/app")
+        let s = create(&db, &tokens, &root, "ci", Role::Write, "/app")
             .await
             .unwrap();
         let g = tokens.check(&s).unwrap();
@@ -354,24 +430,110 @@ mod tests {
             g.covers(&Path::parse("/app/x").unwrap()) && !g.covers(&Path::parse("/other").unwrap())
         );
         assert!(matches!(
-            create(&db, &tokens, "ci", Role::Read, "/").await,
+            create(&db, &tokens, &root, "ci", Role::Read, "/").await,
             Err(Error::Exists(_))
         ));
         assert!(matches!(
-            create(&db, &tokens, "a/b", Role::Read, "/").await,
+            create(&db, &tokens, &root, "a/b", Role::Read, "/").await,
             Err(Error::BadName(..))
+        ));
+        assert!(matches!(
+            create(&db, &tokens, &root, "internal", Role::Read, "/.herd/tokens").await,
+            Err(Error::ReservedPrefix(_))
         ));
         assert!(tokens.check("herd_wrong").is_none());
         // only hashes are stored
         let mut doc = String::new();
         db.read().store.render("", now_ms(), &mut doc);
         assert!(!doc.contains(&s) && !doc.contains(admin.trim()));
-        revoke(&db, &tokens, "ci").await.unwrap();
+        revoke(&db, &tokens, &root, "ci").await.unwrap();
         assert!(tokens.check(&s).is_none());
         assert!(matches!(
-            revoke(&db, &tokens, "ci").await,
+            revoke(&db, &tokens, &root, "ci").await,
             Err(Error::NoSuchToken(_))
         ));
         assert_eq!(list(&db).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_prefixed_admin_manages_only_tokens_within_its_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = db::Options {
+            log_events: 100,
+            log_bytes: 1 << 20,
+            tombstone_grace_ms: 1000,
+            cache_bytes: 1 << 20,
+        };
+        let (db, _h) = Db::open(&dir.path().join("s.redb"), 7, opts).unwrap();
+        let tokens = Tokens::default();
+        bootstrap(&db, &tokens, dir.path()).await.unwrap();
+        let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+        let root = tokens.check(admin.trim()).unwrap();
+        let app = create(&db, &tokens, &root, "app-admin", Role::Admin, "/app")
+            .await
+            .unwrap();
+        let app = tokens.check(&app).unwrap();
+        create(&db, &tokens, &root, "other", Role::Read, "/other")
+            .await
+            .unwrap();
+        for (role, prefix) in [
+            (Role::Admin, "/"),
+            (Role::Read, "/other"),
+            (Role::Read, "/ap"),
+        ] {
+            let e = create(&db, &tokens, &app, "x", role, prefix)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, Error::OutsidePrefix { .. }), "{prefix}: {e}");
+        }
+        create(&db, &tokens, &app, "app-ci", Role::Write, "/app/ci")
+            .await
+            .unwrap();
+        let mut seen: Vec<String> = list_managed(&db, &app)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        seen.sort();
+        assert_eq!(seen, ["app-admin", "app-ci"]);
+        let bootstrap_name = format!("bootstrap-{:016x}", db.node_id());
+        for name in [bootstrap_name.as_str(), "other"] {
+            assert!(matches!(
+                revoke(&db, &tokens, &app, name).await,
+                Err(Error::NoSuchToken(_))
+            ));
+        }
+        assert!(tokens.check(admin.trim()).is_some());
+        revoke(&db, &tokens, &app, "app-ci").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_revoked_bootstrap_token_stays_revoked_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = db::Options {
+            log_events: 100,
+            log_bytes: 1 << 20,
+            tombstone_grace_ms: 1000,
+            cache_bytes: 1 << 20,
+        };
+        let (db, _h) = Db::open(&dir.path().join("s.redb"), 7, opts).unwrap();
+        let tokens = Tokens::default();
+        bootstrap(&db, &tokens, dir.path()).await.unwrap();
+        let file = dir.path().join("admin.token");
+        let old = std::fs::read_to_string(&file).unwrap();
+        let root = tokens.check(old.trim()).unwrap();
+        let mut reloads = tokens.reloads();
+        reloads.borrow_and_update();
+        revoke(&db, &tokens, &root, &root.name).await.unwrap();
+        assert!(reloads.has_changed().unwrap() && !tokens.holds(&root));
+        // The next start keeps the file and does not bring the record back.
+        bootstrap(&db, &tokens, dir.path()).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), old);
+        assert!(tokens.check(old.trim()).is_none());
+        // Deleting the file is how an operator gets a new one.
+        std::fs::remove_file(&file).unwrap();
+        bootstrap(&db, &tokens, dir.path()).await.unwrap();
+        let new = std::fs::read_to_string(&file).unwrap();
+        assert_ne!(new, old);
+        assert_eq!(tokens.check(new.trim()).unwrap().role, Role::Admin);
     }
 }

@@ -89,9 +89,10 @@ fn report_to(error: &anyhow::Error, stderr: &mut impl Write) -> u8 {
             return 0;
         }
     }
-    let _ = writeln!(stderr, "error: {error:#}");
+    let message = format!("{error:#}");
+    let _ = writeln!(stderr, "error: {}", encoding::printable(&message));
     if let Some(hint) = cli_error.and_then(Error::hint) {
-        let _ = writeln!(stderr, "hint: {hint}");
+        let _ = writeln!(stderr, "hint: {}", encoding::printable(&hint));
     }
     cli_error.map_or(EXIT_FAILURE, Error::exit_code)
 }
@@ -161,11 +162,13 @@ fn print(text: &str) -> Result<(), Error> {
 }
 
 /// Writes a message for the user to stderr; a failure to do so is not worth failing for.
+/// Control characters (from keys or names in it) are escaped.
 fn note(text: &str) {
-    let _ = writeln!(io::stderr(), "{text}");
+    let _ = writeln!(io::stderr(), "{}", encoding::printable(text));
 }
 
-/// Rows as aligned columns, two spaces apart; the last column is not padded.
+/// Rows as aligned columns, two spaces apart, control characters escaped; the last column is
+/// not padded.
 fn columns<R: AsRef<[String]>>(rows: &[R]) -> String {
     let mut widths: Vec<usize> = Vec::new();
     for row in rows {
@@ -173,15 +176,16 @@ fn columns<R: AsRef<[String]>>(rows: &[R]) -> String {
             if widths.len() <= i {
                 widths.push(0);
             }
-            widths[i] = widths[i].max(cell.chars().count());
+            widths[i] = widths[i].max(encoding::printable(cell).chars().count());
         }
     }
     let mut out = String::new();
     for row in rows {
         let row = row.as_ref();
         for (i, cell) in row.iter().enumerate() {
+            let cell = encoding::printable(cell);
             if i + 1 == row.len() {
-                out.push_str(cell);
+                out.push_str(&cell);
             } else {
                 out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
             }

@@ -51,8 +51,21 @@ pub struct Config {
     /// Most simultaneous client connections; further ones wait in the listen backlog.
     /// Default 1,024.
     pub max_connections: usize,
+    /// Most simultaneous connections from one client address, so that one client cannot take
+    /// every connection; more are closed as soon as they are accepted. Past
+    /// `max_connections` in all, 16 more are accepted that answer only `/v1/health` (others
+    /// get 503 `busy`). Default 256.
+    pub max_connections_per_client: usize,
     /// Most simultaneous watch streams; more get 429. Default 256.
     pub max_watchers: usize,
+    /// Most simultaneous watch streams of one token, so that one client cannot take every
+    /// slot; more get 429. Default 64.
+    pub max_watchers_per_token: usize,
+    /// Bytes of watches' initial state (the leaves under a watched path, as events) that may
+    /// wait to be sent at once, node-wide: this bounds the memory that watchers slow to read
+    /// can hold. A watch whose state does not fit waits up to 10 s, then gets 503 `busy`; one
+    /// larger than this waits until it alone is sent. Default 64 MiB.
+    pub watch_snapshot_bytes: usize,
     /// Time a client may take for its TLS handshake and for sending request headers, in
     /// seconds. Default 10.
     #[serde(with = "duration")]
@@ -60,8 +73,16 @@ pub struct Config {
     /// Time a client may take to send a request body, in seconds. Default 30.
     #[serde(with = "duration")]
     pub body_timeout: Duration,
+    /// Time a response write may make no progress (a client that stopped reading, e.g. a
+    /// watcher) before the connection is closed, in seconds. Default 30.
+    #[serde(with = "duration")]
+    pub write_timeout: Duration,
     /// Events kept in memory for watchers to resume from (`?since=`). Default 10,000.
     pub log_events: usize,
+    /// Bytes of events (paths and values) kept in memory for watchers to resume from, at most:
+    /// with `log_events`, whichever is reached first, this bounds the change log's memory.
+    /// Default 16 MiB.
+    pub log_bytes: usize,
     /// How long deletions are remembered so that late replicas cannot bring deleted keys back,
     /// e.g. `7d`. Default 7 days.
     #[serde(with = "duration")]
@@ -124,10 +145,15 @@ impl Default for Config {
             max_batch_bytes: 8 << 20,
             max_batch_ops: 10_000,
             max_connections: 1024,
+            max_connections_per_client: 256,
             max_watchers: 256,
+            max_watchers_per_token: 64,
+            watch_snapshot_bytes: 64 << 20,
             handshake_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
             log_events: 10_000,
+            log_bytes: 16 << 20,
             tombstone_grace: Duration::from_secs(7 * 24 * 3600),
             cache_bytes: 16 << 20,
             mount: None,
@@ -179,7 +205,23 @@ impl Config {
                 "must be positive and at least max_value_bytes",
             );
         }
-        if self.max_connections == 0 || self.max_batch_ops == 0 || self.log_events == 0 {
+        if self.max_connections_per_client == 0 || self.write_timeout.is_zero() {
+            return invalid(
+                "max_connections_per_client",
+                "max_connections_per_client and write_timeout must be positive",
+            );
+        }
+        if self.max_watchers_per_token == 0 {
+            return invalid("max_watchers_per_token", "must be positive");
+        }
+        if self.watch_snapshot_bytes < 1024 || self.watch_snapshot_bytes >> 10 > u32::MAX as usize {
+            return invalid("watch_snapshot_bytes", "must be 1 KiB to 4 TiB");
+        }
+        if self.max_connections == 0
+            || self.max_batch_ops == 0
+            || self.log_events == 0
+            || self.log_bytes == 0
+        {
             return invalid("max_connections", "limits must be positive");
         }
         for (field, name) in [("cluster", &self.cluster), ("env", &self.env)] {

@@ -110,6 +110,8 @@ pub struct Written {
 pub struct Options {
     /// Events kept in the change log for watchers to resume from.
     pub log_events: usize,
+    /// Bytes of events (keys and values) kept in the change log, at most.
+    pub log_bytes: usize,
     /// How long deletion markers (and expired leaves) are kept, in milliseconds.
     pub tombstone_grace_ms: u64,
     /// redb page cache, in bytes.
@@ -244,7 +246,7 @@ impl Db {
         let state = State {
             store,
             revision: loaded.revision,
-            log: ChangeLog::new(opts.log_events, loaded.revision),
+            log: ChangeLog::new(opts.log_events, opts.log_bytes, loaded.revision),
         };
         let (events, _) = broadcast::channel(4096);
         let (changes, _) = broadcast::channel(CHANGE_FEED);
@@ -355,6 +357,17 @@ impl Db {
     }
 
     /// Starts a watch of `key`: a replay after `since`, or the current state, plus live events.
+    /// About the memory the initial state of a watch of `key` takes as events (see
+    /// `store::log::event_bytes`).
+    pub fn snapshot_bytes(&self, key: &str) -> usize {
+        let st = self.read();
+        st.store
+            .leaves(key, now_ms())
+            .iter()
+            .map(|(k, v, _)| k.len() + v.len() + crate::store::log::EVENT_OVERHEAD)
+            .sum()
+    }
+
     pub fn subscribe(&self, key: &str, since: Option<u64>) -> Result<Subscription, Compacted> {
         let st = self.read();
         let live = self.inner.events.subscribe();
@@ -1096,6 +1109,7 @@ mod tests {
     fn opts() -> Options {
         Options {
             log_events: 100,
+            log_bytes: 1 << 20,
             tombstone_grace_ms: 7 * 24 * 3600 * 1000,
             cache_bytes: 1 << 20,
         }

@@ -162,6 +162,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     let id = node_id(&data_dir)?;
     let opts = db::Options {
         log_events: config.log_events,
+        log_bytes: config.log_bytes,
         tombstone_grace_ms: config.tombstone_grace.as_millis() as u64,
         cache_bytes: config.cache_bytes,
     };
@@ -296,6 +297,10 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         db: db.clone(),
         tokens: tokens.clone(),
         watchers: Arc::new(Semaphore::new(config.max_watchers)),
+        token_watchers: Arc::default(),
+        snapshots: Arc::new(Semaphore::new(
+            config.watch_snapshot_bytes.div_ceil(api::SNAPSHOT_UNIT),
+        )),
         config,
         metrics: Metrics::default(),
         cancel: cancel.clone(),

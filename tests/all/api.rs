@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http::{header, HeaderName, Method, StatusCode};
 use node::client::{Client, Response};
 use serde_json::{json, Value};
+use std::time::Duration;
 use tests::{basic_auth, header_u64, raw_https, raw_plaintext, TestNode};
 
 #[tokio::test]
@@ -1455,4 +1456,199 @@ async fn tokens_roles_and_node_endpoints() {
         json!(1)
     );
     n.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_prefixed_admin_manages_only_tokens_within_its_prefix() {
+    let n = TestNode::start().await;
+    let app = n.token("app-admin", "admin", Some("/app")).await;
+    let app = n.client_with(Some(&app));
+    n.token("viewer", "read", None).await;
+    let post = |body: &'static str| {
+        let app = app.clone();
+        async move {
+            let r = app
+                .request(Method::POST, "/v1/tokens", &[], Some(Bytes::from(body)))
+                .await
+                .unwrap();
+            (r.status.as_u16(), r.error_code())
+        }
+    };
+    // No wider prefix (the default is the root), no reserved one.
+    for body in [
+        r#"{"name": "x", "role": "admin"}"#,
+        r#"{"name": "x", "role": "read", "prefix": "/other"}"#,
+        r#"{"name": "x", "role": "read", "prefix": "/application"}"#,
+    ] {
+        assert_eq!(
+            post(body).await,
+            (403, Some("outside_prefix".into())),
+            "{body}"
+        );
+    }
+    let r = n
+        .send(
+            Method::POST,
+            "/v1/tokens",
+            &[],
+            Some(r#"{"name": "x", "role": "read", "prefix": "/.herd/tokens"}"#),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_code().as_deref()),
+        (403, Some("reserved_path"))
+    );
+    assert_eq!(
+        post(r#"{"name": "app-ci", "role": "write", "prefix": "/app/ci"}"#).await,
+        (201, None)
+    );
+    // It lists only what it manages, and cannot see or revoke the rest.
+    let r = app
+        .request(Method::GET, "/v1/tokens", &[], None)
+        .await
+        .unwrap();
+    let mut names: Vec<String> = ok(&r)["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["app-admin", "app-ci"]);
+    let all = ok(&n.get("/v1/tokens").await);
+    let bootstrap = all["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .find(|n| n.starts_with("bootstrap-"))
+        .unwrap()
+        .to_owned();
+    for name in [bootstrap.as_str(), "viewer"] {
+        let r = app
+            .request(Method::DELETE, &format!("/v1/tokens/{name}"), &[], None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status.as_u16(), r.error_code().as_deref()),
+            (404, Some("not_found")),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        n.get("/v1/tokens").await.status,
+        200,
+        "the bootstrap token still works"
+    );
+    let r = app
+        .request(Method::DELETE, "/v1/tokens/app-ci", &[], None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    // Node-wide information needs a token without a prefix, whatever its role.
+    let reader = n.token("app-reader", "read", Some("/app")).await;
+    let reader = n.client_with(Some(&reader));
+    let viewer = n.token("root-reader", "read", None).await;
+    let viewer = n.client_with(Some(&viewer));
+    for url in ["/v1/status", "/metrics", "/v1/members", "/v1/plugins"] {
+        for c in [&app, &reader] {
+            let r = c.request(Method::GET, url, &[], None).await.unwrap();
+            assert_eq!(
+                (r.status.as_u16(), r.error_code().as_deref()),
+                (403, Some("outside_prefix")),
+                "{url}"
+            );
+        }
+        let r = viewer.request(Method::GET, url, &[], None).await.unwrap();
+        assert_eq!(r.status, 200, "{url}");
+    }
+    n.shutdown().await;
+}
+
+/// A gauge from `/metrics`.
+async fn gauge(n: &TestNode, name: &str) -> u64 {
+    let text = String::from_utf8(n.get("/metrics").await.body.to_vec()).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn one_client_cannot_take_every_connection_and_health_still_answers() {
+    let n = TestNode::start_with(|c| {
+        c.max_connections = 8;
+        c.max_connections_per_client = 4;
+        c.write_timeout = Duration::from_secs(2);
+        c.handshake_timeout = Duration::from_secs(30);
+    })
+    .await;
+    // Idle connections (no TLS handshake yet) from this address fill its share, and as many
+    // again as there are connections in all.
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(tokio::net::TcpStream::connect(n.addr()).await.unwrap());
+    }
+    let health = raw_https(
+        &n.addr(),
+        &n.ca(),
+        b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(health.status, 200, "{}", health.head);
+    let admin = std::fs::read_to_string(n.dir.path().join("admin.token")).unwrap();
+    let get = format!(
+        "GET /v1/kv/ HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\r\n",
+        admin.trim()
+    );
+    let busy = raw_https(&n.addr(), &n.ca(), get.as_bytes()).await.unwrap();
+    assert_eq!(
+        (busy.status, busy.json()["error"]["code"].clone()),
+        (503, json!("busy"))
+    );
+    // Closing them gives the address its share back.
+    drop(idle);
+    wait_for_ok(&n.client).await;
+
+    // A client that asks for a large value and never reads is cut after the write timeout.
+    let value = format!("\"{}\"", "x".repeat(1000 << 10));
+    for i in 0..16 {
+        let r = n
+            .send(Method::PUT, &format!("/v1/kv/big/{i}"), &[], Some(&value))
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let before = gauge(&n, "herd_http_connections").await;
+    let big = format!(
+        "GET /v1/kv/big HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\r\n",
+        admin.trim()
+    );
+    let _stalled = tests::stalled_https(&n.addr(), &n.ca(), big.as_bytes())
+        .await
+        .unwrap();
+    tests::wait_for(
+        "the stalled client to be counted",
+        Duration::from_secs(5),
+        || async { (gauge(&n, "herd_http_connections").await > before).then_some(()) },
+    )
+    .await;
+    tests::wait_for(
+        "the stalled client to be cut",
+        Duration::from_secs(10),
+        || async { (gauge(&n, "herd_http_connections").await <= before).then_some(()) },
+    )
+    .await;
+    n.shutdown().await;
+}
+
+/// Polls `GET /v1/kv/` until it answers 200 (the server notices closed connections
+/// asynchronously).
+async fn wait_for_ok(c: &Client) {
+    tests::wait_for("a connection place", Duration::from_secs(15), || async {
+        let r = c.request(Method::GET, "/v1/kv/", &[], None).await.ok()?;
+        (r.status == 200).then_some(())
+    })
+    .await
 }

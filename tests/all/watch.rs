@@ -340,3 +340,232 @@ async fn too_many_watchers_get_429() {
     expect_put(&mut second, "/b", json!(1), &w).await;
     n.shutdown().await;
 }
+
+#[tokio::test]
+async fn one_token_cannot_take_every_watcher_place() {
+    let n = TestNode::start_with(|c| {
+        c.max_watchers = 4;
+        c.max_watchers_per_token = 2;
+    })
+    .await;
+    let hog = n.token("hog", "read", None).await;
+    let hog = n.client_with(Some(&hog));
+    let mut held = Vec::new();
+    for p in ["a", "b"] {
+        let mut s = watch(&hog, &format!("/v1/watch/{p}"), &[]).await;
+        expect_synced(&mut s, n.revision().await).await;
+        held.push(s);
+    }
+    let r = hog.events("/v1/watch/c", &[]).await;
+    assert_eq!(
+        status_of(r),
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            Some("too_many_watchers".into())
+        )
+    );
+    // Another token (here the admin) still gets its watches.
+    let mut admin = watch(&n.client, "/v1/watch/c", &[]).await;
+    expect_synced(&mut admin, n.revision().await).await;
+    // A closed watch gives its token's place back.
+    drop(held.pop());
+    let mut again = wait_for(
+        "the token's watcher place to be freed",
+        Duration::from_secs(5),
+        || async { hog.events("/v1/watch/c", &[]).await.ok() },
+    )
+    .await;
+    expect_synced(&mut again, n.revision().await).await;
+    n.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_watch_shows_only_what_its_token_may_read() {
+    let n = TestNode::start().await;
+    let sub = n.token("r-sub", "read", Some("/team/sub")).await;
+    let sub = n.client_with(Some(&sub));
+    let first = put(&n, "/team", r#"{"sub":{"a":1},"secret":"S"}"#).await;
+    assert_eq!(
+        sub.request(Method::GET, "/v1/kv/team", &[], None)
+            .await
+            .unwrap()
+            .status,
+        403
+    );
+    let mut s = watch(&sub, "/v1/watch/team/sub", &[]).await;
+    expect(&mut s, "put", "/team/sub/a").await;
+    expect_synced(&mut s, first.1).await;
+    // An admin's write of the ancestor shows as the part inside the token's prefix...
+    let w = put(&n, "/team", r#"{"sub":{"a":2},"secret":"S2"}"#).await;
+    expect_put(&mut s, "/team/sub", json!({"a": 2}), &w).await;
+    // ...or as a delete of the watched path when nothing lands there.
+    let gone = put(&n, "/team", r#"{"other":1,"secret":"S3"}"#).await;
+    expect_delete(&mut s, "/team/sub", &gone).await;
+    let leaf = put(&n, "/team", r#""S4""#).await;
+    expect_delete(&mut s, "/team/sub", &leaf).await;
+    let batch = n
+        .send(
+            Method::POST,
+            "/v1/batch",
+            &[],
+            Some(r#"{"ops":[{"op":"put","path":"/team","value":{"sub":{"b":3},"secret":"S5"}}]}"#),
+        )
+        .await;
+    assert_eq!(batch.status, 200, "{:?}", batch.body);
+    let (event, data) = next_json(&mut s).await;
+    assert_eq!(event, "put");
+    assert_eq!(
+        (data["path"].clone(), data["value"].clone()),
+        (json!("/team/sub"), json!({"b": 3})),
+        "{data}"
+    );
+    let deleted = delete(&n, "/team").await;
+    expect_delete(&mut s, "/team/sub", &deleted).await;
+    // A replay after `since` is cut the same way: no secret in anything the stream sends.
+    let mut replay = watch(&sub, &format!("/v1/watch/team/sub?since={}", first.1), &[]).await;
+    let mut seen = 0;
+    loop {
+        let (event, data) = next_json(&mut replay).await;
+        if event == "synced" {
+            break;
+        }
+        seen += 1;
+        assert_eq!(data["path"], "/team/sub", "{data}");
+        assert!(!data.to_string().contains("S2") && !data.to_string().contains("S5"));
+    }
+    assert_eq!(seen, 5);
+    // A token that may read the ancestor still sees the whole value.
+    let mut admin = watch(&n.client, "/v1/watch/team/sub", &[]).await;
+    expect_synced(&mut admin, deleted.1).await;
+    let w = put(&n, "/team", r#"{"sub":1,"secret":"S6"}"#).await;
+    expect_put(&mut admin, "/team", json!({"sub": 1, "secret": "S6"}), &w).await;
+    expect_put(&mut s, "/team/sub", json!(1), &w).await;
+    n.shutdown().await;
+}
+
+#[tokio::test]
+async fn revoking_a_token_ends_its_watch_streams() {
+    let n = TestNode::start().await;
+    let secret = n.token("watcher", "read", Some("/app")).await;
+    let c = n.client_with(Some(&secret));
+    let mut s = watch(&c, "/v1/watch/app", &[]).await;
+    expect_synced(&mut s, n.revision().await).await;
+    let other = n.token("other", "read", Some("/app")).await;
+    let mut kept = watch(&n.client_with(Some(&other)), "/v1/watch/app", &[]).await;
+    expect_synced(&mut kept, n.revision().await).await;
+    let r = n
+        .send(Method::DELETE, "/v1/tokens/watcher", &[], None)
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let (event, data) = next_json(&mut s).await;
+    assert_eq!(
+        (event.as_str(), &data["code"]),
+        ("error", &json!("invalid_token"))
+    );
+    let end = tokio::time::timeout(Duration::from_secs(5), s.next()).await;
+    assert!(matches!(end, Ok(None)), "the stream ends after the error");
+    // Other tokens' streams go on.
+    let w = put(&n, "/app/x", "1").await;
+    expect_put(&mut kept, "/app/x", json!(1), &w).await;
+    n.shutdown().await;
+}
+
+/// A node with 24 values of about 1 MiB under `/big` (more than loopback's socket buffers hold)
+/// and `room` bytes for watches' initial state.
+async fn big_state(room: usize, write_timeout: Duration) -> TestNode {
+    let n = TestNode::start_with(|c| {
+        c.watch_snapshot_bytes = room;
+        c.write_timeout = write_timeout;
+    })
+    .await;
+    let value = format!("\"{}\"", "x".repeat(1000 << 10));
+    for i in 0..24 {
+        put(&n, &format!("/big/{i:02}"), &value).await;
+    }
+    n
+}
+
+/// Starts a watch of `/big` that never reads.
+async fn stalled_watch(n: &TestNode) -> impl Send {
+    let admin = std::fs::read_to_string(n.dir.path().join("admin.token")).unwrap();
+    let request = format!(
+        "GET /v1/watch/big HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\r\n",
+        admin.trim()
+    );
+    tests::stalled_https(&n.addr(), &n.ca(), request.as_bytes())
+        .await
+        .unwrap()
+}
+
+async fn open_watchers(n: &TestNode) -> u64 {
+    let text = String::from_utf8(n.get("/metrics").await.body.to_vec()).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("herd_watchers "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Reads a whole watch of `/big`: 24 puts, then `synced`.
+async fn read_big(s: &mut EventStream) {
+    for i in 0..24 {
+        expect(s, "put", &format!("/big/{i:02}")).await;
+    }
+    let (event, _) = next_json(s).await;
+    assert_eq!(event, "synced");
+}
+
+#[tokio::test]
+async fn watchers_that_stop_reading_hold_no_more_than_the_room_for_initial_state() {
+    let n = big_state(4 << 20, Duration::from_secs(30)).await;
+    let stalled = stalled_watch(&n).await;
+    wait_for(
+        "the stalled watch to open",
+        Duration::from_secs(5),
+        || async { (open_watchers(&n).await == 1).then_some(()) },
+    )
+    .await;
+    // Its state is larger than the room: it holds all of it while it does not read, so another
+    // watch with a state to send waits, then is told to come back later.
+    let r = n.client.events("/v1/watch/big", &[]).await;
+    assert_eq!(
+        status_of(r),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("busy".into()))
+    );
+    // A watch with nothing to send yet (no state) needs no room.
+    let mut empty = watch(&n.client, "/v1/watch/nothing", &[]).await;
+    expect_synced(&mut empty, n.revision().await).await;
+    // Once the stalled client goes, its room is given back.
+    drop(stalled);
+    let mut s = wait_for(
+        "the room to be given back",
+        Duration::from_secs(10),
+        || async { n.client.events("/v1/watch/big", &[]).await.ok() },
+    )
+    .await;
+    read_big(&mut s).await;
+    n.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_watcher_that_stops_reading_is_cut_after_the_write_timeout() {
+    let n = big_state(4 << 20, Duration::from_secs(2)).await;
+    let _stalled = stalled_watch(&n).await;
+    wait_for(
+        "the stalled watch to open",
+        Duration::from_secs(5),
+        || async { (open_watchers(&n).await == 1).then_some(()) },
+    )
+    .await;
+    // The reader waits for room (less than the 10 s a watch waits) until the stalled one is cut.
+    let mut s = watch(&n.client, "/v1/watch/big", &[]).await;
+    read_big(&mut s).await;
+    drop(s);
+    wait_for(
+        "the stalled watch to be cut",
+        Duration::from_secs(10),
+        || async { (open_watchers(&n).await == 0).then_some(()) },
+    )
+    .await;
+    n.shutdown().await;
+}

@@ -484,6 +484,28 @@ pub async fn raw_https(addr: &str, ca_pem: &[u8], request: &[u8]) -> anyhow::Res
     Ok(response)
 }
 
+/// Sends `request` over TLS to `addr` and returns the connection without reading anything: a
+/// client that stopped reading. Dropping it closes the connection.
+pub async fn stalled_https(
+    addr: &str,
+    ca_pem: &[u8],
+    request: &[u8],
+) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use tokio::io::AsyncWriteExt;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .context("connect")?;
+    let connector = tokio_rustls::TlsConnector::from(node::tls::client_config(ca_pem)?);
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("literal name");
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .context("tls handshake")?;
+    tls.write_all(request).await.context("write")?;
+    tls.flush().await.context("flush")?;
+    Ok(tls)
+}
+
 /// Sends `request` as plaintext to `addr` (an HTTPS port) and reads the response.
 pub async fn raw_plaintext(addr: &str, request: &[u8]) -> anyhow::Result<RawResponse> {
     use tokio::io::AsyncWriteExt;

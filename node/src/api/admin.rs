@@ -5,7 +5,7 @@ use super::{
     metrics::{counter, gauge},
     ApiError, App, Body, Result,
 };
-use crate::auth::{self, Role};
+use crate::auth::{self, Grant, Role};
 use crate::config::Config;
 use crate::db::Db;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -43,7 +43,7 @@ pub fn status(app: &App) -> Response<Body> {
 
 /// The node's status document (`GET /v1/status`, and `/.herd/status` in the file view).
 pub fn status_value(db: &Db, c: &Config, started: Instant) -> serde_json::Value {
-    let (revision, registers, tombstones, log_floor, log_events, root) = {
+    let (revision, registers, tombstones, log_floor, log_events, log_bytes, root) = {
         let st = db.read();
         (
             st.revision,
@@ -51,6 +51,7 @@ pub fn status_value(db: &Db, c: &Config, started: Instant) -> serde_json::Value 
             st.store.tombstone_count(),
             st.log.floor(),
             st.log.len(),
+            st.log.bytes(),
             st.store.digest().root(),
         )
     };
@@ -60,7 +61,7 @@ pub fn status_value(db: &Db, c: &Config, started: Instant) -> serde_json::Value 
         "revision": revision,
         "registers": registers,
         "tombstones": tombstones,
-        "change_log": {"oldest_resumable_revision": log_floor, "events": log_events},
+        "change_log": {"oldest_resumable_revision": log_floor, "events": log_events, "bytes": log_bytes},
         // Equal on two nodes exactly when they hold the same registers (anti-entropy's root).
         "digest": {"registers": root.count, "hash": format!("{:016x}", root.hash)},
         "uptime_seconds": started.elapsed().as_secs(),
@@ -178,11 +179,17 @@ struct NewToken {
     prefix: Option<String>,
 }
 
-/// `/v1/tokens` (rest = "") and `/v1/tokens/{name}`; the caller checked the admin role.
-pub async fn tokens(app: &Arc<App>, rest: &str, req: Request<Incoming>) -> Result<Response<Body>> {
+/// `/v1/tokens` (rest = "") and `/v1/tokens/{name}`; the caller checked the admin role. A
+/// token sees, creates and revokes only the tokens it manages (`auth::Grant::manages`).
+pub async fn tokens(
+    app: &Arc<App>,
+    grant: &Grant,
+    rest: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>> {
     match (req.method().clone(), rest) {
         (Method::GET, "") => {
-            let list: Vec<_> = auth::list(&app.db)
+            let list: Vec<_> = auth::list_managed(&app.db, grant)
                 .into_iter()
                 .map(|(name, r)| json!({"name": name, "role": r.role, "prefix": r.prefix, "created": r.created}))
                 .collect();
@@ -206,7 +213,8 @@ pub async fn tokens(app: &Arc<App>, rest: &str, req: Request<Incoming>) -> Resul
                 )
             })?;
             let prefix = t.prefix.unwrap_or_else(|| "/".into());
-            let secret = auth::create(&app.db, &app.tokens, &t.name, t.role, &prefix).await?;
+            let secret =
+                auth::create(&app.db, &app.tokens, grant, &t.name, t.role, &prefix).await?;
             let prefix = crate::store::Path::parse(&prefix)
                 .map(|p| p.to_string())
                 .unwrap_or(prefix);
@@ -214,7 +222,7 @@ pub async fn tokens(app: &Arc<App>, rest: &str, req: Request<Incoming>) -> Resul
             Ok(json_response(StatusCode::CREATED, body.to_string()))
         }
         (Method::DELETE, name) if !name.is_empty() => {
-            auth::revoke(&app.db, &app.tokens, name).await?;
+            auth::revoke(&app.db, &app.tokens, grant, name).await?;
             Ok(json_response(
                 StatusCode::OK,
                 json!({ "revoked": name }).to_string(),

@@ -26,6 +26,7 @@ pub async fn route(
     match (req.method().clone(), rest) {
         (Method::GET, "") => {
             super::require(grant, Role::Read)?;
+            super::require_node_wide(grant)?;
             Ok(list(app))
         }
         (_, "") => Err(super::method_not_allowed("GET")),
@@ -39,6 +40,7 @@ pub async fn route(
             match method {
                 Method::GET => {
                     super::require(grant, Role::Read)?;
+                    super::require_node_wide(grant)?;
                     show(app, name)
                 }
                 Method::PUT => {

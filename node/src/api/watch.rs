@@ -1,19 +1,39 @@
 //! `GET /v1/watch/{path}`: server-sent events from the change log and the live event feed.
+//!
+//! A watcher sees only what its token may read: an event at an ancestor of the watched path
+//! that lies outside the token's prefix is cut to the watched path (the part of the value that
+//! lands there, or a delete when nothing does). A stream ends with an `error` event as soon as
+//! its token is revoked.
+//!
+//! The initial state of a watch (every leaf under the path, as events) takes memory until it is
+//! sent: the node lets at most `watch_snapshot_bytes` of it wait to be sent at once. A watch
+//! waits up to [`SNAPSHOT_WAIT`] for its share (503 `busy` after that) and gives it back event
+//! by event as it sends; a watcher that stops reading is cut by the connection's write timeout.
 
 use super::{authorize, query_param, ApiError, App, Body, Result};
 use crate::auth::{Grant, Role};
 use crate::db;
-use crate::store::{Event, Path, INTERNAL};
+use crate::store::log::event_bytes;
+use crate::store::path::key_contains;
+use crate::store::{value, Event, EventKind, Path, INTERNAL};
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio::sync::{broadcast::error::RecvError, mpsc, OwnedSemaphorePermit};
 
 /// How often an idle stream sends a comment, so dead connections are noticed.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How long a watch waits for room to send its initial state.
+pub const SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
+/// The unit of `App::snapshots`: one permit is this many bytes.
+pub const SNAPSHOT_UNIT: usize = 1024;
+/// Events handed to a connection and not yet taken by it: with the event hyper is writing, this
+/// bounds what one connection holds beyond its socket's buffers.
+const QUEUED_EVENTS: usize = 4;
 
-pub fn watch<B>(
+pub async fn watch<B>(
     app: &Arc<App>,
     grant: &Grant,
     path: &Path,
@@ -32,6 +52,19 @@ pub fn watch<B>(
             })
         })
         .transpose()?;
+    let slot = app
+        .token_watchers
+        .take(&grant.name, app.config.max_watchers_per_token)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_watchers",
+                format!(
+                    "token {:?} has {} watches open, the most one token may have",
+                    grant.name, app.config.max_watchers_per_token
+                ),
+            )
+        })?;
     let permit = app.watchers.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -43,16 +76,44 @@ pub fn watch<B>(
         )
     })?;
     let key: Box<str> = path.key().into();
+    // A replay comes from the change log (bounded, shared); the current state is made anew.
+    let room = match since {
+        Some(_) => None,
+        None => {
+            let total = app.config.watch_snapshot_bytes.div_ceil(SNAPSHOT_UNIT);
+            let units = app
+                .db
+                .snapshot_bytes(&key)
+                .div_ceil(SNAPSHOT_UNIT)
+                .min(total);
+            let wait = app.snapshots.clone().acquire_many_owned(units as u32);
+            match tokio::time::timeout(SNAPSHOT_WAIT, wait).await {
+                Ok(Ok(room)) => Some(room),
+                _ => {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "busy",
+                        format!(
+                            "the node is sending {} MiB of watches' initial state already \
+                             (watch_snapshot_bytes); try again later",
+                            app.config.watch_snapshot_bytes >> 20
+                        ),
+                    ))
+                }
+            }
+        }
+    };
     let sub = app
         .db
         .subscribe(&key, since)
         .map_err(|e| ApiError::new(StatusCode::GONE, "compacted", e.to_string()))?;
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let (tx, rx) = mpsc::channel::<Bytes>(QUEUED_EVENTS);
     let app2 = app.clone();
+    let grant = grant.clone();
     app.tracker.spawn(async move {
-        let _permit = permit;
+        let _permit = (permit, slot);
         app2.metrics.watcher_opened();
-        stream(&app2, &key, sub, tx).await;
+        stream(&app2, &grant, &key, sub, room, tx).await;
         app2.metrics.watcher_closed();
     });
     let mut resp = Response::new(Body::Stream(rx));
@@ -70,6 +131,81 @@ fn visible_to(watched: &str, ev: &Event) -> bool {
         && (!watched.is_empty() || !crate::store::path::key_contains(INTERNAL, &ev.key))
 }
 
+/// Watch streams open per token name.
+#[derive(Debug, Default)]
+pub struct Slots(Mutex<HashMap<String, usize>>);
+
+impl Slots {
+    /// One more stream for token `name`, if it has fewer than `max`; given back when dropped.
+    fn take(self: &Arc<Slots>, name: &str, max: usize) -> Option<Slot> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(name.to_owned()).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            slots: self.clone(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// One stream's place in [`Slots`].
+struct Slot {
+    slots: Arc<Slots>,
+    name: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.slots.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.name) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.name);
+            }
+        }
+    }
+}
+
+/// `ev` as `grant` may see it while watching `watched` (an event already [`visible_to`] it):
+/// as it is when the token may read the event's path; otherwise the event is at an ancestor of
+/// the watched path, and is cut to the watched path.
+fn cut(grant: &Grant, watched: &str, ev: &Arc<Event>) -> Arc<Event> {
+    if key_contains(grant.prefix.key(), &ev.key) {
+        return ev.clone();
+    }
+    let below = watched[ev.key.len()..].trim_start_matches('\0');
+    let value = match (&ev.kind, &ev.value) {
+        (EventKind::Put, Some(text)) => serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|mut v| {
+                for seg in below.split('\0') {
+                    v = v.as_object_mut()?.remove(seg)?;
+                }
+                Some(value::to_text(&v))
+            }),
+        _ => None,
+    };
+    let kind = match (&ev.kind, &value) {
+        (EventKind::Put, None) => EventKind::Delete,
+        (kind, _) => *kind,
+    };
+    Arc::new(Event {
+        kind,
+        key: watched.into(),
+        value,
+        ..**ev
+    })
+}
+
+/// The error event that ends a stream.
+fn error_frame(code: &str, message: &str) -> Bytes {
+    let data = serde_json::json!({"type": "error", "code": code, "message": message});
+    Bytes::from(format!("event: error\ndata: {data}\n\n"))
+}
+
 fn frame(ev: &Event) -> Bytes {
     Bytes::from(format!(
         "event: {}\nid: {}\ndata: {}\n\n",
@@ -79,13 +215,31 @@ fn frame(ev: &Event) -> Bytes {
     ))
 }
 
-/// Feeds one watcher until it disconnects, falls too far behind, or the node stops.
-async fn stream(app: &App, key: &str, mut sub: db::Subscription, tx: mpsc::Sender<Bytes>) {
-    for ev in &sub.backlog {
-        if visible_to(key, ev) && tx.send(frame(ev)).await.is_err() {
+/// Feeds one watcher until it disconnects, falls too far behind, its token is revoked, or the
+/// node stops.
+async fn stream(
+    app: &App,
+    grant: &Grant,
+    key: &str,
+    mut sub: db::Subscription,
+    mut room: Option<OwnedSemaphorePermit>,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let mut reloads = app.tokens.reloads();
+    // Each event is dropped once sent; the room held shrinks with what is left to send (a state
+    // larger than the whole room holds all of it until only that much is left).
+    let mut left: usize = sub.backlog.iter().map(|ev| event_bytes(ev)).sum();
+    for ev in std::mem::take(&mut sub.backlog) {
+        if visible_to(key, &ev) && tx.send(frame(&cut(grant, key, &ev))).await.is_err() {
             return;
         }
+        left -= event_bytes(&ev);
+        if let Some(room) = room.as_mut() {
+            let keep = left.div_ceil(SNAPSHOT_UNIT);
+            drop(room.split(room.num_permits().saturating_sub(keep)));
+        }
     }
+    drop(room);
     let cutoff = sub.revision;
     let synced = format!(
         "event: synced\nid: {cutoff}\ndata: {{\"type\":\"synced\",\"revision\":{cutoff}}}\n\n"
@@ -99,6 +253,15 @@ async fn stream(app: &App, key: &str, mut sub: db::Subscription, tx: mpsc::Sende
         let ev = tokio::select! {
             _ = app.cancel.cancelled() => return,
             _ = tx.closed() => return,
+            changed = reloads.changed() => {
+                if changed.is_err() || !app.tokens.holds(grant) {
+                    let _ = tx
+                        .send(error_frame("invalid_token", "the token was revoked"))
+                        .await;
+                    return;
+                }
+                continue;
+            }
             _ = tokio::time::sleep(KEEP_ALIVE) => {
                 if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
                     return;
@@ -121,10 +284,7 @@ async fn stream(app: &App, key: &str, mut sub: db::Subscription, tx: mpsc::Sende
                 match replay {
                     Ok(evs) => evs,
                     Err(e) => {
-                        let msg = format!(
-                            "event: error\ndata: {{\"type\":\"error\",\"code\":\"compacted\",\"message\":\"{e}\"}}\n\n"
-                        );
-                        let _ = tx.send(Bytes::from(msg)).await;
+                        let _ = tx.send(error_frame("compacted", &e.to_string())).await;
                         return;
                     }
                 }
@@ -135,7 +295,7 @@ async fn stream(app: &App, key: &str, mut sub: db::Subscription, tx: mpsc::Sende
                 continue;
             }
             last = (ev.revision, ev.seq);
-            if visible_to(key, &ev) && tx.send(frame(&ev)).await.is_err() {
+            if visible_to(key, &ev) && tx.send(frame(&cut(grant, key, &ev))).await.is_err() {
                 return;
             }
         }

@@ -3,6 +3,29 @@
 //!
 //! Must not validate paths or values: the node does, and its error is what the user sees.
 
+/// `text` with every control character (C0, DEL, C1) written as an escape (`\n`, `\t`, `\r`,
+/// `\x1b`, `\u{9b}`), so a key or name shown to a person can neither split a line nor reach
+/// the terminal as a command.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x80 && c.is_control() => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
 /// The store path as typed, with a leading `/` added when it is missing (`app/x` → `/app/x`).
 pub fn store_path(path: &str) -> String {
     if path.starts_with('/') {
@@ -62,6 +85,19 @@ pub fn if_match(version: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::{json, Value};
+
+    #[test]
+    fn printable_escapes_every_control_character() {
+        assert_eq!(printable("plain/ünïcode"), "plain/ünïcode");
+        assert_eq!(
+            printable("a\nb\tc\rd\u{1b}[2J\u{7f}\u{9b}"),
+            "a\\nb\\tc\\rd\\x1b[2J\\x7f\\u{9b}"
+        );
+        for c in (0..0x20u32).chain(0x7f..0xa0).filter_map(char::from_u32) {
+            let shown = printable(&c.to_string()).into_owned();
+            assert!(!shown.chars().any(char::is_control), "{c:?} -> {shown:?}");
+        }
+    }
 
     fn stored(text: &str) -> Value {
         serde_json::from_str(&put_body(text)).unwrap()

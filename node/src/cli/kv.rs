@@ -71,7 +71,7 @@ pub async fn ls(api: &Api, args: &LsArgs) -> Result<(), Error> {
     print(
         &keys
             .iter()
-            .map(|key| format!("{key}\n"))
+            .map(|key| format!("{}\n", super::encoding::printable(key)))
             .collect::<String>(),
     )
 }

@@ -76,12 +76,16 @@ mod tests {
         let tokens = [
             json!({"name": "admin", "role": "admin", "prefix": null, "created": "2025-11-21T08:00:00Z"}),
             json!({"name": "ci", "role": "write", "prefix": "/app", "created": 1763712000}),
+            json!({"name": "x\ny\u{1b}", "role": "read", "prefix": "/a\tb", "created": 1}),
         ];
+        // Control characters in a name or prefix are escaped: one line per token, no escape
+        // sequence reaches the terminal.
         assert_eq!(
             table(&tokens),
-            "NAME   ROLE   PREFIX  CREATED\n\
-             admin  admin  /       2025-11-21T08:00:00Z\n\
-             ci     write  /app    1763712000\n"
+            "NAME      ROLE   PREFIX  CREATED\n\
+             admin     admin  /       2025-11-21T08:00:00Z\n\
+             ci        write  /app    1763712000\n\
+             x\\ny\\x1b  read   /a\\tb   1\n"
         );
     }
 }

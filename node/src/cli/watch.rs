@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::api::{Api, WATCH};
 use super::args::WatchArgs;
-use super::encoding::api_path;
+use super::encoding::{api_path, printable};
 use super::{print, Error};
 use crate::client::SseEvent;
 
@@ -47,7 +47,7 @@ pub fn line(event: &SseEvent) -> String {
             return format!("synced {revision}");
         }
     }
-    match data.get("path").and_then(Value::as_str) {
+    match data.get("path").and_then(Value::as_str).map(printable) {
         Some(path) => match data.get("value") {
             Some(value) => format!("{kind} {path} {value}"),
             None => format!("{kind} {path}"),

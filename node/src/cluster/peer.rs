@@ -35,6 +35,8 @@ const MAX_PEER_CONNECTIONS: usize = 256;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a peer may take for a request's headers, and keep an idle connection open.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time an answer's write may make no progress (a peer that stopped reading).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a call to a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -130,15 +132,25 @@ pub async fn serve<H, F>(
     let me = Arc::new(me);
     let limits = Limits {
         max_connections: MAX_PEER_CONNECTIONS,
+        max_per_client: MAX_PEER_CONNECTIONS / 4,
         handshake: HANDSHAKE_TIMEOUT,
         headers: HEADER_TIMEOUT,
+        write: WRITE_TIMEOUT,
     };
-    let make = |from: SocketAddr| {
+    let make = |from: SocketAddr, overloaded: bool| {
         let (me, handle) = (me.clone(), handle.clone());
         let service = move |req: Request<hyper::body::Incoming>| {
             let (me, handle) = (me.clone(), handle.clone());
             async move {
-                let mut resp = route(&me, from, max_body, handle, req).await;
+                let mut resp = if overloaded {
+                    error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "busy",
+                        "the peer port serves as many connections as it may",
+                    )
+                } else {
+                    route(&me, from, max_body, handle, req).await
+                };
                 state_identity(&me, resp.headers_mut());
                 resp
             }

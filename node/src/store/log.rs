@@ -73,22 +73,37 @@ pub struct Compacted {
     pub floor: u64,
 }
 
-/// The bounded log.
+/// What an event in the log is counted as beyond its key and value: the `Event` and its
+/// `Arc` (about 80 bytes), the queue's slot and allocator rounding.
+pub const EVENT_OVERHEAD: usize = 128;
+
+/// The bounded log: at most `capacity` events and `max_bytes` of them, whichever is reached first.
 #[derive(Debug)]
 pub struct ChangeLog {
     events: VecDeque<Arc<Event>>,
     /// Most events kept.
     capacity: usize,
+    /// Most bytes kept (keys, values and [`EVENT_OVERHEAD`] per event).
+    max_bytes: usize,
+    /// The bytes the events take, counted as for `max_bytes`.
+    bytes: usize,
     /// Every event with a revision above this is in the log.
     floor: u64,
 }
 
+/// What `ev` is counted as in memory bounds (the change log's, watches' initial state).
+pub fn event_bytes(ev: &Event) -> usize {
+    ev.key.len() + ev.value.as_ref().map_or(0, |v| v.len()) + EVENT_OVERHEAD
+}
+
 impl ChangeLog {
     /// An empty log whose history starts after `revision` (the node's revision at start).
-    pub fn new(capacity: usize, revision: u64) -> ChangeLog {
+    pub fn new(capacity: usize, max_bytes: usize, revision: u64) -> ChangeLog {
         ChangeLog {
             events: VecDeque::new(),
             capacity: capacity.max(1),
+            max_bytes,
+            bytes: 0,
             floor: revision,
         }
     }
@@ -96,20 +111,23 @@ impl ChangeLog {
     /// Appends an event (revisions must not decrease), evicting whole revisions when full.
     pub fn push(&mut self, ev: Arc<Event>) {
         debug_assert!(self.events.back().is_none_or(|b| b.revision <= ev.revision));
+        self.bytes += event_bytes(&ev);
         self.events.push_back(ev);
-        while self.events.len() > self.capacity {
+        while self.events.len() > self.capacity || self.bytes > self.max_bytes {
             let Some(old) = self.events.pop_front() else {
                 break;
             };
+            self.bytes -= event_bytes(&old);
             self.floor = self.floor.max(old.revision);
-            while self
-                .events
-                .front()
-                .is_some_and(|e| e.revision == old.revision)
-            {
-                self.events.pop_front();
+            while let Some(same) = self.events.pop_front_if(|e| e.revision == old.revision) {
+                self.bytes -= event_bytes(&same);
             }
         }
+    }
+
+    /// The bytes the events take, as counted against the byte bound.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Events with a revision above `after`, or `Compacted` if some are gone.
@@ -154,7 +172,7 @@ mod tests {
 
     #[test]
     fn resumes_and_compacts_whole_revisions() {
-        let mut log = ChangeLog::new(3, 10);
+        let mut log = ChangeLog::new(3, usize::MAX, 10);
         assert_eq!(log.since(10).unwrap().len(), 0);
         assert!(log.since(9).is_err());
         for r in [11, 12, 12, 13] {
@@ -182,6 +200,30 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![13, 14]
         );
+    }
+
+    #[test]
+    fn the_log_is_bounded_by_bytes_too() {
+        let big = |rev| {
+            Arc::new(Event {
+                value: Some("x".repeat(1000).into()),
+                ..(*ev(rev)).clone()
+            })
+        };
+        let one = event_bytes(&big(1));
+        let mut log = ChangeLog::new(1000, 3 * one, 0);
+        for r in 1..=10 {
+            log.push(big(r));
+            assert!(log.bytes() <= 3 * one, "{}", log.bytes());
+        }
+        assert_eq!((log.len(), log.floor(), log.bytes()), (3, 7, 3 * one));
+        // Small events still fill the log by count.
+        let mut log = ChangeLog::new(4, 1 << 20, 0);
+        for r in 1..=10 {
+            log.push(ev(r));
+        }
+        assert_eq!((log.len(), log.floor()), (4, 6));
+        assert_eq!(log.bytes(), 4 * event_bytes(&ev(1)));
     }
 
     #[test]
