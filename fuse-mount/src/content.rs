@@ -11,8 +11,9 @@
 //! - any other value gives compact JSON plus `"\n"`.
 //!
 //! Writing (`decode`): one trailing `"\n"` is dropped; if the rest parses as JSON (the whole of
-//! it, `serde_json` rules, surrounding whitespace allowed) that value is stored, else the rest is
-//! stored as a string, which must be valid UTF-8. Empty content is the empty string.
+//! it, [`crate::json`] rules: `serde_json`'s, surrounding whitespace allowed, no object key given
+//! twice) that value is stored, else the rest is stored as a string, which must be valid UTF-8.
+//! Empty content is the empty string.
 //!
 //! The property that holds: `decode(&encode(v)) == Ok(v)` for every value that is not an object
 //! (objects are directories and are never read as a file).
@@ -46,18 +47,15 @@ pub fn encode(value: &Value) -> Vec<u8> {
 /// The value written bytes stand for (see the module docs for the rule).
 pub fn decode(bytes: &[u8]) -> Result<Value, NotUtf8> {
     let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    if let Ok(value) = serde_json::from_slice::<Value>(body) {
-        return Ok(value);
-    }
-    match std::str::from_utf8(body) {
-        Ok(text) => Ok(Value::String(text.to_owned())),
-        Err(_) => Err(NotUtf8),
-    }
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Err(NotUtf8);
+    };
+    Ok(crate::json::parse(text).unwrap_or_else(|_| Value::String(text.to_owned())))
 }
 
 /// Would `text`, written raw, be read back as JSON rather than as this string?
 fn is_json_text(text: &str) -> bool {
-    serde_json::from_str::<Value>(text).is_ok()
+    crate::json::parse(text).is_ok()
 }
 
 #[cfg(test)]

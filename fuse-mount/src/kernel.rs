@@ -79,8 +79,14 @@ fn file_type(kind: Kind) -> FileType {
     }
 }
 
-/// A name as UTF-8 (store keys are text).
+/// Longest file name, in bytes: a store path segment's limit (and `statfs`'s `namelen`).
+const NAME_MAX: usize = 255;
+
+/// A name as UTF-8 (store keys are text), at most [`NAME_MAX`] bytes.
 fn utf8(name: &OsStr) -> Result<&str, Errno> {
+    if name.len() > NAME_MAX {
+        return Err(Errno(libc::ENAMETOOLONG));
+    }
     name.to_str().ok_or(Errno(libc::EINVAL))
 }
 
@@ -113,6 +119,7 @@ impl Filesystem for Adapter {
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         let result = match name.to_str() {
+            _ if name.len() > NAME_MAX => Err(Errno(libc::ENAMETOOLONG)),
             Some(name) => self.fs.lookup(parent, name),
             None => Err(Errno(libc::ENOENT)),
         };
@@ -260,12 +267,12 @@ impl Filesystem for Adapter {
         }
     }
 
-    fn flush(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _lock: u64, reply: ReplyEmpty) {
+    fn flush(&mut self, req: &Request<'_>, _ino: u64, fh: u64, _lock: u64, reply: ReplyEmpty) {
         if self.read_only {
             // Nothing to commit on a read-only mount; the kernel stops sending `flush`.
             return reply.error(libc::ENOSYS);
         }
-        empty(self.fs.flush(fh), reply);
+        empty(self.fs.flush(fh, crate::sys::killed(req.pid())), reply);
     }
 
     fn release(
@@ -339,7 +346,16 @@ impl Filesystem for Adapter {
         // Nothing here is backed by blocks: report a roomy, empty filesystem.
         const BLOCKS: u64 = 1 << 20;
         const FILES: u64 = 1 << 20;
-        reply.statfs(BLOCKS, BLOCKS, BLOCKS, FILES, FILES, 4096, 255, 4096);
+        reply.statfs(
+            BLOCKS,
+            BLOCKS,
+            BLOCKS,
+            FILES,
+            FILES,
+            4096,
+            NAME_MAX as u32,
+            4096,
+        );
     }
 
     fn setxattr(

@@ -51,6 +51,7 @@ pub mod backend;
 pub mod content;
 mod fs;
 mod invalidation;
+pub mod json;
 mod kernel;
 pub mod mem;
 mod mount;

@@ -122,6 +122,9 @@ impl From<db::Error> for ApiError {
                 (StatusCode::PRECONDITION_FAILED, "precondition_failed")
             }
             db::Error::AlreadyExists(_) => (StatusCode::PRECONDITION_FAILED, "already_exists"),
+            db::Error::NothingToMatch(_) => {
+                (StatusCode::PRECONDITION_FAILED, "precondition_failed")
+            }
             db::Error::Overlap(..) => (StatusCode::BAD_REQUEST, "bad_request"),
             db::Error::Storage(_) | db::Error::ShuttingDown => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")

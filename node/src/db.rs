@@ -59,6 +59,8 @@ pub enum Error {
     },
     #[error("{0} already exists")]
     AlreadyExists(String),
+    #[error("nothing at {0}, and If-Match: * asks for something there")]
+    NothingToMatch(String),
     #[error("paths {0} and {1} overlap; one batch may not write a path and a path inside it")]
     Overlap(String, String),
     #[error("storage failure, nothing was written: {0}")]
@@ -89,6 +91,8 @@ pub enum Condition {
     IfMatch(Version),
     /// Nothing may be visible at the path.
     IfNoneMatch,
+    /// Something must be visible at the path (`If-Match: *`).
+    IfExists,
 }
 
 /// One atomic change: every op gets the same version and revision.
@@ -672,6 +676,11 @@ impl Writer {
                 Condition::IfNoneMatch => {
                     if st.store.lookup(key, now) != Lookup::Missing {
                         return Err(Error::AlreadyExists(op.path().to_string()));
+                    }
+                }
+                Condition::IfExists => {
+                    if st.store.lookup(key, now) == Lookup::Missing {
+                        return Err(Error::NothingToMatch(op.path().to_string()));
                     }
                 }
                 Condition::None => {}

@@ -134,7 +134,9 @@ pub fn put_op(segs: &Segments, v: &Value, max_value_bytes: usize) -> Result<stor
 pub fn db_error(e: db::Error) -> Error {
     let kind = match e {
         db::Error::NotFound(_) => ErrorKind::NotFound,
-        db::Error::PreconditionFailed { .. } | db::Error::AlreadyExists(_) => ErrorKind::Conflict,
+        db::Error::PreconditionFailed { .. }
+        | db::Error::AlreadyExists(_)
+        | db::Error::NothingToMatch(_) => ErrorKind::Conflict,
         db::Error::Overlap(..) => ErrorKind::Invalid,
         db::Error::Storage(_) | db::Error::StorageUnknown(_) | db::Error::ShuttingDown => {
             ErrorKind::Unavailable

@@ -1652,3 +1652,57 @@ async fn wait_for_ok(c: &Client) {
     })
     .await
 }
+
+#[tokio::test]
+async fn smaller_mismatches_are_refused_as_documented() {
+    let n = TestNode::start().await;
+    let code = |r: &Response| (r.status.as_u16(), r.error_code());
+    // An empty segment is refused, also at the start.
+    for url in ["/v1/kv//x", "/v1/kv/a//b", "/v1/watch//x"] {
+        let r = n.send(Method::PUT, url, &[], Some("1")).await;
+        assert_eq!(code(&r).1.as_deref(), Some("bad_path"), "{url}");
+    }
+    assert_eq!(n.get("/v1/kv/x").await.status, 404, "nothing was stored");
+    // The path-length error gives the whole path's length.
+    let long = format!("/v1/kv/{}", vec!["y".repeat(200); 6].join("/"));
+    let r = n.send(Method::PUT, &long, &[], Some("1")).await;
+    let message = r.json().unwrap()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("path is 1206 bytes"), "{message}");
+    // A key given twice in one object, anywhere in a body.
+    for (url, body) in [
+        ("/v1/kv/d", r#"{"a":1,"a":2}"#),
+        ("/v1/kv/d", r#"{"x":{"b":1,"b":1}}"#),
+        (
+            "/v1/batch",
+            r#"{"ops":[{"op":"put","path":"/d","value":1,"value":2}]}"#,
+        ),
+    ] {
+        let method = if url == "/v1/batch" {
+            Method::POST
+        } else {
+            Method::PUT
+        };
+        let r = n.send(method, url, &[], Some(body)).await;
+        assert_eq!(code(&r), (400, Some("bad_json".into())), "{body}");
+        let message = r.json().unwrap()["error"]["message"].to_string();
+        assert!(message.contains("duplicate key"), "{message}");
+    }
+    assert_eq!(n.get("/v1/kv/d").await.status, 404, "nothing was stored");
+    // If-Match compares strongly: `*` needs something there, a weak tag never matches.
+    let star = [(header::IF_MATCH, "*".to_string())];
+    let r = n.send(Method::PUT, "/v1/kv/m", &star, Some("1")).await;
+    assert_eq!(code(&r), (412, Some("precondition_failed".into())));
+    ok(&n.send(Method::PUT, "/v1/kv/m", &[], Some("1")).await);
+    let r = n.send(Method::PUT, "/v1/kv/m", &star, Some("2")).await;
+    let version = version_of(&r);
+    let weak = [(header::IF_MATCH, format!("W/\"{version}\""))];
+    let r = n.send(Method::PUT, "/v1/kv/m", &weak, Some("3")).await;
+    assert_eq!(code(&r), (412, Some("precondition_failed".into())));
+    let r = n.send(Method::DELETE, "/v1/kv/m", &weak, None).await;
+    assert_eq!(code(&r), (412, Some("precondition_failed".into())));
+    assert_eq!(ok(&n.get("/v1/kv/m").await), json!(2));
+    n.shutdown().await;
+}

@@ -534,3 +534,47 @@ async fn plugins_refuse_writes_with_einval_and_derived_keys_are_read_only_files(
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_writer_killed_mid_write_leaves_the_old_value() {
+    if !require_fuse("a_writer_killed_mid_write") {
+        return;
+    }
+    let m = MountedNode::start().await;
+    m.put("/app", r#"{"ip":"10.0.0.1"}"#).await;
+    // A writer that is killed after writing part of the value: the kernel closes its file
+    // (flush, release) on its way out, which must not store the part.
+    let killed = m.ok(
+        "python3 -c 'import os, signal; fd = os.open(\"app/ip\", os.O_WRONLY | os.O_TRUNC); \
+         os.write(fd, b\"10.0.0.\"); os.kill(os.getpid(), signal.SIGKILL)'; echo $?",
+    );
+    assert_eq!(killed, "137\n", "killed by SIGKILL");
+    assert_eq!(m.get("/app/ip").await, Some(json!("10.0.0.1")));
+    let reason = m.ok("getfattr --only-values -n user.herd.error app/ip 2>/dev/null || python3 -c 'import os; print(os.getxattr(\"app/ip\", \"user.herd.error\").decode())'");
+    assert!(reason.contains("killed"), "{reason}");
+    // A writer that exits without closing (the kernel closes for it too) has written what it
+    // meant to: that is stored.
+    m.ok(
+        "python3 -c 'import os; fd = os.open(\"app/ip\", os.O_WRONLY | os.O_TRUNC); \
+         os.write(fd, b\"10.0.0.2\"); os._exit(0)'",
+    );
+    assert_eq!(m.get("/app/ip").await, Some(json!("10.0.0.2")));
+}
+
+#[tokio::test]
+async fn a_name_over_255_bytes_is_too_long() {
+    if !require_fuse("a_name_over_255_bytes") {
+        return;
+    }
+    let m = MountedNode::start().await;
+    let out = m.sh(&format!("echo 1 > {}", "n".repeat(300)));
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("File name too long"), "{out:?}");
+    let out = m.sh(&format!("mkdir {}", "d".repeat(256)));
+    assert!(out.stderr.contains("File name too long"), "{out:?}");
+    m.ok(&format!("echo 1 > {}", "n".repeat(255)));
+    assert_eq!(
+        m.get(&format!("/{}", "n".repeat(255))).await,
+        Some(json!(1))
+    );
+}

@@ -56,6 +56,11 @@ pub(crate) struct KeyHandle {
     pub(super) committed: bool,
     /// When this handle last wrote (orders unsaved buffers).
     pub(super) seq: u64,
+    /// The last close of this handle came from a process killed by a signal, after its last
+    /// write: the kernel closed its files for it, and what it wrote may be cut short, so
+    /// nothing commits unless a later write (another descriptor of the same open file) says
+    /// otherwise.
+    pub(super) abandoned: bool,
 }
 
 impl KeyHandle {
@@ -77,6 +82,7 @@ impl KeyHandle {
             created: false,
             committed: false,
             seq: 0,
+            abandoned: false,
         }
     }
 }

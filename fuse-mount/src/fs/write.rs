@@ -74,7 +74,7 @@ impl Fs {
             return Err(self.reject(&path, libc::EFBIG, &message));
         }
         patch(&mut h.buf, start, data);
-        (h.dirty, h.modified) = (true, true);
+        (h.dirty, h.modified, h.abandoned) = (true, true, false);
         h.writes += 1;
         h.seq = seq;
         let whole = h.writes == 1 && end == h.buf.len() && !data.len().is_multiple_of(PAGE);
@@ -162,10 +162,22 @@ impl Fs {
 
     /// `flush` (each `close`): commit a buffer the process changed; the error, if any, is the
     /// caller's. A created file whose write was refused disappears here already.
-    pub fn flush(&mut self, fh: u64) -> Result<()> {
+    /// `writer_killed`: the closing process was killed by a signal (see `sys::killed`); its
+    /// unsaved content is not committed, now or at `release`.
+    pub fn flush(&mut self, fh: u64, writer_killed: bool) -> Result<()> {
         let Some(mut h) = self.take_key(fh) else {
             return Ok(());
         };
+        if writer_killed && h.dirty && h.poisoned.is_none() {
+            h.abandoned = true;
+            let path = lock(&self.table).path(h.ino).cloned().unwrap_or_default();
+            self.reject(
+                &path,
+                libc::EIO,
+                "the writing process was killed before it closed the file; what it wrote \
+                 was not stored",
+            );
+        }
         let result = if h.modified {
             self.commit(&mut h)
         } else {
@@ -235,7 +247,7 @@ impl Fs {
 
     /// Commit a handle's buffer if it changed since the last commit.
     fn commit(&mut self, h: &mut KeyHandle) -> Result<()> {
-        if !h.dirty || h.poisoned.is_some() {
+        if !h.dirty || h.poisoned.is_some() || h.abandoned {
             return Ok(());
         }
         h.dirty = false;

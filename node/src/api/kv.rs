@@ -358,12 +358,26 @@ fn parse_ttl(t: &str) -> Result<u64> {
     Ok(d.as_millis() as u64)
 }
 
-/// Reads `If-Match` / `If-None-Match`.
+/// Reads `If-Match` / `If-None-Match`. `If-Match` compares strongly (RFC 9110): `*` asks for
+/// the path to exist, and a weak tag (`W/"..."`) never matches.
 fn condition(h: &HeaderMap, allow_none_match: bool) -> Result<Condition> {
     if let Some(v) = h.get(header::IF_MATCH) {
         let s = v
             .to_str()
-            .map_err(|_| ApiError::bad_request("If-Match is not text"))?;
+            .map_err(|_| ApiError::bad_request("If-Match is not text"))?
+            .trim();
+        if s == "*" {
+            return Ok(Condition::IfExists);
+        }
+        if s.starts_with("W/") {
+            return Err(ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                format!(
+                    "If-Match: {s} is a weak tag, which never matches (versions are strong tags)"
+                ),
+            ));
+        }
         let version: Version = s.parse().map_err(|e: crate::store::version::ParseError| {
             ApiError::bad_request(format!("If-Match: {e}"))
         })?;

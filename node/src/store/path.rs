@@ -84,9 +84,10 @@ impl Path {
 
     /// Parses the raw (percent-encoded) path of a URL: each segment is decoded and then checked, so
     /// `%2e%2e` or `%2f` cannot sneak a `..` or a `/` past the grammar.
+    /// `raw` is what follows the route's own `/` (`a/b` of `/v1/kv/a/b`), so a leading `/`
+    /// is an empty segment (`/v1/kv//a`), refused like any other.
     pub fn parse_url(raw: &str) -> Result<Path, Error> {
         let raw = raw.strip_suffix('/').unwrap_or(raw);
-        let raw = raw.strip_prefix('/').unwrap_or(raw);
         if raw.is_empty() {
             return Ok(Path::root());
         }
@@ -97,11 +98,16 @@ impl Path {
         Path::from_segments(segs.iter().map(String::as_str))
     }
 
-    /// Builds a path from segments, checking each and the limits.
+    /// Builds a path from segments, checking each and the limits; a path over the length
+    /// limit is reported with its whole length.
     pub fn from_segments<'a>(segs: impl IntoIterator<Item = &'a str>) -> Result<Path, Error> {
+        let segs: Vec<&str> = segs.into_iter().collect();
         let mut p = Path::root();
-        for seg in segs {
-            p = p.child(seg)?;
+        for seg in &segs {
+            p = p.child(seg).map_err(|e| match e {
+                Error::TooLong(_) => Error::TooLong(segs.iter().map(|s| 1 + s.len()).sum()),
+                e => e,
+            })?;
         }
         Ok(p)
     }
@@ -113,7 +119,8 @@ impl Path {
         if n > MAX_SEGMENTS {
             return Err(Error::TooManySegments(n));
         }
-        let len = self.key.len() + 1 + seg.len();
+        // As written: `/` before each segment.
+        let len = self.written_len() + 1 + seg.len();
         if len > MAX_PATH_BYTES {
             return Err(Error::TooLong(len));
         }
@@ -143,6 +150,16 @@ impl Path {
     }
 
     /// Number of segments.
+    /// The length of the path as written (`/a/b`): the key with a `/` for each NUL, and one
+    /// in front.
+    fn written_len(&self) -> usize {
+        if self.key.is_empty() {
+            0
+        } else {
+            self.key.len() + 1
+        }
+    }
+
     pub fn depth(&self) -> usize {
         if self.key.is_empty() {
             0
@@ -283,7 +300,22 @@ mod tests {
         assert_eq!(Path::parse(&deep), Err(Error::TooManySegments(33)));
         assert!(Path::parse(&"/a".repeat(32)).is_ok());
         let long = format!("/{}", vec!["y".repeat(200); 6].join("/"));
-        assert!(matches!(Path::parse(&long), Err(Error::TooLong(_))));
+        assert_eq!(Path::parse(&long), Err(Error::TooLong(long.len())));
+        // The limit is on the path as written, 1024 bytes with its slashes.
+        let at_limit = format!(
+            "/{}/{}",
+            "a".repeat(255),
+            vec!["b".repeat(255); 3].join("/")
+        );
+        assert_eq!(at_limit.len(), 1024);
+        assert!(Path::parse(&at_limit).is_ok());
+        let over = format!("{at_limit}/c");
+        assert_eq!(Path::parse(&over), Err(Error::TooLong(1026)));
+        // One trailing `/` is not part of the path.
+        assert_eq!(
+            Path::parse(&format!("{at_limit}/")).unwrap().to_string(),
+            at_limit
+        );
     }
 
     #[test]
@@ -301,6 +333,10 @@ mod tests {
         assert_eq!(Path::parse_url("a/%ff"), Err(Error::InvalidUtf8));
         assert_eq!(Path::parse_url("caf%C3%A9").unwrap().to_string(), "/café");
         assert_eq!(Path::parse_url("").unwrap(), Path::root());
+        // What follows `/v1/kv/`: a leading `/` is an empty segment.
+        assert_eq!(Path::parse_url("/x"), Err(Error::EmptySegment));
+        assert_eq!(Path::parse_url("a//b"), Err(Error::EmptySegment));
+        assert_eq!(Path::parse_url("a/b/").unwrap().to_string(), "/a/b");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Incoming JSON values: strict parsing, limits, and explosion into registers.
 //!
-//! A body is accepted only if it is non-empty UTF-8, one JSON value with nothing after it, every
-//! number representable without loss (integers within i64/u64, finite floats), nesting within the
-//! limit, and every object key a valid path segment. Knows nothing of HTTP or storage.
+//! A body is accepted only if it is non-empty UTF-8, one JSON value with nothing after it and no
+//! object key given twice (`fuse_mount::json`, the rule the file view uses too), every number
+//! representable without loss (integers within i64/u64, finite floats), nesting within the limit,
+//! and every object key a valid path segment. Knows nothing of HTTP or storage.
 
 use super::path::{self, Path};
 use super::register::Kind;
@@ -40,7 +41,7 @@ pub fn parse(body: &[u8]) -> Result<Value, Error> {
     if text.trim().is_empty() {
         return Err(Error::Empty);
     }
-    let value: Value = serde_json::from_str(text).map_err(|e| {
+    let value: Value = fuse_mount::json::parse(text).map_err(|e| {
         let msg = e.to_string();
         if msg.contains("recursion limit") {
             Error::TooDeep
