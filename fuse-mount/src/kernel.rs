@@ -272,7 +272,7 @@ impl Filesystem for Adapter {
             // Nothing to commit on a read-only mount; the kernel stops sending `flush`.
             return reply.error(libc::ENOSYS);
         }
-        empty(self.fs.flush(fh, crate::sys::killed(req.pid())), reply);
+        empty(self.fs.flush(fh, || crate::sys::killed(req.pid())), reply);
     }
 
     fn release(

@@ -40,7 +40,7 @@ pub struct App {
     /// Permits for watch streams (`max_watchers`).
     pub watchers: Arc<Semaphore>,
     /// Watch streams open per token (`max_watchers_per_token`).
-    pub token_watchers: Arc<watch::Slots>,
+    pub token_watchers: Arc<crate::slots::Slots<String>>,
     /// Room for watches' initial state waiting to be sent (`watch_snapshot_bytes`), in units
     /// of `watch::SNAPSHOT_UNIT` bytes.
     pub snapshots: Arc<Semaphore>,
@@ -440,6 +440,33 @@ pub fn require_node_wide(grant: &Grant) -> Result<()> {
             grant.name, grant.prefix
         ),
     ))
+}
+
+/// Requires that a put at or below the token's prefix leaves everything outside it as it is:
+/// a put below a leaf turns that leaf into a directory, which a token may do only within its
+/// prefix.
+pub fn require_no_leaf_above(app: &App, grant: &Grant) -> Result<()> {
+    if grant.prefix.is_root() {
+        return Ok(());
+    }
+    let st = app.db.read();
+    let now = db::now_ms();
+    let leaf = path::key_ancestors(grant.prefix.key())
+        .find(|key| matches!(st.store.lookup(key, now), crate::store::Lookup::Leaf(_)));
+    match leaf {
+        None => Ok(()),
+        Some(key) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "outside_prefix",
+            format!(
+                "token {:?} is limited to {}, below the value at /{}: a write there would \
+                 replace that value, which is outside the prefix",
+                grant.name,
+                grant.prefix,
+                key.replace('\0', "/")
+            ),
+        )),
+    }
 }
 
 /// Requires that the token's prefix covers `p` and that `p` is not reserved.

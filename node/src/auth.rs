@@ -346,8 +346,9 @@ pub async fn bootstrap(db: &Db, tokens: &Tokens, data_dir: &std::path::Path) -> 
                 tracing::warn!(
                     file = %file.display(),
                     token = %name,
-                    "the bootstrap admin token in this file was revoked and stays revoked; \
-                     delete the file and restart the node to make a new one"
+                    "the bootstrap admin token in this file is not in the store (revoked, or the \
+                     store was wiped) and is not restored; delete the file and restart the node \
+                     to make a new one"
                 );
             }
             tokens.reload(db);

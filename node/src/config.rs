@@ -48,7 +48,8 @@ pub struct Config {
     pub max_batch_bytes: usize,
     /// Most operations in one batch. Default 10,000.
     pub max_batch_ops: usize,
-    /// Most simultaneous client connections; further ones wait in the listen backlog.
+    /// Most simultaneous client connections; past them, 16 spare ones answer only
+    /// `/v1/health` and the rest are closed at once.
     /// Default 1,024.
     pub max_connections: usize,
     /// Most simultaneous connections from one client address, so that one client cannot take

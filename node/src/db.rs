@@ -360,7 +360,6 @@ impl Db {
         let _ = self.tx.send(Command::Housekeeping).await;
     }
 
-    /// Starts a watch of `key`: a replay after `since`, or the current state, plus live events.
     /// About the memory the initial state of a watch of `key` takes as events (see
     /// `store::log::event_bytes`).
     pub fn snapshot_bytes(&self, key: &str) -> usize {
@@ -372,6 +371,7 @@ impl Db {
             .sum()
     }
 
+    /// Starts a watch of `key`: a replay after `since`, or the current state, plus live events.
     pub fn subscribe(&self, key: &str, since: Option<u64>) -> Result<Subscription, Compacted> {
         let st = self.read();
         let live = self.inner.events.subscribe();

@@ -10,6 +10,7 @@
 //! - `node`: the composition root: `start(config) -> NodeHandle`, `run(config)`.
 //! - `serve`: the HTTPS server loop the API and the peer port share (limits, accept, TLS,
 //!   HTTP/1.1 connections, graceful shutdown).
+//! - `slots`: counted places per key (watch streams per token, connections per address).
 //! - `cluster`: peers, discovery, replication and anti-entropy.
 //! - `tls`: the local CA, the API certificate, rustls configs and the TLS accept step.
 //! - `client`: the HTTPS client of the REST API (CLI, test harness): keep-alive pool, SSE.
@@ -25,6 +26,7 @@ pub mod mount;
 pub mod node;
 pub mod plugin;
 pub mod serve;
+pub mod slots;
 pub mod storage;
 pub mod store;
 pub mod tls;

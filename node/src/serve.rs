@@ -4,23 +4,24 @@
 //!
 //! No client can take every connection: one address holds at most `max_per_client`, a response
 //! write that makes no progress for `write` ends its connection (a client that stops reading),
-//! and past either limit a few spare connections are still accepted and served as overloaded
-//! (short timeouts, one request each, for the server to answer `/v1/health` and refuse the
-//! rest), so a health check keeps its answer; past those, a connection is closed at once.
+//! and past either limit a few spare connections (two per address at most) are still accepted
+//! and served as overloaded (short timeouts, one request each, for the server to answer
+//! `/v1/health` and refuse the rest), so a health check keeps its answer; past those, a
+//! connection is closed at once.
 //!
 //! Must not know about routes: each server passes a function that makes the service of one
 //! connection.
 
 use crate::api::Body;
+use crate::slots::Slots;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -31,6 +32,8 @@ use tokio_util::task::TaskTracker;
 
 /// Connections accepted beyond `max_connections`, served as overloaded.
 const SPARE_CONNECTIONS: usize = 16;
+/// Spare connections one client address may hold: the rest are for others' health checks.
+const SPARE_PER_CLIENT: usize = 2;
 /// The handshake and header time of a spare connection.
 const SPARE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -47,43 +50,6 @@ pub struct Limits {
     pub headers: Duration,
     /// Time a response write may make no progress before its connection is closed.
     pub write: Duration,
-}
-
-/// Open connections per client address.
-#[derive(Default)]
-struct Clients(Mutex<HashMap<IpAddr, usize>>);
-
-/// One connection's place in [`Clients`], given back when dropped.
-struct ClientSlot {
-    clients: Arc<Clients>,
-    ip: IpAddr,
-}
-
-impl Clients {
-    fn take(self: &Arc<Clients>, ip: IpAddr, max: usize) -> Option<ClientSlot> {
-        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(ip).or_default();
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(ClientSlot {
-            clients: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut open = self.clients.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
 }
 
 /// Serves `listener` until `cancel` fires; every connection task joins `tracker`. For each
@@ -108,7 +74,8 @@ pub async fn serve<M, S, F, G>(
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let conns = Arc::new(Semaphore::new(limits.max_connections));
     let spare = Arc::new(Semaphore::new(SPARE_CONNECTIONS));
-    let clients = Arc::new(Clients::default());
+    let clients = Arc::new(Slots::<IpAddr>::default());
+    let spare_clients = Arc::new(Slots::<IpAddr>::default());
     loop {
         let (tcp, peer) = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -124,20 +91,28 @@ pub async fn serve<M, S, F, G>(
         };
         // Past its address's share or the limit in all, a connection may still have a spare
         // place (answering only health checks); past that it is closed at once.
-        let slot = clients.take(peer.ip(), limits.max_per_client);
+        let slot = clients.take(&peer.ip(), limits.max_per_client);
         let permit = match &slot {
             Some(_) => conns.clone().try_acquire_owned().ok(),
             None => None,
         };
-        let (permit, overloaded) = match permit {
-            Some(p) => (p, false),
-            None => match spare.clone().try_acquire_owned() {
+        let spare_slot = match permit {
+            Some(_) => None,
+            None => spare_clients.take(&peer.ip(), SPARE_PER_CLIENT),
+        };
+        let (permit, overloaded) = match (permit, &spare_slot) {
+            (Some(p), _) => (p, false),
+            (None, Some(_)) => match spare.clone().try_acquire_owned() {
                 Ok(p) => (p, true),
                 Err(_) => {
                     tracing::debug!(%peer, "{what}: no connection left for this client; closed");
                     continue;
                 }
             },
+            (None, None) => {
+                tracing::debug!(%peer, "{what}: no connection left for this client; closed");
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let (service, guard) = make(peer, overloaded);
@@ -148,7 +123,7 @@ pub async fn serve<M, S, F, G>(
             (limits.handshake, limits.headers)
         };
         tracker.spawn(async move {
-            let _held = (permit, slot, guard);
+            let _held = (permit, slot, spare_slot, guard);
             let stream = match crate::tls::accept(&acceptor, tcp, handshake).await {
                 Ok(s) => s,
                 Err(e) => {

@@ -88,8 +88,8 @@ pub enum Error {
     #[error("storage stopped after an earlier write-ahead log failure ({why}); restart the node to recover what was acknowledged")]
     Stopped {
         why: String,
-        /// The commit was handed to the kernel before the failure (buffered log): it may reach
-        /// the disk.
+        /// The commit may have reached the disk before the failure: it is in the page cache of
+        /// a buffered log, or was part of the direct write that failed.
         appended: bool,
     },
 }
@@ -219,19 +219,11 @@ impl Storage {
         let segments = wal::segments(&self.wal_dir)?;
         // Segments before `wal_next` were deleted once redb covered them: if the oldest one
         // left is later, redb is older than the checkpoint that deleted them.
-        // A new redb file meets only a log that starts at segment 1; one written before
-        // `wal_next` was recorded is not checked.
-        let floor = wal_next.or((redb_lsn == 0).then_some(1));
-        if let (Some((oldest, path)), Some(next)) = (segments.first(), floor) {
+        if let (Some((oldest, path)), Some(next)) = (segments.first(), wal_next) {
             if *oldest > next {
-                let why = if wal_next.is_some() {
-                    "it was rolled back, replaced or damaged"
-                } else {
-                    "it is new or empty: deleted, emptied or replaced"
-                };
                 return Err(Error::Gap(format!(
                     "{} covers the write-ahead log up to segment {next}, but the oldest segment \
-                     left is {} ({why})",
+                     left is {} (it was rolled back, replaced or damaged)",
                     self.path.display(),
                     path.display()
                 )));
@@ -241,36 +233,48 @@ impl Storage {
         let (dirty, dirty_bytes) = (&mut self.dirty, &mut self.dirty_bytes);
         // A bad record ends the log only as a torn tail: nothing whole may follow it.
         let mut torn: Option<(&Path, wal::End)> = None;
+        // The newest record read, and whether any was.
+        let newest = std::cell::Cell::new((0u64, false));
+        // A whole record after a bad one counts only if it reads as a later record.
+        let follows = |payload: &[u8]| {
+            Record::decode(payload)
+                .is_ok_and(|r| r.lsn > newest.get().0 && r.for_each(|_, _| {}).is_ok())
+        };
         for (_, path) in &segments {
-            let end = wal::read_segment(path, |payload| {
-                let rec = Record::decode(payload)?;
-                if let Some((torn_path, end)) = &torn {
-                    return Err(Error::Damaged {
-                        path: torn_path.display().to_string(),
-                        offset: end.valid,
-                        after: format!("record {} in {}", rec.lsn, path.display()),
-                    });
-                }
-                if rec.lsn <= lsn {
-                    return Ok::<_, Error>(()); // in redb already
-                }
-                if rec.lsn != lsn + 1 {
-                    return Err(Error::Gap(format!(
-                        "the write-ahead log jumps from record {lsn} to record {} in {} \
+            let end = wal::read_segment(
+                path,
+                |payload| {
+                    let rec = Record::decode(payload)?;
+                    newest.set((rec.lsn, true));
+                    if let Some((torn_path, end)) = &torn {
+                        return Err(Error::Damaged {
+                            path: torn_path.display().to_string(),
+                            offset: end.valid,
+                            after: format!("record {} in {}", rec.lsn, path.display()),
+                        });
+                    }
+                    if rec.lsn <= lsn {
+                        return Ok::<_, Error>(()); // in redb already
+                    }
+                    if rec.lsn != lsn + 1 {
+                        return Err(Error::Gap(format!(
+                            "the write-ahead log jumps from record {lsn} to record {} in {} \
                          (records, a segment or the database file's last checkpoint are missing)",
-                        rec.lsn,
-                        path.display()
-                    )));
-                }
-                rec.for_each(|key, value| {
-                    set_dirty(dirty, dirty_bytes, key, value);
-                })?;
-                (lsn, revision) = (rec.lsn, rec.revision);
-                high_water = high_water.max(rec.high_water);
-                replayed += 1;
-                replayed_bytes += wal::record_len(payload.len()) as u64;
-                Ok(())
-            })?;
+                            rec.lsn,
+                            path.display()
+                        )));
+                    }
+                    rec.for_each(|key, value| {
+                        set_dirty(dirty, dirty_bytes, key, value);
+                    })?;
+                    (lsn, revision) = (rec.lsn, rec.revision);
+                    high_water = high_water.max(rec.high_water);
+                    replayed += 1;
+                    replayed_bytes += wal::record_len(payload.len()) as u64;
+                    Ok(())
+                },
+                follows,
+            )?;
             if end.dropped == 0 {
                 continue;
             }
@@ -289,6 +293,20 @@ impl Storage {
                 });
             }
             torn = Some((path, end));
+        }
+        // A new redb file with a log that holds no record: the log must start at segment 1, or
+        // the checkpoints that deleted the earlier segments are gone with the file.
+        if let (None, 0, false, Some((oldest, path))) =
+            (wal_next, redb_lsn, newest.get().1, segments.first())
+        {
+            if *oldest > 1 {
+                return Err(Error::Gap(format!(
+                    "{} is new or empty, but the oldest write-ahead log segment is {} (the \
+                     database file was deleted, emptied or replaced)",
+                    self.path.display(),
+                    path.display()
+                )));
+            }
         }
         if let Some((path, end)) = torn {
             tracing::warn!(
@@ -335,6 +353,7 @@ impl Storage {
                     revision,
                     high_water,
                     upto: next - 1,
+                    covers: None,
                 },
             )?;
             wal::remove_upto(&self.wal_dir, next - 1)?;
@@ -350,7 +369,11 @@ impl Storage {
         }
         self.log = Some(log);
         (self.lsn, self.revision, self.high_water) = (lsn, revision, high_water);
-        self.checkpointer = Some(Checkpointer::start(self.db.clone(), self.wal_dir.clone())?);
+        self.checkpointer = Some(Checkpointer::start(
+            self.db.clone(),
+            self.wal_dir.clone(),
+            self.stopped.clone(),
+        )?);
         Ok(Loaded {
             registers,
             revision,
@@ -431,6 +454,8 @@ impl Storage {
         let (Some(log), Some(checkpointer)) = (self.log.as_mut(), &self.checkpointer) else {
             return;
         };
+        // Everything appended so far, synced by the checkpoint thread before redb gets it.
+        let covers = log.segment();
         let upto = match log.rotate() {
             Ok(seq) => seq,
             Err(e) => {
@@ -445,6 +470,7 @@ impl Storage {
             revision: self.revision,
             high_water: self.high_water,
             upto,
+            covers: Some(covers),
         };
         self.dirty_bytes = 0;
         self.dirty_log_bytes = 0;
@@ -480,7 +506,7 @@ impl LogSync {
         if let Some(why) = self.stopped.get() {
             return Err(Error::Stopped {
                 why: why.clone(),
-                appended: !self.segment.direct(),
+                appended: self.segment.maybe_written(),
             });
         }
         self.segment.sync().map_err(|e| {
@@ -520,6 +546,9 @@ struct Job {
     high_water: Version,
     /// Segments numbered up to this one hold only records up to `lsn`.
     upto: u64,
+    /// The log records the job holds, some maybe not yet synced: they are synced before redb
+    /// gets them, so redb never holds a write whose sync failed (answered as not written).
+    covers: Option<wal::Segment>,
 }
 
 /// The thread that writes checkpoints to redb, one at a time, off the writer's path.
@@ -529,7 +558,11 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(db: Arc<Database>, wal_dir: PathBuf) -> Result<Checkpointer, Error> {
+    fn start(
+        db: Arc<Database>,
+        wal_dir: PathBuf,
+        stopped: Arc<OnceLock<String>>,
+    ) -> Result<Checkpointer, Error> {
         // One job queued behind the one being written: the writer waits beyond that, which
         // bounds the memory that dirty registers take.
         let (tx, rx) = mpsc::sync_channel::<Job>(1);
@@ -539,6 +572,11 @@ impl Checkpointer {
                 // Entries of a checkpoint that failed, retried with the next one.
                 let mut carry: Option<Dirty> = None;
                 for mut job in rx {
+                    if let Some(Err(e)) = job.covers.as_ref().map(wal::Segment::sync) {
+                        tracing::error!(error = %e, "write-ahead log sync failed before a checkpoint; refusing all writes until restart");
+                        let _ = stopped.set(e.to_string());
+                        continue;
+                    }
                     if let Some(mut older) = carry.take() {
                         older.extend(job.entries.drain());
                         job.entries = older;

@@ -92,7 +92,7 @@ impl Check {
     fn put(&mut self, path: &str, content: &str) -> Result<()> {
         let fh = self.open_write(path, O_WRITE)?;
         let written = self.fs.write(fh, 0, content.as_bytes());
-        let flushed = self.fs.flush(fh, false);
+        let flushed = self.fs.flush(fh, || false);
         self.fs.release(fh)?;
         written?;
         flushed

@@ -162,13 +162,14 @@ impl Fs {
 
     /// `flush` (each `close`): commit a buffer the process changed; the error, if any, is the
     /// caller's. A created file whose write was refused disappears here already.
-    /// `writer_killed`: the closing process was killed by a signal (see `sys::killed`); its
-    /// unsaved content is not committed, now or at `release`.
-    pub fn flush(&mut self, fh: u64, writer_killed: bool) -> Result<()> {
+    /// `writer_killed` says whether the closing process was killed by a signal (see
+    /// `sys::killed`; asked only when there is unsaved content): its unsaved content is then
+    /// not committed, now or at `release`.
+    pub fn flush(&mut self, fh: u64, writer_killed: impl FnOnce() -> bool) -> Result<()> {
         let Some(mut h) = self.take_key(fh) else {
             return Ok(());
         };
-        if writer_killed && h.dirty && h.poisoned.is_none() {
+        if h.dirty && h.poisoned.is_none() && writer_killed() {
             h.abandoned = true;
             let path = lock(&self.table).path(h.ino).cloned().unwrap_or_default();
             self.reject(

@@ -89,6 +89,7 @@ pub async fn put(
 ) -> Result<Response<Body>> {
     authorize(grant, Role::Write, &path)?;
     not_root(&path)?;
+    super::require_no_leaf_above(app, grant)?;
     let ttl_ms = match query_param(req.uri().query(), "ttl") {
         None => None,
         Some(t) => Some(parse_ttl(t)?),
@@ -226,6 +227,7 @@ pub async fn batch(
         not_root(&path)?;
         match (b.op.as_str(), b.value) {
             ("put", Some(v)) => {
+                super::require_no_leaf_above(app, grant)?;
                 let ttl_ms = b.ttl.as_deref().map(parse_ttl).transpose()?;
                 if ttl_ms.is_some() && v.is_object() {
                     return Err(ApiError::bad_request(format!(

@@ -18,8 +18,7 @@ use crate::store::path::key_contains;
 use crate::store::{value, Event, EventKind, Path, INTERNAL};
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast::error::RecvError, mpsc, OwnedSemaphorePermit};
 
@@ -131,44 +130,6 @@ fn visible_to(watched: &str, ev: &Event) -> bool {
         && (!watched.is_empty() || !crate::store::path::key_contains(INTERNAL, &ev.key))
 }
 
-/// Watch streams open per token name.
-#[derive(Debug, Default)]
-pub struct Slots(Mutex<HashMap<String, usize>>);
-
-impl Slots {
-    /// One more stream for token `name`, if it has fewer than `max`; given back when dropped.
-    fn take(self: &Arc<Slots>, name: &str, max: usize) -> Option<Slot> {
-        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(name.to_owned()).or_default();
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(Slot {
-            slots: self.clone(),
-            name: name.to_owned(),
-        })
-    }
-}
-
-/// One stream's place in [`Slots`].
-struct Slot {
-    slots: Arc<Slots>,
-    name: String,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut open = self.slots.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.name) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.name);
-            }
-        }
-    }
-}
-
 /// `ev` as `grant` may see it while watching `watched` (an event already [`visible_to`] it):
 /// as it is when the token may read the event's path; otherwise the event is at an ancestor of
 /// the watched path, and is cut to the watched path.
@@ -225,11 +186,25 @@ async fn stream(
     mut room: Option<OwnedSemaphorePermit>,
     tx: mpsc::Sender<Bytes>,
 ) {
+    // A token revoked since the request was authenticated (while it waited for room, say) is
+    // caught here; one revoked later, by the reload that follows.
     let mut reloads = app.tokens.reloads();
+    let revoked = || error_frame("invalid_token", "the token was revoked");
+    if !app.tokens.holds(grant) {
+        let _ = tx.send(revoked()).await;
+        return;
+    }
     // Each event is dropped once sent; the room held shrinks with what is left to send (a state
     // larger than the whole room holds all of it until only that much is left).
     let mut left: usize = sub.backlog.iter().map(|ev| event_bytes(ev)).sum();
     for ev in std::mem::take(&mut sub.backlog) {
+        if reloads.has_changed().unwrap_or(true) {
+            reloads.borrow_and_update();
+            if !app.tokens.holds(grant) {
+                let _ = tx.send(revoked()).await;
+                return;
+            }
+        }
         if visible_to(key, &ev) && tx.send(frame(&cut(grant, key, &ev))).await.is_err() {
             return;
         }
@@ -255,9 +230,7 @@ async fn stream(
             _ = tx.closed() => return,
             changed = reloads.changed() => {
                 if changed.is_err() || !app.tokens.holds(grant) {
-                    let _ = tx
-                        .send(error_frame("invalid_token", "the token was revoked"))
-                        .await;
+                    let _ = tx.send(revoked()).await;
                     return;
                 }
                 continue;

@@ -3,11 +3,18 @@
 //!
 //! Must not validate paths or values: the node does, and its error is what the user sees.
 
-/// `text` with every control character (C0, DEL, C1) written as an escape (`\n`, `\t`, `\r`,
-/// `\x1b`, `\u{9b}`), so a key or name shown to a person can neither split a line nor reach
-/// the terminal as a command.
+/// `text` with every control character (C0, DEL, C1) and bidirectional control written as an
+/// escape (`\n`, `\t`, `\r`, `\x1b`, `\u{9b}`, `\u{202e}`), so a key or name shown to a person
+/// can neither split a line, reach the terminal as a command, nor reorder what it shows. A
+/// backslash is shown as it is.
 pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    // Bidirectional controls reorder what follows them on the line (U+202E shows `txt.exe` as
+    // `exe.txt`): they are escaped too.
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(hidden) {
         return text.into();
     }
     let mut out = String::with_capacity(text.len() + 8);
@@ -19,7 +26,7 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
             c if (c as u32) < 0x80 && c.is_control() => {
                 out.push_str(&format!("\\x{:02x}", c as u32));
             }
-            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c if hidden(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
             c => out.push(c),
         }
     }
@@ -93,6 +100,7 @@ mod tests {
             printable("a\nb\tc\rd\u{1b}[2J\u{7f}\u{9b}"),
             "a\\nb\\tc\\rd\\x1b[2J\\x7f\\u{9b}"
         );
+        assert_eq!(printable("doc\u{202e}txt.exe"), "doc\\u{202e}txt.exe");
         for c in (0..0x20u32).chain(0x7f..0xa0).filter_map(char::from_u32) {
             let shown = printable(&c.to_string()).into_owned();
             assert!(!shown.chars().any(char::is_control), "{c:?} -> {shown:?}");

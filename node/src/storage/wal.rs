@@ -11,8 +11,8 @@
 //!   cache copy, and one write-and-flush instead of a `write` plus an `fdatasync` with its
 //!   journal commit. The zeroed stretch grows as the log does (doubling from 16 KiB up to 1 MiB
 //!   at a time), so zero-filling writes at most as much again as the log itself.
-//! - **Buffered** (elsewhere, e.g. tmpfs): records are appended with `write` and synced with
-//!   `fdatasync`.
+//! - **Buffered** (elsewhere, e.g. tmpfs before Linux 6.6): a sync appends the records with
+//!   `write` and syncs them with `fdatasync`.
 //!
 //! A sync writes the records up to the one it was asked for and nothing after it, and a direct
 //! sync that needs more zeroed file zero-fills it with a write of its own first, so a sync that
@@ -28,6 +28,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The header in front of every payload: length and checksum.
@@ -116,11 +117,19 @@ fn whole_record(data: &[u8], at: usize) -> Option<usize> {
         .then_some(len)
 }
 
+/// How many payload bytes the search for a whole record after a bad one may checksum; past
+/// that the bad record is reported as followed by one (damage, refused), never as torn.
+const RESUME_SEARCH_BYTES: usize = 1 << 30;
+
 /// Calls `f` with each whole record's payload in `path`, in order, up to the first bad record.
-/// Zeros after the last record are the zero-filled stretch ahead of the log's end.
+/// Zeros after the last record are the zero-filled stretch ahead of the log's end. After a bad
+/// record, every later offset is tried for a whole record whose payload `follows` accepts (the
+/// caller's check that it is a record that comes later in the log, not bytes inside the torn
+/// one that happen to look like a record).
 pub fn read_segment<E: From<Error>>(
     path: &Path,
     mut f: impl FnMut(&[u8]) -> Result<(), E>,
+    follows: impl Fn(&[u8]) -> bool,
 ) -> Result<End, E> {
     let data = fs::read(path).map_err(io_err(path))?;
     // Past the last nonzero byte there is nothing but zero-fill.
@@ -128,9 +137,24 @@ pub fn read_segment<E: From<Error>>(
     let mut at = 0;
     while at < end {
         let Some(len) = whole_record(&data, at) else {
-            // Slow, but only on a bad record: look at every later offset for a whole record.
+            // Slow, but only on a bad record, and bounded.
+            let mut budget = RESUME_SEARCH_BYTES;
             let resumes = (at + 1..end)
-                .find(|&i| whole_record(&data, i).is_some())
+                .find(|&i| {
+                    let h = &data[i..(i + HEADER).min(data.len())];
+                    let len = h.get(..4).map_or(0, |l| {
+                        u32::from_le_bytes(l.try_into().expect("4 bytes")) as usize
+                    });
+                    if len == 0 || data.len() - i < HEADER + len {
+                        return false;
+                    }
+                    if budget < len {
+                        return true;
+                    }
+                    budget -= len;
+                    whole_record(&data, i)
+                        .is_some_and(|len| follows(&data[i + HEADER..i + HEADER + len]))
+                })
                 .map(|i| i as u64);
             return Ok(End {
                 valid: at as u64,
@@ -170,28 +194,30 @@ pub fn remove_upto(dir: &Path, upto: u64) -> Result<(), Error> {
 }
 
 /// One open segment, shared by the [`Writer`] and the [`Segment`] handles that sync it.
+/// Appended records stay in memory until a sync writes them, in either mode, so a record
+/// reaches the file only in the write of its own sync.
 struct Log {
     path: PathBuf,
     file: File,
-    /// `None` when the file system refused direct I/O: appended with `write`, synced with
-    /// `fdatasync`.
-    direct: Option<Direct>,
-}
-
-/// A segment written with `O_DIRECT | O_DSYNC`.
-struct Direct {
-    /// The records not yet known durable, from the start of the block they begin in.
+    /// Written with `O_DIRECT | O_DSYNC` over zero-filled space; otherwise appended with
+    /// `write` and synced with `fdatasync` (the file system refused direct I/O).
+    direct: bool,
+    /// The records not yet known durable.
     tail: Mutex<Tail>,
     /// Held for the whole of a sync, so syncs never overlap (a later one could otherwise be
     /// overtaken by an earlier one writing the same last block).
     io: Mutex<Io>,
+    /// The end of the furthest record write started, failed or not: records up to here may be
+    /// on the disk, records after it are only in memory.
+    attempted: AtomicU64,
 }
 
 struct Tail {
-    /// Bytes from file offset `start` (a multiple of [`BLOCK`]) to the log's end.
+    /// Bytes from file offset `start` to the log's end; with direct I/O `start` is a multiple
+    /// of [`BLOCK`].
     bytes: Vec<u8>,
     start: u64,
-    /// How many of `bytes` are durable already.
+    /// How many of `bytes` are durable already (the start of a partly written block).
     synced: usize,
 }
 
@@ -214,20 +240,33 @@ fn blocks(len: u64) -> u64 {
 impl Log {
     /// Makes the records up to byte `upto` of the segment durable, and nothing after them.
     fn sync(&self, upto: u64) -> Result<(), Error> {
-        let Some(d) = &self.direct else {
-            return self.file.sync_data().map_err(unsynced(&self.path));
-        };
-        let mut io = lock(&d.io);
+        let mut io = lock(&self.io);
         let Io { buf, zeroed } = &mut *io;
         // Only a sync drains the tail, and syncs hold `io`: `start` and the bytes up to `upto`
         // stay as they are while the writer appends after them.
         let (start, len) = {
-            let t = lock(&d.tail);
+            let t = lock(&self.tail);
             if upto <= t.start + t.synced as u64 {
                 return Ok(());
             }
             (t.start, (upto - t.start) as usize)
         };
+        if !self.direct {
+            buf.clear();
+            buf.extend_from_slice(&lock(&self.tail).bytes[..len]);
+            self.attempted.fetch_max(upto, Ordering::Relaxed);
+            (&self.file)
+                .write_all(buf)
+                .and_then(|()| self.file.sync_data())
+                .map_err(unsynced(&self.path))?;
+            let mut t = lock(&self.tail);
+            t.bytes.drain(..len);
+            t.start += len as u64;
+            if buf.capacity() > KEEP_BUFFER {
+                *buf = Vec::new();
+            }
+            return Ok(());
+        }
         let end = start + blocks(len as u64);
         if end > *zeroed {
             // Zero-fill ahead with a write of its own: if the file system is out of space, this
@@ -243,15 +282,16 @@ impl Log {
         }
         let total = (end - start) as usize;
         let at = aligned(buf, total);
-        buf[at..at + len].copy_from_slice(&lock(&d.tail).bytes[..len]);
+        buf[at..at + len].copy_from_slice(&lock(&self.tail).bytes[..len]);
         buf[at + len..at + total].fill(0);
+        self.attempted.fetch_max(upto, Ordering::Relaxed);
         self.file
             .write_all_at(&buf[at..at + total], start)
             .map_err(unsynced(&self.path))?;
         if buf.len() > KEEP_BUFFER {
             *buf = Vec::new();
         }
-        let mut t = lock(&d.tail);
+        let mut t = lock(&self.tail);
         // Whole blocks are done with; the last, partial one is written again next time.
         let full = len / BLOCK * BLOCK;
         t.bytes.drain(..full);
@@ -286,8 +326,6 @@ pub struct Writer {
     seq: u64,
     /// Whether to try direct I/O for new segments.
     try_direct: bool,
-    /// Scratch for framing a record on the buffered path.
-    frame: Vec<u8>,
     /// Bytes appended to this segment.
     len: u64,
 }
@@ -311,27 +349,24 @@ impl Writer {
         } else {
             None
         };
-        let log = match direct {
-            Some((file, zeroed)) => Log {
-                path,
-                file,
-                direct: Some(Direct {
-                    tail: Mutex::new(Tail {
-                        bytes: Vec::new(),
-                        start: 0,
-                        synced: 0,
-                    }),
-                    io: Mutex::new(Io {
-                        buf: Vec::new(),
-                        zeroed,
-                    }),
-                }),
-            },
-            None => Log {
-                path,
-                file,
-                direct: None,
-            },
+        let (file, direct, zeroed) = match direct {
+            Some((file, zeroed)) => (file, true, zeroed),
+            None => (file, false, 0),
+        };
+        let log = Log {
+            path,
+            file,
+            direct,
+            tail: Mutex::new(Tail {
+                bytes: Vec::new(),
+                start: 0,
+                synced: 0,
+            }),
+            io: Mutex::new(Io {
+                buf: Vec::new(),
+                zeroed,
+            }),
+            attempted: AtomicU64::new(0),
         };
         // The new name must survive a crash before anything in it is acknowledged.
         File::open(dir)
@@ -342,7 +377,6 @@ impl Writer {
             log: Arc::new(log),
             seq,
             try_direct,
-            frame: Vec::new(),
             len: 0,
         })
     }
@@ -354,7 +388,7 @@ impl Writer {
 
     /// True if this segment is written with direct I/O.
     pub fn direct(&self) -> bool {
-        self.log.direct.is_some()
+        self.log.direct
     }
 
     /// Appends one record, framing `payload`; the [`Segment`] returned by [`Writer::segment`]
@@ -363,20 +397,13 @@ impl Writer {
         if payload.is_empty() || payload.len() > MAX_RECORD {
             return Err(Error::BadSize(payload.len()));
         }
-        let header = |out: &mut Vec<u8>| {
-            out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-            out.extend_from_slice(payload);
-        };
-        if let Some(d) = &self.log.direct {
-            header(&mut lock(&d.tail).bytes);
-        } else {
-            self.frame.clear();
-            header(&mut self.frame);
-            (&self.log.file)
-                .write_all(&self.frame)
-                .map_err(io_err(&self.log.path))?;
-        }
+        let mut t = lock(&self.log.tail);
+        t.bytes
+            .extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        t.bytes
+            .extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        t.bytes.extend_from_slice(payload);
+        drop(t);
         self.len += record_len(payload.len()) as u64;
         Ok(record_len(payload.len()))
     }
@@ -437,11 +464,10 @@ impl Segment {
         self.log.sync(self.upto)
     }
 
-    /// True if the segment is written with direct I/O: records after this handle's point are
-    /// then only in memory until their own sync, while buffered ones are in the page cache and
-    /// may reach the disk whatever happens to their sync.
-    pub fn direct(&self) -> bool {
-        self.log.direct.is_some()
+    /// True if the records up to this handle's point may have reached the disk: a write of
+    /// them was started (it may have failed). Otherwise they are only in memory.
+    pub fn maybe_written(&self) -> bool {
+        self.upto <= self.log.attempted.load(Ordering::Relaxed)
     }
 }
 
@@ -451,10 +477,14 @@ mod tests {
 
     fn read_all(path: &Path) -> Result<(Vec<Vec<u8>>, End), Error> {
         let mut out = Vec::new();
-        let end = read_segment(path, |p| {
-            out.push(p.to_vec());
-            Ok::<_, Error>(())
-        })?;
+        let end = read_segment(
+            path,
+            |p| {
+                out.push(p.to_vec());
+                Ok::<_, Error>(())
+            },
+            |_| true,
+        )?;
         Ok((out, end))
     }
 
@@ -477,6 +507,9 @@ mod tests {
                 w.append(r).unwrap();
             }
             assert!(matches!(w.append(b""), Err(Error::BadSize(0))));
+            // Appended records reach the file only with their sync, in either mode.
+            let (recs, _) = read_all(&segment_path(dir.path(), 1)).unwrap();
+            assert!(recs.is_empty());
             w.segment().sync().unwrap();
             let content = records.iter().map(|r| r.len() + HEADER).sum::<usize>();
             let written = fs::metadata(segment_path(dir.path(), 1)).unwrap().len();
@@ -613,6 +646,8 @@ mod tests {
             if source.raw_os_error() == Some(libc::ENOSPC)),
             "{failed}"
         );
+        // (no write of it was even started, which is how later failures answer for it)...
+        assert!(!w.segment().maybe_written());
         // ...so the file holds exactly the records whose sync succeeded.
         let (recs, end) = read_all(&path).unwrap();
         assert_eq!(recs, durable);

@@ -87,6 +87,9 @@ impl Path {
     /// `raw` is what follows the route's own `/` (`a/b` of `/v1/kv/a/b`), so a leading `/`
     /// is an empty segment (`/v1/kv//a`), refused like any other.
     pub fn parse_url(raw: &str) -> Result<Path, Error> {
+        if raw.starts_with('/') {
+            return Err(Error::EmptySegment);
+        }
         let raw = raw.strip_suffix('/').unwrap_or(raw);
         if raw.is_empty() {
             return Ok(Path::root());
@@ -149,7 +152,6 @@ impl Path {
         self.key.is_empty()
     }
 
-    /// Number of segments.
     /// The length of the path as written (`/a/b`): the key with a `/` for each NUL, and one
     /// in front.
     fn written_len(&self) -> usize {
@@ -160,6 +162,7 @@ impl Path {
         }
     }
 
+    /// Number of segments.
     pub fn depth(&self) -> usize {
         if self.key.is_empty() {
             0
@@ -335,6 +338,7 @@ mod tests {
         assert_eq!(Path::parse_url("").unwrap(), Path::root());
         // What follows `/v1/kv/`: a leading `/` is an empty segment.
         assert_eq!(Path::parse_url("/x"), Err(Error::EmptySegment));
+        assert_eq!(Path::parse_url("/"), Err(Error::EmptySegment));
         assert_eq!(Path::parse_url("a//b"), Err(Error::EmptySegment));
         assert_eq!(Path::parse_url("a/b/").unwrap().to_string(), "/a/b");
     }

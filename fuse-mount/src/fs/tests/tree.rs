@@ -66,7 +66,7 @@ fn vim_save_keeps_the_key_in_place_for_peers() {
         .unwrap();
     c.fs.write(swap, 0, &[0; 4096]).unwrap();
     c.fs.fsync(swap).unwrap();
-    c.fs.flush(swap, false).unwrap();
+    c.fs.flush(swap, || false).unwrap();
     c.fs.write(swap, 0, b"b0VIM").unwrap();
     assert_eq!(c.cat("d/.f.swp").unwrap().len(), 4096);
     let probe = c

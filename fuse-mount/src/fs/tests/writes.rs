@@ -54,7 +54,7 @@ fn a_created_file_is_pending_until_its_first_commit() {
         "stat shows the unsaved buffer"
     );
     c.fs.write(opened.fh, 4096, b"y\n").unwrap();
-    c.fs.flush(opened.fh, false).unwrap();
+    c.fs.flush(opened.fh, || false).unwrap();
     c.fs.release(opened.fh).unwrap();
     assert_eq!(
         c.value("new"),
@@ -105,7 +105,7 @@ fn a_value_over_the_limit_fails_at_write_and_never_commits_a_part() {
     let fh = c.open_write("k", O_WRITE).unwrap();
     c.fs.write(fh, 0, &[b'a'; 8192]).unwrap();
     assert_eq!(c.fs.write(fh, 8192, &[b'a'; 8192]), Err(Errno(libc::EFBIG)));
-    c.fs.flush(fh, false).unwrap();
+    c.fs.flush(fh, || false).unwrap();
     c.fs.release(fh).unwrap();
     assert_eq!(c.value("k"), Some(json!(1)));
 }
@@ -116,7 +116,7 @@ fn a_rejection_seen_only_at_close_fails_the_close() {
     let fh = c.open_write("k", O_WRITE).unwrap();
     c.fs.write(fh, 0, &[b'a'; 4096]).unwrap(); // a whole page: not checked alone
     c.fs.write(fh, 4096, b"REJECT").unwrap();
-    assert_eq!(c.fs.flush(fh, false), Err(Errno(libc::EINVAL)));
+    assert_eq!(c.fs.flush(fh, || false), Err(Errno(libc::EINVAL)));
     c.fs.release(fh).unwrap();
     assert_eq!(c.value("k"), Some(json!(1)));
 }
@@ -171,21 +171,21 @@ fn bash_redirection_commits_only_what_echo_wrote() {
     // bash: open(O_TRUNC), dup2, close the first descriptor, write, close.
     let mut c = Check::new(json!({"k": "old", "e": 1}));
     let fh = c.open_write("k", O_WRITE).unwrap();
-    c.fs.flush(fh, false).unwrap();
+    c.fs.flush(fh, || false).unwrap();
     assert_eq!(
         c.value("k"),
         Some(json!("old")),
         "the first close stores nothing"
     );
     assert_eq!(c.fs.write(fh, 0, b"REJECT\n"), Err(Errno(libc::EINVAL)));
-    c.fs.flush(fh, false).unwrap();
+    c.fs.flush(fh, || false).unwrap();
     assert_eq!(c.stat("k").size, 4, "the refused buffer is not shown");
     c.fs.release(fh).unwrap();
     assert_eq!(c.value("k"), Some(json!("old")));
     // `: > e` empties the key when the handle is released.
     let fh = c.open_write("e", O_WRITE).unwrap();
-    c.fs.flush(fh, false).unwrap();
-    c.fs.flush(fh, false).unwrap();
+    c.fs.flush(fh, || false).unwrap();
+    c.fs.flush(fh, || false).unwrap();
     assert_eq!(c.stat("e").size, 0);
     c.fs.release(fh).unwrap();
     assert_eq!(c.value("e"), Some(json!("")));
@@ -208,7 +208,7 @@ fn a_writer_killed_mid_write_stores_nothing() {
     // The kernel closes a killed process's files: flush comes from a killed task.
     let fh = c.open_write("ip", libc::O_WRONLY | libc::O_TRUNC).unwrap();
     c.fs.write(fh, 0, b"10.0.0.").unwrap();
-    c.fs.flush(fh, true).unwrap();
+    c.fs.flush(fh, || true).unwrap();
     c.fs.release(fh).unwrap();
     assert_eq!(
         c.value("ip"),
@@ -221,16 +221,16 @@ fn a_writer_killed_mid_write_stores_nothing() {
     // A file it created is not left behind.
     let fh = c.open_write("new", libc::O_WRONLY | libc::O_CREAT).unwrap();
     c.fs.write(fh, 0, b"half").unwrap();
-    c.fs.flush(fh, true).unwrap();
+    c.fs.flush(fh, || true).unwrap();
     c.fs.release(fh).unwrap();
     assert_eq!(c.ino("new"), Err(Errno(libc::ENOENT)));
     // A write after the killed close (another descriptor of the same open file, in a process
     // that lives on) commits as usual.
     let fh = c.open_write("ip", libc::O_WRONLY | libc::O_TRUNC).unwrap();
     c.fs.write(fh, 0, b"10.0.0.").unwrap();
-    c.fs.flush(fh, true).unwrap();
+    c.fs.flush(fh, || true).unwrap();
     c.fs.write(fh, 7, b"2\n").unwrap();
-    c.fs.flush(fh, false).unwrap();
+    c.fs.flush(fh, || false).unwrap();
     c.fs.release(fh).unwrap();
     assert_eq!(c.value("ip"), Some(json!("10.0.0.2")));
 }
