@@ -24,13 +24,17 @@
 //! cover, and the segments before it are deleted only after that is durable). Knows nothing of
 //! the merge rule, tasks or HTTP: it stores what it is given.
 
+mod checkpoint;
+mod record;
 mod wal;
 
+use checkpoint::{read_redb, write_checkpoint, Checkpointer, Job, Redb};
+use record::Record;
+
 use crate::store::{Register, Version};
-use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, TableDefinition};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -538,151 +542,6 @@ fn dirty_entry_bytes(key: &str, value: Option<&[u8]>) -> u64 {
     (key.len() + value.map_or(0, <[u8]>::len)) as u64 + DIRTY_ENTRY_BYTES
 }
 
-/// Dirty registers on their way to redb, and the log segments they cover.
-struct Job {
-    entries: Dirty,
-    lsn: u64,
-    revision: u64,
-    high_water: Version,
-    /// Segments numbered up to this one hold only records up to `lsn`.
-    upto: u64,
-    /// The log records the job holds, some maybe not yet synced: they are synced before redb
-    /// gets them, so redb never holds a write whose sync failed (answered as not written).
-    covers: Option<wal::Segment>,
-}
-
-/// The thread that writes checkpoints to redb, one at a time, off the writer's path.
-struct Checkpointer {
-    tx: mpsc::SyncSender<Job>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Checkpointer {
-    fn start(
-        db: Arc<Database>,
-        wal_dir: PathBuf,
-        stopped: Arc<OnceLock<String>>,
-    ) -> Result<Checkpointer, Error> {
-        // One job queued behind the one being written: the writer waits beyond that, which
-        // bounds the memory that dirty registers take.
-        let (tx, rx) = mpsc::sync_channel::<Job>(1);
-        let thread = std::thread::Builder::new()
-            .name("herd-checkpoint".into())
-            .spawn(move || {
-                // Entries of a checkpoint that failed, retried with the next one.
-                let mut carry: Option<Dirty> = None;
-                for mut job in rx {
-                    if let Some(Err(e)) = job.covers.as_ref().map(wal::Segment::sync) {
-                        tracing::error!(error = %e, "write-ahead log sync failed before a checkpoint; refusing all writes until restart");
-                        let _ = stopped.set(e.to_string());
-                        continue;
-                    }
-                    if let Some(mut older) = carry.take() {
-                        older.extend(job.entries.drain());
-                        job.entries = older;
-                    }
-                    let t0 = Instant::now();
-                    match write_checkpoint(&db, &job) {
-                        Ok(()) => {
-                            tracing::debug!(
-                                keys = job.entries.len(),
-                                lsn = job.lsn,
-                                millis = t0.elapsed().as_millis() as u64,
-                                "checkpoint written"
-                            );
-                            if let Err(e) = wal::remove_upto(&wal_dir, job.upto) {
-                                tracing::warn!(error = %e, "cannot delete checkpointed log segments; they are skipped on replay");
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "checkpoint failed; its changes stay in the log and are retried with the next checkpoint");
-                            carry = Some(job.entries);
-                        }
-                    }
-                }
-            })
-            .map_err(|e| Error::Read(format!("cannot start the checkpoint thread: {e}")))?;
-        Ok(Checkpointer { tx, thread })
-    }
-}
-
-/// Writes a checkpoint's registers and counters to redb in one synced transaction.
-fn write_checkpoint(db: &Database, job: &Job) -> Result<(), Error> {
-    let mut entries: Vec<(&str, Option<&[u8]>)> = job
-        .entries
-        .iter()
-        .map(|(k, v)| (&**k, v.as_deref()))
-        .collect();
-    // In key order, B-tree pages are visited once each.
-    entries.sort_unstable_by_key(|(k, _)| *k);
-    let mut tx = db.begin_write().map_err(commit_err)?;
-    tx.set_durability(Durability::Immediate);
-    {
-        let mut regs = tx.open_table(REGISTERS).map_err(commit_err)?;
-        for (k, v) in entries {
-            match v {
-                Some(b) => regs.insert(k, b).map(drop),
-                None => regs.remove(k).map(drop),
-            }
-            .map_err(commit_err)?;
-        }
-        regs.insert(
-            META_KEY,
-            encode_meta(job.revision, job.high_water).as_slice(),
-        )
-        .map_err(commit_err)?;
-        regs.insert(LSN_KEY, job.lsn.to_le_bytes().as_slice())
-            .map_err(commit_err)?;
-        regs.insert(WAL_NEXT_KEY, (job.upto + 1).to_le_bytes().as_slice())
-            .map_err(commit_err)?;
-    }
-    tx.commit().map_err(commit_err)
-}
-
-/// What redb holds.
-struct Redb {
-    registers: Vec<(Box<str>, Register)>,
-    revision: u64,
-    high_water: Version,
-    lsn: u64,
-    /// `None` in a new file, or one written before this was recorded.
-    wal_next: Option<u64>,
-}
-
-fn read_redb(db: &Database) -> Result<Redb, Error> {
-    let tx = db.begin_read().map_err(read_err)?;
-    let mut r = Redb {
-        registers: Vec::new(),
-        revision: 0,
-        high_water: Version::ZERO,
-        lsn: 0,
-        wal_next: None,
-    };
-    match tx.open_table(REGISTERS) {
-        Ok(table) => {
-            r.registers.reserve(table.len().map_err(read_err)? as usize);
-            for row in table.iter().map_err(read_err)? {
-                let (k, v) = row.map_err(read_err)?;
-                match k.value() {
-                    META_KEY => (r.revision, r.high_water) = decode_meta(v.value())?,
-                    LSN_KEY => r.lsn = decode_u64(v.value(), "log position")?,
-                    WAL_NEXT_KEY => r.wal_next = Some(decode_u64(v.value(), "next segment")?),
-                    key => {
-                        let reg = Register::decode(v.value()).map_err(|source| Error::Corrupt {
-                            key: key.replace('\0', "/"),
-                            source,
-                        })?;
-                        r.registers.push((Box::<str>::from(key), reg));
-                    }
-                }
-            }
-        }
-        Err(redb::TableError::TableDoesNotExist(_)) => {}
-        Err(e) => return Err(read_err(e)),
-    }
-    Ok(r)
-}
-
 /// The message for a panic inside redb while it read `path`.
 fn damaged(path: &Path, panic: &Box<dyn std::any::Any + Send>) -> String {
     let what = panic
@@ -695,145 +554,6 @@ fn damaged(path: &Path, panic: &Box<dyn std::any::Any + Send>) -> String {
          backup, or move it aside and let the node resync from its peers",
         path.display()
     )
-}
-
-/// One log record: a group commit.
-///
-/// Payload: lsn (u64), the counters as [`encode_meta`] writes them, the removed keys
-/// (`u32` count, then `u32` length + bytes each), the put registers (`u32` count, then key as
-/// above and `u32` length + [`Register::encode`] bytes each). Little-endian throughout.
-struct Record<'a> {
-    lsn: u64,
-    revision: u64,
-    high_water: Version,
-    body: &'a [u8],
-}
-
-impl<'a> Record<'a> {
-    /// Encodes `c` into `out`; `spans` gets each put register's byte range in `out`.
-    fn encode(out: &mut Vec<u8>, lsn: u64, c: &Commit<'_>, spans: &mut Vec<(usize, usize)>) {
-        out.clear();
-        out.extend_from_slice(&lsn.to_le_bytes());
-        out.extend_from_slice(&encode_meta(c.revision, c.high_water));
-        out.extend_from_slice(&(c.removes.len() as u32).to_le_bytes());
-        for k in &c.removes {
-            put_bytes(out, k.as_bytes());
-        }
-        out.extend_from_slice(&(c.puts.len() as u32).to_le_bytes());
-        for (k, r) in &c.puts {
-            put_bytes(out, k.as_bytes());
-            let len_at = out.len();
-            out.extend_from_slice(&[0; 4]);
-            r.encode(out);
-            let len = (out.len() - len_at - 4) as u32;
-            out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
-            spans.push((len_at + 4, out.len()));
-        }
-    }
-
-    fn decode(b: &'a [u8]) -> Result<Record<'a>, Error> {
-        let bad = |why| Error::BadRecord { lsn: 0, why };
-        if b.len() < 8 + 28 {
-            return Err(bad("shorter than its header"));
-        }
-        let lsn = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
-        let (revision, high_water) = decode_meta(&b[8..36])?;
-        Ok(Record {
-            lsn,
-            revision,
-            high_water,
-            body: &b[36..],
-        })
-    }
-
-    /// Calls `f` with each change in order: removals (`None`), then puts.
-    fn for_each(&self, mut f: impl FnMut(&'a str, Option<&'a [u8]>)) -> Result<(), Error> {
-        let mut c = Cursor {
-            rest: self.body,
-            lsn: self.lsn,
-        };
-        for _ in 0..c.len()? {
-            f(c.key()?, None);
-        }
-        for _ in 0..c.len()? {
-            let k = c.key()?;
-            let n = c.len()?;
-            f(k, Some(c.take(n)?));
-        }
-        if !c.rest.is_empty() {
-            return Err(c.bad("trailing bytes"));
-        }
-        Ok(())
-    }
-}
-
-/// Reads a record's body front to back.
-struct Cursor<'a> {
-    rest: &'a [u8],
-    lsn: u64,
-}
-
-impl<'a> Cursor<'a> {
-    fn bad(&self, why: &'static str) -> Error {
-        Error::BadRecord { lsn: self.lsn, why }
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
-        if self.rest.len() < n {
-            return Err(self.bad("truncated"));
-        }
-        let (head, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        Ok(head)
-    }
-
-    fn len(&mut self) -> Result<usize, Error> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
-    }
-
-    fn key(&mut self) -> Result<&'a str, Error> {
-        let n = self.len()?;
-        let b = self.take(n)?;
-        std::str::from_utf8(b).map_err(|_| self.bad("a key is not UTF-8"))
-    }
-}
-
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-    out.extend_from_slice(b);
-}
-
-fn decode_u64(b: &[u8], what: &str) -> Result<u64, Error> {
-    b.try_into()
-        .map(u64::from_le_bytes)
-        .map_err(|_| Error::Read(format!("the {what} record has the wrong size")))
-}
-
-/// The counters: revision, then the clock's high-water mark (millis, counter, node).
-fn encode_meta(revision: u64, hw: Version) -> [u8; 28] {
-    let mut b = [0u8; 28];
-    b[..8].copy_from_slice(&revision.to_le_bytes());
-    b[8..16].copy_from_slice(&hw.millis.to_le_bytes());
-    b[16..20].copy_from_slice(&hw.counter.to_le_bytes());
-    b[20..].copy_from_slice(&hw.node.to_le_bytes());
-    b
-}
-
-fn decode_meta(b: &[u8]) -> Result<(u64, Version), Error> {
-    let b: &[u8; 28] = b
-        .try_into()
-        .map_err(|_| Error::Read("the counters record has the wrong size".into()))?;
-    let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8-byte slice"));
-    let counter = u32::from_le_bytes(b[16..20].try_into().expect("4-byte slice"));
-    Ok((
-        u64_at(0),
-        Version {
-            millis: u64_at(8),
-            counter,
-            node: u64_at(20),
-        },
-    ))
 }
 
 #[cfg(test)]

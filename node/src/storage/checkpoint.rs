@@ -1,0 +1,157 @@
+//! redb's side of storage: the checkpoint thread that writes the registers changed since the
+//! last checkpoint in one synced transaction (after syncing the log records it covers, and with
+//! the first log segment it no longer needs), and the read of everything redb holds at a load.
+
+use super::record::{decode_meta, decode_u64, encode_meta};
+use super::{commit_err, read_err, wal, Dirty, Error, LSN_KEY, META_KEY, REGISTERS, WAL_NEXT_KEY};
+use crate::store::{Register, Version};
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+/// Dirty registers on their way to redb, and the log segments they cover.
+pub(super) struct Job {
+    pub(super) entries: Dirty,
+    pub(super) lsn: u64,
+    pub(super) revision: u64,
+    pub(super) high_water: Version,
+    /// Segments numbered up to this one hold only records up to `lsn`.
+    pub(super) upto: u64,
+    /// The log records the job holds, some maybe not yet synced: they are synced before redb
+    /// gets them, so redb never holds a write whose sync failed (answered as not written).
+    pub(super) covers: Option<wal::Segment>,
+}
+
+/// The thread that writes checkpoints to redb, one at a time, off the writer's path.
+pub(super) struct Checkpointer {
+    pub(super) tx: mpsc::SyncSender<Job>,
+    pub(super) thread: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    pub(super) fn start(
+        db: Arc<Database>,
+        wal_dir: PathBuf,
+        stopped: Arc<OnceLock<String>>,
+    ) -> Result<Checkpointer, Error> {
+        // One job queued behind the one being written: the writer waits beyond that, which
+        // bounds the memory that dirty registers take.
+        let (tx, rx) = mpsc::sync_channel::<Job>(1);
+        let thread = std::thread::Builder::new()
+            .name("herd-checkpoint".into())
+            .spawn(move || {
+                // Entries of a checkpoint that failed, retried with the next one.
+                let mut carry: Option<Dirty> = None;
+                for mut job in rx {
+                    if let Some(Err(e)) = job.covers.as_ref().map(wal::Segment::sync) {
+                        tracing::error!(error = %e, "write-ahead log sync failed before a checkpoint; refusing all writes until restart");
+                        let _ = stopped.set(e.to_string());
+                        continue;
+                    }
+                    if let Some(mut older) = carry.take() {
+                        older.extend(job.entries.drain());
+                        job.entries = older;
+                    }
+                    let t0 = Instant::now();
+                    match write_checkpoint(&db, &job) {
+                        Ok(()) => {
+                            tracing::debug!(
+                                keys = job.entries.len(),
+                                lsn = job.lsn,
+                                millis = t0.elapsed().as_millis() as u64,
+                                "checkpoint written"
+                            );
+                            if let Err(e) = wal::remove_upto(&wal_dir, job.upto) {
+                                tracing::warn!(error = %e, "cannot delete checkpointed log segments; they are skipped on replay");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "checkpoint failed; its changes stay in the log and are retried with the next checkpoint");
+                            carry = Some(job.entries);
+                        }
+                    }
+                }
+            })
+            .map_err(|e| Error::Read(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Checkpointer { tx, thread })
+    }
+}
+
+/// Writes a checkpoint's registers and counters to redb in one synced transaction.
+pub(super) fn write_checkpoint(db: &Database, job: &Job) -> Result<(), Error> {
+    let mut entries: Vec<(&str, Option<&[u8]>)> = job
+        .entries
+        .iter()
+        .map(|(k, v)| (&**k, v.as_deref()))
+        .collect();
+    // In key order, B-tree pages are visited once each.
+    entries.sort_unstable_by_key(|(k, _)| *k);
+    let mut tx = db.begin_write().map_err(commit_err)?;
+    tx.set_durability(Durability::Immediate);
+    {
+        let mut regs = tx.open_table(REGISTERS).map_err(commit_err)?;
+        for (k, v) in entries {
+            match v {
+                Some(b) => regs.insert(k, b).map(drop),
+                None => regs.remove(k).map(drop),
+            }
+            .map_err(commit_err)?;
+        }
+        regs.insert(
+            META_KEY,
+            encode_meta(job.revision, job.high_water).as_slice(),
+        )
+        .map_err(commit_err)?;
+        regs.insert(LSN_KEY, job.lsn.to_le_bytes().as_slice())
+            .map_err(commit_err)?;
+        regs.insert(WAL_NEXT_KEY, (job.upto + 1).to_le_bytes().as_slice())
+            .map_err(commit_err)?;
+    }
+    tx.commit().map_err(commit_err)
+}
+
+/// What redb holds.
+pub(super) struct Redb {
+    pub(super) registers: Vec<(Box<str>, Register)>,
+    pub(super) revision: u64,
+    pub(super) high_water: Version,
+    pub(super) lsn: u64,
+    /// `None` in a new file, or one written before this was recorded.
+    pub(super) wal_next: Option<u64>,
+}
+
+pub(super) fn read_redb(db: &Database) -> Result<Redb, Error> {
+    let tx = db.begin_read().map_err(read_err)?;
+    let mut r = Redb {
+        registers: Vec::new(),
+        revision: 0,
+        high_water: Version::ZERO,
+        lsn: 0,
+        wal_next: None,
+    };
+    match tx.open_table(REGISTERS) {
+        Ok(table) => {
+            r.registers.reserve(table.len().map_err(read_err)? as usize);
+            for row in table.iter().map_err(read_err)? {
+                let (k, v) = row.map_err(read_err)?;
+                match k.value() {
+                    META_KEY => (r.revision, r.high_water) = decode_meta(v.value())?,
+                    LSN_KEY => r.lsn = decode_u64(v.value(), "log position")?,
+                    WAL_NEXT_KEY => r.wal_next = Some(decode_u64(v.value(), "next segment")?),
+                    key => {
+                        let reg = Register::decode(v.value()).map_err(|source| Error::Corrupt {
+                            key: key.replace('\0', "/"),
+                            source,
+                        })?;
+                        r.registers.push((Box::<str>::from(key), reg));
+                    }
+                }
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(read_err(e)),
+    }
+    Ok(r)
+}
