@@ -391,8 +391,8 @@ pub fn write_private(path: &std::path::Path, content: &str) -> Result<(), Error>
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn create_check_revoke_and_bootstrap() {
+    /// A database in a temporary directory, its writer handle, and an empty token cache.
+    fn open() -> (tempfile::TempDir, Db, db::WriterHandle, Tokens) {
         let dir = tempfile::tempdir().unwrap();
         let opts = db::Options {
             log_events: 100,
@@ -400,8 +400,13 @@ mod tests {
             tombstone_grace_ms: 1000,
             cache_bytes: 1 << 20,
         };
-        let (db, _h) = Db::open(&dir.path().join("s.redb"), 7, opts).unwrap();
-        let tokens = Tokens::default();
+        let (db, h) = Db::open(&dir.path().join("s.redb"), 7, opts).unwrap();
+        (dir, db, h, Tokens::default())
+    }
+
+    #[tokio::test]
+    async fn create_check_revoke_and_bootstrap() {
+        let (dir, db, _h, tokens) = open();
         bootstrap(&db, &tokens, dir.path()).await.unwrap();
         let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -458,15 +463,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_prefixed_admin_manages_only_tokens_within_its_prefix() {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = db::Options {
-            log_events: 100,
-            log_bytes: 1 << 20,
-            tombstone_grace_ms: 1000,
-            cache_bytes: 1 << 20,
-        };
-        let (db, _h) = Db::open(&dir.path().join("s.redb"), 7, opts).unwrap();
-        let tokens = Tokens::default();
+        let (dir, db, _h, tokens) = open();
         bootstrap(&db, &tokens, dir.path()).await.unwrap();
         let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
         let root = tokens.check(admin.trim()).unwrap();
@@ -509,15 +506,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_revoked_bootstrap_token_stays_revoked_across_restarts() {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = db::Options {
-            log_events: 100,
-            log_bytes: 1 << 20,
-            tombstone_grace_ms: 1000,
-            cache_bytes: 1 << 20,
-        };
-        let (db, _h) = Db::open(&dir.path().join("s.redb"), 7, opts).unwrap();
-        let tokens = Tokens::default();
+        let (dir, db, _h, tokens) = open();
         bootstrap(&db, &tokens, dir.path()).await.unwrap();
         let file = dir.path().join("admin.token");
         let old = std::fs::read_to_string(&file).unwrap();
