@@ -1,0 +1,516 @@
+//! The writer thread: the single owner of all mutation. It drains queued requests into a
+//! group, checks preconditions and plans each request against the committed state (stamping
+//! versions and revisions), appends the group to the write-ahead log as one record and hands it
+//! to the sync thread; it also runs housekeeping (expiry events, tombstone collection) and
+//! resets. Must not apply anything to the committed state before its group is durable.
+
+use super::*;
+
+/// Who waits for a planned request.
+pub(super) enum Origin {
+    /// A local write: its events are planned, its registers feed replication.
+    Local(oneshot::Sender<Result<Written, Error>>),
+    /// A merge from a peer: its events are made once applied (an object register shows what
+    /// its subtree holds then).
+    Remote(oneshot::Sender<Result<usize, Error>>),
+}
+
+impl Origin {
+    /// Answers with what the request was given and how many registers it applied.
+    pub(super) fn answer(self, result: Result<(Written, usize), Error>) {
+        match self {
+            Origin::Local(reply) => {
+                let _ = reply.send(result.map(|(w, _)| w));
+            }
+            Origin::Remote(reply) => {
+                let _ = reply.send(result.map(|(_, n)| n));
+            }
+        }
+    }
+}
+
+/// One planned request inside a group.
+pub(super) struct Planned {
+    pub(super) regs: Vec<(Box<str>, Register)>,
+    pub(super) removes: Vec<Box<str>>,
+    pub(super) events: Vec<Arc<Event>>,
+    pub(super) written: Written,
+    pub(super) origin: Origin,
+}
+
+#[derive(Default)]
+pub(super) struct Group {
+    pub(super) planned: Vec<Planned>,
+    /// Keys written by the group.
+    pub(super) touched: HashSet<Box<str>, foldhash::fast::RandomState>,
+    /// Proper ancestors of the keys written by the group.
+    pub(super) ancestors: HashSet<Box<str>, foldhash::fast::RandomState>,
+}
+
+impl Group {
+    /// True if a write at `key` could read or write something this group writes.
+    fn overlaps(&self, key: &str) -> bool {
+        self.touched.contains(key)
+            || self.ancestors.contains(key)
+            || path::key_ancestors(key).any(|a| self.touched.contains(a))
+    }
+
+    fn touch(&mut self, key: &str) {
+        self.touched.insert(key.into());
+        for a in path::key_ancestors(key) {
+            // Checked before inserting, so a key whose ancestors are known allocates nothing.
+            if self.ancestors.contains(a) {
+                break;
+            }
+            self.ancestors.insert(a.into());
+        }
+    }
+}
+
+/// A group appended to the log, on its way through the sync thread.
+pub(super) struct Synced {
+    pub(super) seq: u64,
+    pub(super) sync: LogSync,
+    pub(super) planned: Vec<Planned>,
+    pub(super) last_revision: u64,
+}
+
+/// The single owner of all mutation.
+pub(super) struct Writer {
+    pub(super) inner: Arc<Inner>,
+    pub(super) storage: Storage,
+    pub(super) clock: Hlc,
+    /// The last revision handed out (committed or in the current group).
+    pub(super) revision: u64,
+    pub(super) opts: Options,
+    pub(super) sync_tx: Option<std::sync::mpsc::Sender<Synced>>,
+    pub(super) syncer: Option<std::thread::JoinHandle<()>>,
+    /// Groups handed to the sync thread so far.
+    pub(super) sent: u64,
+    /// The keys of groups handed to the sync thread and perhaps not applied yet, by number.
+    pub(super) inflight: VecDeque<(u64, Group)>,
+}
+
+impl Writer {
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut cmds = Vec::with_capacity(MAX_GROUP);
+        let mut full = false;
+        loop {
+            // Hold back while the sync thread writes the last group: whatever arrives meanwhile
+            // becomes the next group at once, and the senders wake nobody. A full group means
+            // more may be queued: that is planned without waiting.
+            if !full {
+                self.inner.synced.wait_for(self.sent);
+            }
+            let Some(first) = rx.blocking_recv() else {
+                break;
+            };
+            cmds.push(first);
+            while cmds.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(c) => cmds.push(c),
+                    Err(_) => break,
+                }
+            }
+            full = cmds.len() == MAX_GROUP;
+            let mut group = Group::default();
+            for cmd in cmds.drain(..) {
+                match cmd {
+                    Command::Write(req, reply) => {
+                        let overlaps =
+                            |g: &Group| req.ops.iter().any(|op| g.overlaps(op.path().key()));
+                        if overlaps(&group) {
+                            self.flush(std::mem::take(&mut group));
+                        }
+                        self.wait_for_inflight(overlaps);
+                        match self.plan(req) {
+                            Ok((regs, removes, events, written)) => {
+                                for (k, _) in &regs {
+                                    group.touch(k);
+                                }
+                                group.planned.push(Planned {
+                                    regs,
+                                    removes,
+                                    events,
+                                    written,
+                                    origin: Origin::Local(reply),
+                                });
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(e));
+                            }
+                        }
+                    }
+                    Command::Merge(regs, reply) => {
+                        let overlaps = |g: &Group| regs.iter().any(|(k, _)| g.overlaps(k));
+                        if overlaps(&group) {
+                            self.flush(std::mem::take(&mut group));
+                        }
+                        self.wait_for_inflight(overlaps);
+                        match self.plan_remote(regs) {
+                            Some((regs, removes, written)) => {
+                                for (k, _) in &regs {
+                                    group.touch(k);
+                                }
+                                group.planned.push(Planned {
+                                    regs,
+                                    removes,
+                                    events: Vec::new(),
+                                    written,
+                                    origin: Origin::Remote(reply),
+                                });
+                            }
+                            None => {
+                                let _ = reply.send(Ok(0));
+                            }
+                        }
+                    }
+                    Command::Housekeeping => {
+                        self.flush(std::mem::take(&mut group));
+                        self.wait_for_inflight(|_| true);
+                        self.housekeeping();
+                    }
+                    Command::Reset(reply) => {
+                        self.flush(std::mem::take(&mut group));
+                        self.wait_for_inflight(|_| true);
+                        let _ = reply.send(self.reset());
+                    }
+                }
+            }
+            self.flush(group);
+        }
+        // The sync thread finishes what it was given, then the storage checkpoints on drop.
+        drop(self.sync_tx.take());
+        if let Some(t) = self.syncer.take() {
+            let _ = t.join();
+        }
+        tracing::debug!("writer stopped");
+    }
+
+    /// Waits until the newest in-flight group for which `overlaps` is true has been applied.
+    fn wait_for_inflight(&mut self, overlaps: impl Fn(&Group) -> bool) {
+        self.forget_applied(self.inner.applied.get());
+        let Some(wanted) = self
+            .inflight
+            .iter()
+            .rev()
+            .find(|(_, g)| overlaps(g))
+            .map(|(seq, _)| *seq)
+        else {
+            return;
+        };
+        let applied = self.inner.applied.wait_for(wanted);
+        self.forget_applied(applied);
+    }
+
+    /// Drops the in-flight groups numbered up to `applied`.
+    fn forget_applied(&mut self, applied: u64) {
+        while self
+            .inflight
+            .front()
+            .is_some_and(|(seq, _)| *seq <= applied)
+        {
+            self.inflight.pop_front();
+        }
+    }
+
+    fn state(&self) -> RwLockReadGuard<'_, State> {
+        self.inner.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[allow(
+        clippy::type_complexity,
+        reason = "a private tuple consumed right at the call site"
+    )]
+    fn plan(
+        &mut self,
+        req: WriteRequest,
+    ) -> Result<
+        (
+            Vec<(Box<str>, Register)>,
+            Vec<Box<str>>,
+            Vec<Arc<Event>>,
+            Written,
+        ),
+        Error,
+    > {
+        let now = now_ms();
+        let st = self.inner.state.read().unwrap_or_else(|e| e.into_inner());
+        for (i, a) in req.ops.iter().enumerate() {
+            for b in &req.ops[i + 1..] {
+                if a.path().contains(b.path()) || b.path().contains(a.path()) {
+                    return Err(Error::Overlap(a.path().to_string(), b.path().to_string()));
+                }
+            }
+        }
+        for op in &req.ops {
+            let key = op.path().key();
+            match req.condition {
+                Condition::IfMatch(expected) => {
+                    let cur = st.store.etag(key, now);
+                    if cur != Some(expected) {
+                        return Err(Error::PreconditionFailed {
+                            path: op.path().to_string(),
+                            expected,
+                            current: cur.map_or("absent".into(), |v| v.to_string()),
+                        });
+                    }
+                }
+                Condition::IfNoneMatch => {
+                    if st.store.lookup(key, now) != Lookup::Missing {
+                        return Err(Error::AlreadyExists(op.path().to_string()));
+                    }
+                }
+                Condition::IfExists => {
+                    if st.store.lookup(key, now) == Lookup::Missing {
+                        return Err(Error::NothingToMatch(op.path().to_string()));
+                    }
+                }
+                Condition::None => {}
+            }
+            if matches!(op, Op::Delete { .. }) && st.store.lookup(key, now) == Lookup::Missing {
+                return Err(Error::NotFound(op.path().to_string()));
+            }
+        }
+        let version = self.clock.tick(now);
+        let revision = self.revision + 1;
+        let mut regs: Registers = Vec::new();
+        let mut events = Vec::with_capacity(req.ops.len());
+        // Ops of a batch do not overlap, so only a register outside an op's path, the `Object`
+        // that turns a leaf above it into a directory, can be planned twice (by two ops under
+        // that leaf): it is kept once.
+        let mut above = HashSet::<Box<str>, foldhash::fast::RandomState>::default();
+        for (seq, op) in req.ops.into_iter().enumerate() {
+            let key: Box<str> = op.path().key().into();
+            let (planned, value) = st.store.plan_local(op, version, now);
+            regs.extend(
+                planned
+                    .into_iter()
+                    .filter(|(k, _)| path::key_contains(&key, k) || above.insert(k.clone())),
+            );
+            let kind = match value {
+                Some(_) => EventKind::Put,
+                None => EventKind::Delete,
+            };
+            events.push(Arc::new(Event {
+                revision,
+                seq: seq as u32,
+                kind,
+                key,
+                value,
+                version,
+            }));
+        }
+        let removes = st.store.plan_removals(&regs);
+        drop(st);
+        self.revision = revision;
+        Ok((regs, removes, events, Written { version, revision }))
+    }
+
+    /// Plans registers from a peer against the committed state: keeps those no committed or
+    /// other incoming register covers, in version order, and lists the committed keys they
+    /// cover. `None` if nothing would change.
+    #[allow(
+        clippy::type_complexity,
+        reason = "a private tuple consumed right at the call site"
+    )]
+    fn plan_remote(
+        &mut self,
+        mut regs: Vec<(Box<str>, Register)>,
+    ) -> Option<(Vec<(Box<str>, Register)>, Vec<Box<str>>, Written)> {
+        let now = now_ms();
+        let floor = now.saturating_sub(self.opts.tombstone_grace_ms);
+        regs.sort_by(|a, b| a.1.version.cmp(&b.1.version).then_with(|| a.0.cmp(&b.0)));
+        let st = self.inner.state.read().unwrap_or_else(|e| e.into_inner());
+        let mut accepted: std::collections::BTreeMap<Box<str>, Register> = Default::default();
+        let mut removes = Vec::new();
+        for (k, r) in regs {
+            if past_grace(&r, floor) {
+                continue;
+            }
+            let covered_here = accepted.get(&k).is_some_and(|c| c.version >= r.version)
+                || path::key_ancestors(&k)
+                    .any(|a| accepted.get(a).is_some_and(|c| c.version > r.version));
+            if covered_here {
+                continue;
+            }
+            let Some(rm) = st.store.plan_merge(&k, &r) else {
+                continue;
+            };
+            let below: Vec<Box<str>> = accepted
+                .range::<str, _>((std::ops::Bound::Excluded(&*k), std::ops::Bound::Unbounded))
+                .take_while(|(x, _)| path::key_contains(&k, x))
+                .filter(|(_, c)| c.version < r.version)
+                .map(|(x, _)| x.clone())
+                .collect();
+            for x in below {
+                accepted.remove(&x);
+            }
+            removes.extend(rm);
+            self.clock.observe(r.version);
+            accepted.insert(k, r);
+        }
+        drop(st);
+        if accepted.is_empty() {
+            return None;
+        }
+        let mut regs: Vec<(Box<str>, Register)> = accepted.into_iter().collect();
+        regs.sort_by(|a, b| a.1.version.cmp(&b.1.version).then_with(|| a.0.cmp(&b.0)));
+        self.revision += 1;
+        let written = Written {
+            version: self.clock.high_water(),
+            revision: self.revision,
+        };
+        Some((regs, removes, written))
+    }
+
+    /// Appends a group to the log and hands it to the sync thread, which syncs, applies and
+    /// answers it.
+    fn flush(&mut self, mut group: Group) {
+        let planned = std::mem::take(&mut group.planned);
+        let Some(last) = planned.last() else {
+            return;
+        };
+        let last_revision = last.written.revision;
+        let commit = storage::Commit {
+            removes: planned
+                .iter()
+                .flat_map(|p| p.removes.iter().map(|k| &**k))
+                .collect(),
+            puts: planned
+                .iter()
+                .flat_map(|p| p.regs.iter().map(|(k, r)| (&**k, r)))
+                .collect(),
+            revision: last_revision,
+            high_water: self.clock.high_water(),
+        };
+        let appended = self.storage.append(&commit);
+        drop(commit);
+        let sync = match appended {
+            Ok(sync) => sync,
+            Err(e) => {
+                tracing::error!(error = %e, "group commit failed; its writes are refused");
+                self.revision = planned[0].written.revision - 1;
+                let e = Error::from(e);
+                for p in planned {
+                    p.origin.answer(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        self.sent += 1;
+        self.inflight.push_back((self.sent, group));
+        if let Some(tx) = &self.sync_tx {
+            // Only fails if the sync thread panicked; the callers then see `ShuttingDown`.
+            let _ = tx.send(Synced {
+                seq: self.sent,
+                sync,
+                planned,
+                last_revision,
+            });
+        }
+    }
+
+    /// Removes every register durably (see [`Db::reset`]).
+    fn reset(&mut self) -> Result<usize, Error> {
+        let keys: Vec<Box<str>> = self
+            .state()
+            .store
+            .registers()
+            .map(|(k, _)| k.into())
+            .collect();
+        let revision = self.revision + 1;
+        let commit = storage::Commit {
+            removes: keys.iter().map(|k| &**k).collect(),
+            puts: Vec::new(),
+            revision,
+            high_water: self.clock.high_water(),
+        };
+        self.storage.commit(&commit)?;
+        self.revision = revision;
+        let mut st = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
+        st.store = Store::new();
+        let ev = Arc::new(Event {
+            revision,
+            seq: 0,
+            kind: EventKind::Delete,
+            key: "".into(),
+            value: None,
+            version: self.clock.high_water(),
+        });
+        st.log.push(ev.clone());
+        let _ = self.inner.events.send(ev);
+        st.revision = revision;
+        Ok(keys.len())
+    }
+
+    /// Announces expiries that are due and collects tombstones past the grace period.
+    fn housekeeping(&mut self) {
+        self.storage.tick();
+        let now = now_ms();
+        let (due, old) = {
+            let st = self.state();
+            (
+                st.store.due_expiries(now),
+                st.store.due_tombstones(now, self.opts.tombstone_grace_ms),
+            )
+        };
+        if due.is_empty() && old.is_empty() {
+            return;
+        }
+        let revision = if due.is_empty() {
+            self.revision
+        } else {
+            self.revision + 1
+        };
+        let commit = storage::Commit {
+            removes: old.iter().map(|k| &**k).collect(),
+            puts: Vec::new(),
+            revision,
+            high_water: self.clock.high_water(),
+        };
+        if let Err(e) = self.storage.commit(&commit) {
+            tracing::error!(error = %e, "housekeeping commit failed; will retry");
+            return;
+        }
+        self.revision = revision;
+        let mut st = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
+        for k in &old {
+            st.store.remove(k);
+        }
+        let mut seq = 0;
+        for (k, version) in due {
+            if st.store.announce_expiry(&k) {
+                let ev = Arc::new(Event {
+                    revision,
+                    seq,
+                    kind: EventKind::Expire,
+                    key: k,
+                    value: None,
+                    version,
+                });
+                seq += 1;
+                st.log.push(ev.clone());
+                let _ = self.inner.events.send(ev);
+            }
+        }
+        st.revision = revision;
+        if !old.is_empty() {
+            tracing::debug!(
+                collected = old.len(),
+                "tombstones past the grace period collected"
+            );
+        }
+    }
+}
+
+/// True if a register from a peer is a tombstone (a deletion or an expired leaf) whose grace
+/// period ended before `floor`: this node collects such registers, so it must not take them
+/// back from a peer that has not collected them yet.
+pub(super) fn past_grace(r: &Register, floor: u64) -> bool {
+    match (&r.kind, r.expires) {
+        (Kind::Deleted, _) => r.version.millis < floor,
+        (_, Some(t)) => t.get() < floor,
+        _ => false,
+    }
+}
