@@ -2,10 +2,11 @@
 //! visible (DESIGN.md section 3).
 //!
 //! A register at path P with version v *covers* P and everything below P that is older than v.
-//! [`Store::merge`] is the only way registers enter: it drops what the new register covers and
-//! ignores a register that is already covered, so the set of registers is always the set of
-//! uncovered ones among everything ever merged, whatever the order or duplication of arrivals
-//! (merge is idempotent and commutative). Local writes and replicated registers both use it.
+//! [`Store::plan`] is the only place that rule is written, and registers enter only through its
+//! plans ([`Store::apply`]): a plan drops what its registers cover and leaves out registers that
+//! are already covered, so the set of registers is always the set of uncovered ones among
+//! everything ever merged, whatever the order or duplication of arrivals (merging is idempotent
+//! and commutative). Local writes and replicated registers are planned alike.
 //!
 //! Pure: time is a parameter, nothing here does I/O or knows about HTTP, storage or tasks.
 
@@ -76,6 +77,28 @@ impl Op {
         match self {
             Op::Put { path, .. } | Op::Delete { path } => path,
         }
+    }
+}
+
+/// What merging a batch of registers changes (made by [`Store::plan`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The registers that enter, in version order (then key order); a key's parents come
+    /// before it within one version.
+    pub puts: Registers,
+    /// Keys of the registers here that the puts drop (applied first; a key a put replaces in
+    /// place is not listed).
+    pub removes: Vec<Box<str>>,
+}
+
+/// True if a register is a tombstone (a deletion or an expired leaf) whose grace period ended
+/// before `floor`: a store collects such registers ([`Store::due_tombstones`]), so it must not
+/// take them back from a peer that has not collected them yet.
+pub fn past_grace(r: &Register, floor: u64) -> bool {
+    match (&r.kind, r.expires) {
+        (Kind::Deleted, _) => r.version.millis < floor,
+        (_, Some(t)) => t.get() < floor,
+        _ => false,
     }
 }
 
@@ -234,61 +257,77 @@ impl Store {
         path::key_ancestors(key).any(|a| self.regs.get(a).is_some_and(|r| r.version > reg.version))
     }
 
-    /// The keys below `key` that `reg` would drop if merged there (the register at `key` itself
-    /// is replaced in place), or `None` if it is already covered.
-    pub fn plan_merge(&self, key: &str, reg: &Register) -> Option<Vec<Box<str>>> {
-        if self.is_covered(key, reg) {
-            return None;
+    /// Plans merging a batch of registers, a local write's or a peer's, in any order and with
+    /// duplicates: **the merge rule**, the only place it is written. A register enters unless
+    /// it is covered (by a register here or in the batch at its key that is at least as new,
+    /// or at an ancestor that is newer) or is a tombstone past its grace period (see
+    /// [`past_grace`]); one that enters drops the older registers below it. The plan is what
+    /// merging the registers one at a time leaves, and it is applied as it is, by
+    /// [`Store::apply`] to memory and by the storage to its log and database file, so both hold
+    /// the same registers.
+    pub fn plan(&self, mut batch: Registers, grace_floor: u64) -> Plan {
+        // In version order, a register can only be covered by one already taken, and only
+        // drops taken ones.
+        batch.sort_by(|a, b| a.1.version.cmp(&b.1.version).then_with(|| a.0.cmp(&b.0)));
+        let mut taken: BTreeMap<Box<str>, Register> = BTreeMap::new();
+        let mut removes = Vec::new();
+        for (k, r) in batch {
+            if past_grace(&r, grace_floor) {
+                continue;
+            }
+            let covered_in_batch = taken.get(&k).is_some_and(|c| c.version >= r.version)
+                || path::key_ancestors(&k)
+                    .any(|a| taken.get(a).is_some_and(|c| c.version > r.version));
+            if covered_in_batch || self.is_covered(&k, &r) {
+                continue;
+            }
+            // A taken ancestor of the same version (a local write's tree) listed already
+            // everything here below `k` that `r` drops.
+            let listed = path::key_ancestors(&k)
+                .any(|a| taken.get(a).is_some_and(|c| c.version == r.version));
+            if !listed {
+                removes.extend(
+                    self.below(&k)
+                        .filter(|(_, old)| old.version < r.version)
+                        .map(|(x, _)| Box::<str>::from(x)),
+                );
+            }
+            let dropped: Vec<Box<str>> = taken
+                .range::<str, _>((Bound::Excluded(&*k), Bound::Unbounded))
+                .take_while(|(x, _)| path::key_contains(&k, x))
+                .filter(|(_, c)| c.version < r.version)
+                .map(|(x, _)| x.clone())
+                .collect();
+            for x in dropped {
+                taken.remove(&x);
+            }
+            taken.insert(k, r);
         }
-        Some(
-            self.below(key)
-                .filter(|(_, r)| r.version < reg.version)
-                .map(|(k, _)| k.into())
-                .collect(),
-        )
+        let mut puts: Registers = taken.into_iter().collect();
+        puts.sort_by(|a, b| a.1.version.cmp(&b.1.version).then_with(|| a.0.cmp(&b.0)));
+        Plan { puts, removes }
     }
 
-    /// Merges one register: the same function for local writes and replicated ones. Returns
-    /// whether it was applied (false: it was already covered, or a duplicate).
-    pub fn merge(&mut self, key: &str, reg: Register) -> bool {
-        let Some(removed) = self.plan_merge(key, &reg) else {
-            return false;
-        };
-        self.apply_planned(&removed, [(key.into(), reg)]);
-        true
-    }
-
-    /// What a local write's registers (from [`Store::plan_local`]) drop when merged: every key
-    /// below each. A local write's version is newer than every register here (the writer's
-    /// clock has seen them all), so it is never covered and everything below it is older: the
-    /// result of [`Store::plan_merge`] without the lookups that would find nothing.
-    pub fn plan_removals(&self, regs: &[(Box<str>, Register)]) -> Vec<Box<str>> {
-        let mut out = Vec::new();
-        for (k, r) in regs {
-            debug_assert!(!self.is_covered(k, r), "a local write is never covered");
-            out.extend(self.below(k).map(|(below, old)| {
-                debug_assert!(old.version < r.version, "a local write is the newest");
-                Box::<str>::from(below)
-            }));
-        }
-        out
-    }
-
-    /// Applies registers planned against this same state: removes what the plan dropped (from
-    /// [`Store::plan_merge`] or [`Store::plan_removals`]), then puts the registers. The plan is
-    /// exact as long as nothing at, above or below its keys changed since, which the writer
-    /// guarantees for local writes; it spares planning them a second time.
-    pub fn apply_planned(
-        &mut self,
-        removes: &[Box<str>],
-        regs: impl IntoIterator<Item = (Box<str>, Register)>,
-    ) {
-        for k in removes {
+    /// Applies a plan made by [`Store::plan`] against this same state: removes what it drops,
+    /// then puts its registers. The plan is exact as long as nothing at, above or below its keys
+    /// changed since it was made, which the writer guarantees (overlapping requests wait for
+    /// each other).
+    pub fn apply(&mut self, plan: Plan) {
+        for k in &plan.removes {
             self.remove(k);
         }
-        for (k, r) in regs {
+        for (k, r) in plan.puts {
             self.replace(k, r);
         }
+    }
+
+    /// Merges one register by [`Store::plan`]'s rule, with no grace period. Returns whether it
+    /// entered (false: it was covered, or a duplicate).
+    pub fn merge(&mut self, key: &str, reg: Register) -> bool {
+        let plan = self.plan(vec![(key.into(), reg)], 0);
+        let entered = !plan.puts.is_empty();
+        self.apply(plan);
+        entered
     }
 
     /// Puts `reg` at `key` in place of whatever register was there.

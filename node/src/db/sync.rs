@@ -116,8 +116,7 @@ type Replies = Vec<(Origin, Result<(Written, usize), Error>)>;
 /// broadcasts its events, feeds a local write's registers to replication.
 fn apply(inner: &Inner, st: &mut State, p: Planned, feed: bool, replies: &mut Replies) {
     let Planned {
-        regs,
-        removes,
+        plan,
         events,
         written,
         origin,
@@ -127,20 +126,19 @@ fn apply(inner: &Inner, st: &mut State, p: Planned, feed: bool, replies: &mut Re
     match &origin {
         Origin::Local(_) => {
             if feed {
-                let _ = inner.changes.send(regs.clone().into());
+                let _ = inner.changes.send(plan.puts.clone().into());
             }
-            // Planned against this state (overlapping writes wait for each other), so the
-            // plan's removals hold and the registers need no second planning.
-            st.store.apply_planned(&removes, regs);
+            st.store.apply(plan);
         }
         Origin::Remote(_) => {
-            let mut keys = Vec::with_capacity(regs.len());
-            for (k, r) in regs {
-                let version = r.version;
-                if st.store.merge(&k, r) {
-                    keys.push((k, version));
-                }
-            }
+            let keys: Vec<(Box<str>, Version)> = plan
+                .puts
+                .iter()
+                .map(|(k, r)| (k.clone(), r.version))
+                .collect();
+            // Planned against this state (overlapping requests wait for each other), so the
+            // plan is applied as it was logged.
+            st.store.apply(plan);
             // Events once every register is in, so an object shows what its subtree holds.
             let now = now_ms();
             for (seq, (k, version)) in keys.into_iter().enumerate() {

@@ -31,8 +31,8 @@ impl Origin {
 
 /// One planned request inside a group.
 pub(super) struct Planned {
-    pub(super) regs: Vec<(Box<str>, Register)>,
-    pub(super) removes: Vec<Box<str>>,
+    /// What the request changes: appended to the log as it is, then applied to memory as it is.
+    pub(super) plan: Plan,
     pub(super) events: Vec<Arc<Event>>,
     pub(super) written: Written,
     pub(super) origin: Origin,
@@ -124,13 +124,12 @@ impl Writer {
                         }
                         self.wait_for_inflight(overlaps);
                         match self.plan(req) {
-                            Ok((regs, removes, events, written)) => {
-                                for (k, _) in &regs {
+                            Ok((plan, events, written)) => {
+                                for (k, _) in &plan.puts {
                                     group.touch(k);
                                 }
                                 group.planned.push(Planned {
-                                    regs,
-                                    removes,
+                                    plan,
                                     events,
                                     written,
                                     origin: Origin::Local(reply),
@@ -148,13 +147,12 @@ impl Writer {
                         }
                         self.wait_for_inflight(overlaps);
                         match self.plan_remote(regs) {
-                            Some((regs, removes, written)) => {
-                                for (k, _) in &regs {
+                            Some((plan, written)) => {
+                                for (k, _) in &plan.puts {
                                     group.touch(k);
                                 }
                                 group.planned.push(Planned {
-                                    regs,
-                                    removes,
+                                    plan,
                                     events: Vec::new(),
                                     written,
                                     origin: Origin::Remote(reply),
@@ -218,22 +216,9 @@ impl Writer {
         self.inner.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    #[allow(
-        clippy::type_complexity,
-        reason = "a private tuple consumed right at the call site"
-    )]
-    fn plan(
-        &mut self,
-        req: WriteRequest,
-    ) -> Result<
-        (
-            Vec<(Box<str>, Register)>,
-            Vec<Box<str>>,
-            Vec<Arc<Event>>,
-            Written,
-        ),
-        Error,
-    > {
+    /// Checks a local request's preconditions and plans it against the committed state: its
+    /// registers (stamped with a new version), what they drop, and its events.
+    fn plan(&mut self, req: WriteRequest) -> Result<(Plan, Vec<Arc<Event>>, Written), Error> {
         let now = now_ms();
         let st = self.inner.state.read().unwrap_or_else(|e| e.into_inner());
         for (i, a) in req.ops.iter().enumerate() {
@@ -276,18 +261,10 @@ impl Writer {
         let revision = self.revision + 1;
         let mut regs: Registers = Vec::new();
         let mut events = Vec::with_capacity(req.ops.len());
-        // Ops of a batch do not overlap, so only a register outside an op's path, the `Object`
-        // that turns a leaf above it into a directory, can be planned twice (by two ops under
-        // that leaf): it is kept once.
-        let mut above = HashSet::<Box<str>, foldhash::fast::RandomState>::default();
         for (seq, op) in req.ops.into_iter().enumerate() {
             let key: Box<str> = op.path().key().into();
             let (planned, value) = st.store.plan_local(op, version, now);
-            regs.extend(
-                planned
-                    .into_iter()
-                    .filter(|(k, _)| path::key_contains(&key, k) || above.insert(k.clone())),
-            );
+            regs.extend(planned);
             let kind = match value {
                 Some(_) => EventKind::Put,
                 None => EventKind::Delete,
@@ -301,67 +278,41 @@ impl Writer {
                 version,
             }));
         }
-        let removes = st.store.plan_removals(&regs);
+        // Ops of a batch do not overlap, so the only register two of them can both produce is
+        // the `Object` that turns a leaf above them into a directory: the plan keeps it once.
+        // Nothing else is left out, since the clock has seen every version here.
+        let produced = regs.len();
+        let plan = st.store.plan(regs, self.grace_floor(now));
+        debug_assert!(
+            plan.puts.len() <= produced && plan.puts.iter().all(|(_, r)| r.version == version),
+            "a local write is never covered"
+        );
         drop(st);
         self.revision = revision;
-        Ok((regs, removes, events, Written { version, revision }))
+        Ok((plan, events, Written { version, revision }))
     }
 
-    /// Plans registers from a peer against the committed state: keeps those no committed or
-    /// other incoming register covers, in version order, and lists the committed keys they
-    /// cover. `None` if nothing would change.
-    #[allow(
-        clippy::type_complexity,
-        reason = "a private tuple consumed right at the call site"
-    )]
-    fn plan_remote(
-        &mut self,
-        mut regs: Vec<(Box<str>, Register)>,
-    ) -> Option<(Vec<(Box<str>, Register)>, Vec<Box<str>>, Written)> {
-        let now = now_ms();
-        let floor = now.saturating_sub(self.opts.tombstone_grace_ms);
-        regs.sort_by(|a, b| a.1.version.cmp(&b.1.version).then_with(|| a.0.cmp(&b.0)));
-        let st = self.inner.state.read().unwrap_or_else(|e| e.into_inner());
-        let mut accepted: std::collections::BTreeMap<Box<str>, Register> = Default::default();
-        let mut removes = Vec::new();
-        for (k, r) in regs {
-            if past_grace(&r, floor) {
-                continue;
-            }
-            let covered_here = accepted.get(&k).is_some_and(|c| c.version >= r.version)
-                || path::key_ancestors(&k)
-                    .any(|a| accepted.get(a).is_some_and(|c| c.version > r.version));
-            if covered_here {
-                continue;
-            }
-            let Some(rm) = st.store.plan_merge(&k, &r) else {
-                continue;
-            };
-            let below: Vec<Box<str>> = accepted
-                .range::<str, _>((std::ops::Bound::Excluded(&*k), std::ops::Bound::Unbounded))
-                .take_while(|(x, _)| path::key_contains(&k, x))
-                .filter(|(_, c)| c.version < r.version)
-                .map(|(x, _)| x.clone())
-                .collect();
-            for x in below {
-                accepted.remove(&x);
-            }
-            removes.extend(rm);
-            self.clock.observe(r.version);
-            accepted.insert(k, r);
-        }
-        drop(st);
-        if accepted.is_empty() {
+    /// Tombstones older than this are collected here, and not taken back from peers.
+    fn grace_floor(&self, now: u64) -> u64 {
+        now.saturating_sub(self.opts.tombstone_grace_ms)
+    }
+
+    /// Plans registers from a peer against the committed state by the store's merge rule, and
+    /// moves the clock past what enters. `None` if nothing would change.
+    fn plan_remote(&mut self, regs: Registers) -> Option<(Plan, Written)> {
+        let plan = self.state().store.plan(regs, self.grace_floor(now_ms()));
+        if plan.puts.is_empty() {
             return None;
         }
-        let mut regs: Vec<(Box<str>, Register)> = accepted.into_iter().collect();
-        regs.sort_by(|a, b| a.1.version.cmp(&b.1.version).then_with(|| a.0.cmp(&b.0)));
+        for (_, r) in &plan.puts {
+            self.clock.observe(r.version);
+        }
         self.revision += 1;
         let written = Written {
             version: self.clock.high_water(),
             revision: self.revision,
         };
-        Some((regs, removes, written))
+        Some((plan, written))
     }
 
     /// Appends a group to the log and hands it to the sync thread, which syncs, applies and
@@ -375,11 +326,11 @@ impl Writer {
         let commit = storage::Commit {
             removes: planned
                 .iter()
-                .flat_map(|p| p.removes.iter().map(|k| &**k))
+                .flat_map(|p| p.plan.removes.iter().map(|k| &**k))
                 .collect(),
             puts: planned
                 .iter()
-                .flat_map(|p| p.regs.iter().map(|(k, r)| (&**k, r)))
+                .flat_map(|p| p.plan.puts.iter().map(|(k, r)| (&**k, r)))
                 .collect(),
             revision: last_revision,
             high_water: self.clock.high_water(),
@@ -501,16 +452,5 @@ impl Writer {
                 "tombstones past the grace period collected"
             );
         }
-    }
-}
-
-/// True if a register from a peer is a tombstone (a deletion or an expired leaf) whose grace
-/// period ended before `floor`: this node collects such registers, so it must not take them
-/// back from a peer that has not collected them yet.
-pub(super) fn past_grace(r: &Register, floor: u64) -> bool {
-    match (&r.kind, r.expires) {
-        (Kind::Deleted, _) => r.version.millis < floor,
-        (_, Some(t)) => t.get() < floor,
-        _ => false,
     }
 }

@@ -394,11 +394,11 @@ fn arb_op() -> impl Strategy<Value = (Op, u64)> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
-    /// The writer's shortcut for local writes (plan once, then `apply_planned`) leaves exactly
-    /// the store that merging the planned registers one by one leaves: registers, digest and
-    /// document.
+    /// A local write's registers, planned by the merge rule and applied, leave exactly the
+    /// store that merging them one by one leaves (registers, digest, document, expiries and
+    /// tombstones), and none of them is left out as covered.
     #[test]
-    fn apply_planned_equals_merge(ops in prop::collection::vec(arb_op(), 1..24)) {
+    fn a_local_write_plans_like_merging_its_registers(ops in prop::collection::vec(arb_op(), 1..24)) {
         let mut merged = Node::new(1);
         let mut planned = Store::new();
         let mut clock = Hlc::new(1, Version::ZERO);
@@ -409,11 +409,9 @@ proptest! {
             let v = clock.tick(now);
             let (regs2, _) = planned.plan_local(op.clone(), v, now);
             prop_assert_eq!(&regs, &regs2);
-            for (k, r) in &regs2 {
-                prop_assert!(!planned.is_covered(k, r), "a local write is never covered");
-            }
-            let removes = planned.plan_removals(&regs2);
-            planned.apply_planned(&removes, regs2);
+            let plan = planned.plan(regs2, 0);
+            prop_assert_eq!(plan.puts.len(), regs.len(), "a local write is never covered");
+            planned.apply(plan);
             let ra: Vec<_> = merged.store.registers().map(|(k, r)| (k.to_owned(), r.clone())).collect();
             let rb: Vec<_> = planned.registers().map(|(k, r)| (k.to_owned(), r.clone())).collect();
             prop_assert_eq!(&ra, &rb);
@@ -426,4 +424,101 @@ proptest! {
             );
         }
     }
+
+    /// Planning a batch (in any order, with duplicates) and applying the plan equals merging
+    /// its registers one at a time, equals the set of registers nothing else ever merged
+    /// covers; and replaying the plan as the log does (remove its removals, put its registers,
+    /// no second planning) rebuilds the same registers.
+    #[test]
+    fn a_planned_batch_equals_merging_one_at_a_time(
+        base in prop::collection::vec(arb_register(), 0..16),
+        batch in prop::collection::vec(arb_register(), 1..16),
+        order in prop::collection::vec(any::<prop::sample::Index>(), 0..32),
+        repeats in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+    ) {
+        // One version writes a path at most once: drop clashing draws.
+        let mut seen = std::collections::HashSet::new();
+        let mut unique = |regs: Vec<(Box<str>, Register)>| -> Vec<(Box<str>, Register)> {
+            regs.into_iter().filter(|(k, r)| seen.insert((r.version, k.clone()))).collect()
+        };
+        let base = unique(base);
+        let batch = unique(batch);
+        prop_assume!(!batch.is_empty());
+        let mut start = Store::new();
+        for (k, r) in &base {
+            start.merge(k, r.clone());
+        }
+        // The batch as it arrives: shuffled by `order`, with some registers repeated.
+        let mut arriving = batch.clone();
+        for (i, j) in order.iter().enumerate() {
+            let n = arriving.len();
+            arriving.swap(i % n, j.index(n));
+        }
+        for i in &repeats {
+            arriving.push(batch[i.index(batch.len())].clone());
+        }
+        let plan = start.plan(arriving.clone(), 0);
+        let mut planned = start.clone();
+        planned.apply(plan.clone());
+        let mut one_by_one = start.clone();
+        for (k, r) in arriving.iter().rev() {
+            one_by_one.merge(k, r.clone());
+        }
+        let regs = |s: &Store| -> Vec<(String, Register)> {
+            s.registers().map(|(k, r)| (k.to_owned(), r.clone())).collect()
+        };
+        prop_assert_eq!(regs(&planned), regs(&one_by_one));
+        prop_assert!(planned.digest() == one_by_one.digest());
+        prop_assert_eq!(planned.due_tombstones(100, 0), one_by_one.due_tombstones(100, 0));
+        prop_assert_eq!(planned.due_expiries(100), one_by_one.due_expiries(100));
+        // The registers that nothing else ever merged covers.
+        let everything: Vec<_> = base.iter().chain(&batch).collect();
+        let mut uncovered: Vec<(String, Register)> = everything
+            .iter()
+            .filter(|(k, r)| {
+                !everything.iter().any(|(k2, r2)| {
+                    r2.version > r.version && (k2 == k || path::key_ancestors(k).any(|a| a == &**k2))
+                })
+            })
+            .map(|(k, r)| (k.to_string(), r.clone()))
+            .collect();
+        uncovered.sort_by(|a, b| a.0.cmp(&b.0));
+        prop_assert_eq!(regs(&planned), uncovered);
+        // Replayed as the log and the database file replay it.
+        let mut replay: BTreeMap<String, Register> = regs(&start).into_iter().collect();
+        for k in &plan.removes {
+            prop_assert!(start.register(k).is_some(), "a plan removes only registers it was made against");
+            replay.remove(&**k);
+        }
+        for (k, r) in &plan.puts {
+            replay.insert(k.to_string(), r.clone());
+        }
+        prop_assert_eq!(replay.into_iter().collect::<Vec<_>>(), regs(&planned));
+        // Planning the same batch again against the result changes nothing.
+        prop_assert_eq!(planned.plan(arriving, 0), Plan::default());
+    }
+}
+
+#[test]
+fn a_plan_leaves_out_tombstones_past_their_grace_period() {
+    let s = Store::new();
+    let reg = |kind: Kind, millis: u64, expires: Option<u64>| Register {
+        kind,
+        version: Version {
+            millis,
+            counter: 0,
+            node: 2,
+        },
+        expires: expires.and_then(std::num::NonZeroU64::new),
+    };
+    let batch = vec![
+        ("old".into(), reg(Kind::Deleted, 10, None)),
+        ("new".into(), reg(Kind::Deleted, 100, None)),
+        ("expired".into(), reg(Kind::Leaf("1".into()), 5, Some(20))),
+        ("expiring".into(), reg(Kind::Leaf("1".into()), 5, Some(200))),
+        ("kept".into(), reg(Kind::Leaf("1".into()), 5, None)),
+    ];
+    let plan = s.plan(batch, 50);
+    let keys: Vec<&str> = plan.puts.iter().map(|(k, _)| &**k).collect();
+    assert_eq!(keys, ["expiring", "kept", "new"]);
 }
