@@ -450,7 +450,7 @@ pub fn require_no_leaf_above(app: &App, grant: &Grant) -> Result<()> {
         return Ok(());
     }
     let st = app.db.read();
-    let now = db::now_ms();
+    let now = crate::clock::now_ms();
     let leaf = path::key_ancestors(grant.prefix.key())
         .find(|key| matches!(st.store.lookup(key, now), crate::store::Lookup::Leaf(_)));
     match leaf {

@@ -7,7 +7,8 @@
 //!
 //! Must not know about HTTP; `api` maps its answers to statuses.
 
-use crate::db::{self, now_ms, Condition, Db, WriteRequest};
+use crate::clock::now_ms;
+use crate::db::{self, Condition, Db, WriteRequest};
 use crate::store::{Op, Path};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -214,7 +215,7 @@ impl Tokens {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 ev = rx.recv() => match ev {
-                    Ok(ev) if db::related(TOKENS_KEY, &ev.key) => self.reload(&db),
+                    Ok(ev) if crate::store::path::key_related(TOKENS_KEY, &ev.key) => self.reload(&db),
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.reload(&db),
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,

@@ -126,7 +126,7 @@ impl Cluster {
         tracker: TaskTracker,
     ) -> Cluster {
         let shared = Arc::new(Shared {
-            history: history::History::open(&s.data_dir, s.tombstone_grace, crate::db::now_ms()),
+            history: history::History::open(&s.data_dir, s.tombstone_grace, crate::clock::now_ms()),
             resyncing: false.into(),
             members: Members::new(s.me.node_id, &s.seeds, s.retry_cap),
             s,
@@ -218,7 +218,7 @@ impl Shared {
     fn hello(&self) -> Hello {
         Hello {
             peer_port: self.s.peer_port,
-            history_ms: self.history.length_ms(crate::db::now_ms()),
+            history_ms: self.history.length_ms(crate::clock::now_ms()),
             peers: self
                 .members
                 .alive()

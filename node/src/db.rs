@@ -23,6 +23,7 @@
 mod sync;
 mod writer;
 
+use crate::clock::now_ms;
 use crate::storage::{self, LogSync, Storage};
 use crate::store::log::Compacted;
 use crate::store::{
@@ -32,7 +33,7 @@ use crate::store::{
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use sync::sync_loop;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use writer::{Origin, Planned, Synced, Writer};
@@ -47,13 +48,6 @@ const SLOW_SYNC_REPORT: Duration = Duration::from_secs(60);
 /// Local writes the replication feed holds for a slow reader before that reader lags (and is
 /// then repaired by anti-entropy instead).
 const CHANGE_FEED: usize = 8192;
-
-/// Wall-clock milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Why a write was refused. Nothing of a refused write is stored.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -319,9 +313,17 @@ impl Db {
 
     /// Applies one change durably; answers once it is synced and visible.
     pub async fn write(&self, req: WriteRequest) -> Result<Written, Error> {
+        self.ask(|reply| Command::Write(req, reply)).await
+    }
+
+    /// Sends the writer a command and waits for its answer.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Command,
+    ) -> Result<T, Error> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Write(req, reply))
+            .send(command(reply))
             .await
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
@@ -336,12 +338,7 @@ impl Db {
         if regs.is_empty() {
             return Ok(0);
         }
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Merge(regs, reply))
-            .await
-            .map_err(|_| Error::ShuttingDown)?;
-        rx.await.map_err(|_| Error::ShuttingDown)?
+        self.ask(|reply| Command::Merge(regs, reply)).await
     }
 
     /// Durably forgets every register and answers how many there were. For a node that was
@@ -350,12 +347,7 @@ impl Db {
     /// it back; it starts empty and takes everything again from its peers. Watchers get one
     /// `delete` of the root.
     pub async fn reset(&self) -> Result<usize, Error> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Reset(reply))
-            .await
-            .map_err(|_| Error::ShuttingDown)?;
-        rx.await.map_err(|_| Error::ShuttingDown)?
+        self.ask(Command::Reset).await
     }
 
     /// The feed of local writes' registers, once each is durable and applied. A reader that
@@ -397,7 +389,7 @@ impl Db {
                 .log
                 .since(after)?
                 .into_iter()
-                .filter(|e| related(key, &e.key))
+                .filter(|e| path::key_related(key, &e.key))
                 .collect(),
             None => {
                 let now = now_ms();
@@ -424,12 +416,6 @@ impl Db {
             live,
         })
     }
-}
-
-/// True if an event at `event_key` concerns a watch of `watched`: the same path, one below it,
-/// or an ancestor (which replaces or deletes it).
-pub fn related(watched: &str, event_key: &str) -> bool {
-    path::key_contains(watched, event_key) || path::key_contains(event_key, watched)
 }
 
 /// How long until housekeeping is next needed: the next expiry, at most `max`.

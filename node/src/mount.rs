@@ -17,8 +17,9 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth;
+use crate::clock::now_ms;
 use crate::config::Config;
-use crate::db::{self, now_ms, Condition, Db, WriteRequest};
+use crate::db::{self, Condition, Db, WriteRequest};
 use crate::plugin::derive::Found;
 use crate::plugin::view::Write;
 use crate::plugin::{Plugins, Rejection};
@@ -40,7 +41,7 @@ pub fn rejection(r: Rejection) -> Error {
 
 /// A derived value as the file view shows it (read-only).
 fn derived_node(v: &Value) -> Node {
-    let mtime_ms = crate::db::now_ms();
+    let mtime_ms = crate::clock::now_ms();
     if v.is_object() {
         Node::Dir {
             mtime_ms,

@@ -13,7 +13,8 @@ pub mod host;
 pub mod manifest;
 pub mod view;
 
-use crate::db::{now_ms, Db};
+use crate::clock::now_ms;
+use crate::db::Db;
 use crate::store::Path;
 use host::{CallError, Change, Host, Program, StoreView};
 use manifest::{Checked, Hook, Manifest};
@@ -458,7 +459,7 @@ impl Plugins {
                     }
                 }
                 ev = sub.live.recv() => match ev {
-                    Ok(ev) if !crate::db::related(key.key(), &ev.key) => continue,
+                    Ok(ev) if !crate::store::path::key_related(key.key(), &ev.key) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     _ => {}
                 }

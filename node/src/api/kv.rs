@@ -7,8 +7,9 @@ use super::{
     authorize, json_response, query_param, require, require_path, ApiError, App, Body, Result,
 };
 use crate::auth::{Grant, Role};
+use crate::clock::now_ms;
 use crate::config::parse_duration;
-use crate::db::{now_ms, Condition, WriteRequest, Written};
+use crate::db::{Condition, WriteRequest, Written};
 use crate::plugin::derive::Found;
 use crate::plugin::view::Write;
 use crate::store::{value, Op, Path, Version};

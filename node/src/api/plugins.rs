@@ -8,7 +8,8 @@
 
 use super::{json_response, ApiError, App, Body, Result};
 use crate::auth::{Grant, Role};
-use crate::db::{now_ms, Condition, WriteRequest};
+use crate::clock::now_ms;
+use crate::db::{Condition, WriteRequest};
 use crate::plugin::manifest::{self, Manifest, MAX_PLUGIN_BYTES};
 use crate::plugin::MANIFESTS;
 use crate::store::{Op, Path};

@@ -126,7 +126,7 @@ pub async fn watch<B>(
 }
 
 fn visible_to(watched: &str, ev: &Event) -> bool {
-    db::related(watched, &ev.key)
+    crate::store::path::key_related(watched, &ev.key)
         && (!watched.is_empty() || !crate::store::path::key_contains(INTERNAL, &ev.key))
 }
 

@@ -16,7 +16,7 @@ pub(super) async fn probe_loop(shared: Arc<Shared>) {
             _ = shared.cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        shared.history.tick(crate::db::now_ms());
+        shared.history.tick(crate::clock::now_ms());
         for due in shared.members.due() {
             let shared2 = shared.clone();
             shared.tracker.spawn(async move {

@@ -6,7 +6,7 @@
 use super::host::{CallError, Output};
 use super::view::{at, relative, set_at, Committed};
 use super::{Plugins, Registry};
-use crate::db::now_ms;
+use crate::clock::now_ms;
 use crate::store::Path;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};

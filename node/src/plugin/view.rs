@@ -3,7 +3,8 @@
 //! write's puts and deletes laid over it, in order). Keys under `/.herd` are never visible.
 
 use super::host::StoreView;
-use crate::db::{now_ms, Db};
+use crate::clock::now_ms;
+use crate::db::Db;
 use crate::store::{self, Path, INTERNAL};
 use serde_json::{Map, Value};
 

@@ -204,6 +204,12 @@ pub fn key_contains(a: &str, b: &str) -> bool {
     a.is_empty() || (b.starts_with(a) && (b.len() == a.len() || b.as_bytes()[a.len()] == 0))
 }
 
+/// True if a change at `changed` concerns a reader of `watched`: the same key, one below it, or
+/// an ancestor (which replaces or deletes it).
+pub fn key_related(watched: &str, changed: &str) -> bool {
+    key_contains(watched, changed) || key_contains(changed, watched)
+}
+
 /// The keys of the proper ancestors of `key`, nearest first, the root last.
 pub fn key_ancestors(key: &str) -> impl Iterator<Item = &str> {
     let mut cur = Some(key);
