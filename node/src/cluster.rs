@@ -326,7 +326,9 @@ impl crate::plugin::Fetch for Cluster {
     fn fetch(
         &self,
         sha256: String,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Vec<u8>>> + Send>> {
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Vec<u8>, crate::plugin::Error>> + Send>,
+    > {
         let shared = self.shared.clone();
         Box::pin(async move {
             let mut errors = Vec::new();
@@ -347,15 +349,16 @@ impl crate::plugin::Fetch for Cluster {
                     Err(e) => errors.push(format!("{id:016x}: {e}")),
                 }
             }
-            if errors.is_empty() {
-                anyhow::bail!(
+            Err(crate::plugin::Error::Fetch(if errors.is_empty() {
+                format!(
                     "its file (sha256 {sha256}) is not on this node and no peer is alive to ask"
-                );
-            }
-            anyhow::bail!(
-                "its file (sha256 {sha256}) is on no live peer ({})",
-                errors.join("; ")
-            )
+                )
+            } else {
+                format!(
+                    "its file (sha256 {sha256}) is on no live peer ({})",
+                    errors.join("; ")
+                )
+            }))
         })
     }
 }

@@ -1,5 +1,7 @@
-//! WebAssembly plugins (DESIGN.md §7): the registry of installed plugins, the write-path hooks
-//! (`transform` then `validate`, on the node that receives a write) and the derived keys.
+//! WebAssembly plugins (`wit/herd.wit`, docs/plugins.md): the registry of installed plugins
+//! (`registry`), the write-path hooks (`judge`: `transform` then `validate`, on the node that
+//! receives a write), the derived keys (`derive`), the component files (`blobs`) and the wasm
+//! host (`host`). This file loads and reloads them and decides where a write's hooks run.
 //!
 //! Manifests live in the store at `/.herd/plugins/<name>`, so installing on one node reaches
 //! every node by replication; the component itself is kept under `DATA/plugins/blobs/` by its
@@ -8,168 +10,55 @@
 //! change keep their loaded program; a write takes the registry snapshot current when it starts,
 //! so writes in flight finish on the version they started with.
 
+pub mod blobs;
 pub mod derive;
 pub mod host;
+pub mod judge;
 pub mod manifest;
+pub mod registry;
 pub mod view;
 
 use crate::clock::now_ms;
 use crate::db::Db;
 use crate::store::Path;
-use host::{CallError, Change, Host, Program, StoreView};
-use manifest::{Checked, Hook, Manifest};
+pub use blobs::{blob_file, sha256_hex};
+use host::{Host, Program};
+pub use judge::Rejection;
+pub use manifest::Hook;
+use manifest::{Checked, Manifest};
+pub use registry::{Entry, Health, Hooks, Registry};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use view::{at, relative, set_at, After, Write};
+use view::Write;
+
+/// Why a plugin could not be stored or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot {what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("its file (sha256 {0}) is not on this node")]
+    NotHere(String),
+    #[error("{0}")]
+    Fetch(String),
+    #[error("a peer sent a file whose sha256 is not {0}")]
+    WrongFile(String),
+    /// Compiling, linking or starting the component failed.
+    #[error("{0}")]
+    Load(String),
+}
 
 /// Where manifests live in the store.
 pub const MANIFESTS: &str = "/.herd/plugins";
 
 /// How often a node retries loading plugins it could not load (file not fetched yet).
 const RETRY_LOAD: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// After this many failures in a row a plugin is reported unhealthy.
-const UNHEALTHY_AFTER: u64 = 3;
-
-/// Why a write was not accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rejection {
-    /// A plugin refused it with a message for the writer.
-    Refused { plugin: String, message: String },
-    /// A plugin could not judge it (trap, timeout, memory, bad answer).
-    Failed { plugin: String, message: String },
-    /// A plugin that guards the path is installed but not loaded on this node.
-    Unavailable { plugin: String, message: String },
-    /// The write touches a derived plugin's output prefix.
-    ReadOnly { plugin: String, path: String },
-}
-
-impl Rejection {
-    pub fn plugin(&self) -> &str {
-        match self {
-            Rejection::Refused { plugin, .. }
-            | Rejection::Failed { plugin, .. }
-            | Rejection::Unavailable { plugin, .. }
-            | Rejection::ReadOnly { plugin, .. } => plugin,
-        }
-    }
-}
-
-impl std::fmt::Display for Rejection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Rejection::Refused { plugin, message } => {
-                write!(f, "rejected by plugin {plugin}: {message}")
-            }
-            Rejection::Failed { plugin, message } => {
-                write!(f, "plugin {plugin} {message}; the write is rejected")
-            }
-            Rejection::Unavailable { plugin, message } => {
-                write!(f, "plugin {plugin} is not available on this node ({message}); the write is rejected")
-            }
-            Rejection::ReadOnly { plugin, path } => {
-                write!(f, "{path} is derived by plugin {plugin} and is read-only")
-            }
-        }
-    }
-}
-
-/// Call counters and the last error of one plugin, kept across reloads of the same name.
-#[derive(Debug, Default)]
-pub struct Health {
-    calls: AtomicU64,
-    failures: AtomicU64,
-    in_a_row: AtomicU64,
-    last_error: Mutex<Option<(u64, String)>>,
-}
-
-impl Health {
-    fn ok(&self) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.in_a_row.store(0, Ordering::Relaxed);
-    }
-
-    fn failed(&self, message: &str) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        self.in_a_row.fetch_add(1, Ordering::Relaxed);
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((now_ms(), message.to_owned()));
-    }
-
-    pub fn healthy(&self) -> bool {
-        self.in_a_row.load(Ordering::Relaxed) < UNHEALTHY_AFTER
-    }
-}
-
-/// One installed plugin.
-pub struct Entry {
-    pub checked: Checked,
-    pub program: Option<Arc<Program>>,
-    /// Why `program` is missing.
-    pub load_error: Option<String>,
-    pub health: Arc<Health>,
-}
-
-impl Entry {
-    fn guards(&self, p: &Path) -> bool {
-        self.checked
-            .prefixes
-            .iter()
-            .any(|q| q.contains(p) || p.contains(q))
-    }
-
-    /// The entry as `herd plugin ls` and `/v1/plugins` show it.
-    pub fn to_json(&self) -> Value {
-        let h = &self.health;
-        let last = h
-            .last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let state = if self.program.is_none() {
-            "not_loaded"
-        } else if h.healthy() {
-            "healthy"
-        } else {
-            "unhealthy"
-        };
-        let mut v = serde_json::to_value(&self.checked.manifest).unwrap_or(Value::Null);
-        if let Value::Object(m) = &mut v {
-            m.insert("state".into(), state.into());
-            m.insert("calls".into(), h.calls.load(Ordering::Relaxed).into());
-            m.insert("failures".into(), h.failures.load(Ordering::Relaxed).into());
-            let err = self
-                .load_error
-                .clone()
-                .map(|e| serde_json::json!({"at": now_ms(), "message": e}))
-                .or_else(|| last.map(|(at, e)| serde_json::json!({"at": at, "message": e})));
-            m.insert("last_error".into(), err.unwrap_or(Value::Null));
-        }
-        v
-    }
-}
-
-/// The installed plugins, in hook order (first install first).
-#[derive(Default)]
-pub struct Registry {
-    pub entries: Vec<Arc<Entry>>,
-}
-
-impl Registry {
-    /// The longest time limit of the write-path hooks (validate, transform).
-    fn max_time_ms(&self) -> u64 {
-        self.entries
-            .iter()
-            .filter(|e| e.checked.has(Hook::Validate) || e.checked.has(Hook::Transform))
-            .map(|e| e.checked.manifest.limits.time_ms)
-            .max()
-            .unwrap_or(0)
-    }
-}
 
 /// Write-path hooks whose time limits are all within this run on the request's own task.
 const INLINE_TIME_MS: u64 = 100;
@@ -179,7 +68,7 @@ pub trait Fetch: Send + Sync {
     fn fetch(
         &self,
         sha256: String,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Vec<u8>>> + Send>>;
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, Error>> + Send>>;
 }
 
 struct Inner {
@@ -210,11 +99,6 @@ pub struct Plugins {
     inner: Arc<Inner>,
 }
 
-/// Where the component with this sha256 is kept under a node's `DATA/plugins` directory.
-pub fn blob_file(plugins_dir: &std::path::Path, sha256: &str) -> PathBuf {
-    plugins_dir.join("blobs").join(format!("{sha256}.wasm"))
-}
-
 /// The stored manifest of plugin `name`, if any (not checked).
 pub fn read_manifest(db: &Db, name: &str) -> Option<Result<Manifest, String>> {
     let p = Path::parse(MANIFESTS).ok()?.child(name).ok()?;
@@ -225,18 +109,17 @@ pub fn read_manifest(db: &Db, name: &str) -> Option<Result<Manifest, String>> {
         .then(|| serde_json::from_str(&text).map_err(|e| e.to_string()))
 }
 
-/// The hex sha256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Plugins {
     /// Plugins of the node whose data directory is `data_dir` (files under `plugins/`).
-    pub fn open(data_dir: &std::path::Path, db: Db) -> anyhow::Result<Plugins> {
+    pub fn open(data_dir: &std::path::Path, db: Db) -> Result<Plugins, Error> {
         let dir = data_dir.join("plugins");
-        std::fs::create_dir_all(dir.join("blobs"))?;
-        let host = Host::new(dir.join("cache")).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        let blobs = dir.join("blobs");
+        std::fs::create_dir_all(&blobs).map_err(|source| Error::Io {
+            what: "create",
+            path: blobs,
+            source,
+        })?;
+        let host = Host::new(dir.join("cache")).map_err(|e| Error::Load(format!("{e:#}")))?;
         Ok(Plugins {
             inner: Arc::new(Inner {
                 host,
@@ -285,30 +168,19 @@ impl Plugins {
     }
 
     /// Stores a component file (synced, then renamed into place) and answers its sha256.
-    pub fn put_blob(&self, bytes: &[u8]) -> anyhow::Result<String> {
-        use std::io::Write as _;
-        let sha = sha256_hex(bytes);
-        let path = self.blob_path(&sha);
-        if path.exists() {
-            return Ok(sha);
-        }
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        Ok(sha)
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<String, Error> {
+        blobs::put(&self.inner.dir, bytes)
     }
 
     /// Loads a manifest's component now (compiling it unless cached) and checks it: the
     /// install and update calls use this so a bad plugin is refused before it is stored. The
     /// program is kept for the reload that follows the install.
-    pub async fn check_loadable(&self, checked: &Checked) -> anyhow::Result<()> {
+    pub async fn check_loadable(&self, checked: &Checked) -> Result<(), Error> {
         self.load(checked).await.map(drop)
     }
 
     /// The program of a manifest: the one already loaded for the same key, or a new one.
-    async fn load(&self, checked: &Checked) -> anyhow::Result<Arc<Program>> {
+    async fn load(&self, checked: &Checked) -> Result<Arc<Program>, Error> {
         let m = &checked.manifest;
         let key = program_key(m);
         let loaded = self
@@ -330,11 +202,11 @@ impl Plugins {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
             let Some(fetch) = fetch else {
-                anyhow::bail!("its file (sha256 {}) is not on this node", m.sha256);
+                return Err(Error::NotHere(m.sha256.clone()));
             };
             let bytes = fetch.fetch(m.sha256.clone()).await?;
             if sha256_hex(&bytes) != m.sha256 {
-                anyhow::bail!("a peer sent a file whose sha256 is not {}", m.sha256);
+                return Err(Error::WrongFile(m.sha256.clone()));
             }
             self.put_blob(&bytes)?;
         }
@@ -344,11 +216,13 @@ impl Plugins {
         let program = tokio::task::spawn_blocking(move || {
             let p = host
                 .load(&name, &sha, &path, &hooks, limits)
-                .map_err(|e| anyhow::anyhow!("{e:#}"))?;
-            p.warm_up().map_err(|e| anyhow::anyhow!("its start {e}"))?;
-            anyhow::Ok(p)
+                .map_err(|e| Error::Load(format!("{e:#}")))?;
+            p.warm_up()
+                .map_err(|e| Error::Load(format!("its start {e}")))?;
+            Ok::<_, Error>(p)
         })
-        .await??;
+        .await
+        .map_err(|e| Error::Load(format!("the loading task failed: {e}")))??;
         let program = Arc::new(program);
         tracing::info!(
             plugin = m.name,
@@ -404,7 +278,7 @@ impl Plugins {
                 .or_default()
                 .clone();
             let (program, load_error) = match self.load(&checked).await {
-                Ok(p) => (Some(p), None),
+                Ok(p) => (Some(p as Arc<dyn Hooks>), None),
                 Err(e) => {
                     tracing::warn!(plugin = name, error = %format!("{e:#}"), "plugin not loaded");
                     (None, Some(format!("{e:#}")))
@@ -520,7 +394,7 @@ impl Plugins {
     /// [`Plugins::judge`] on the calling thread (the file view's threads).
     pub fn judge_now(&self, writes: Vec<Write>, token: &str) -> Result<Vec<Write>, Rejection> {
         let start = std::time::Instant::now();
-        let r = self.run_hooks(writes, token);
+        let r = judge::judge(&self.registry(), &self.inner.db, writes, token);
         self.inner.judged.fetch_add(1, Ordering::Relaxed);
         self.inner
             .judge_nanos
@@ -537,113 +411,6 @@ impl Plugins {
             "total_us": ns / 1000,
             "mean_us": if n == 0 { 0.0 } else { ns as f64 / n as f64 / 1000.0 },
         })
-    }
-
-    fn run_hooks(&self, mut writes: Vec<Write>, token: &str) -> Result<Vec<Write>, Rejection> {
-        let reg = self.registry();
-        if reg.entries.is_empty() {
-            return Ok(writes);
-        }
-        // Derived outputs are read-only.
-        for w in &writes {
-            for e in &reg.entries {
-                let Some(o) = &e.checked.output else { continue };
-                let hits = o.contains(&w.path)
-                    || (w.value.is_some()
-                        && relative(&w.path, o).is_some_and(|rel| {
-                            w.value.as_ref().and_then(|v| at(v, &rel)).is_some()
-                        }));
-                if hits {
-                    return Err(Rejection::ReadOnly {
-                        plugin: e.checked.manifest.name.clone(),
-                        path: o.to_string(),
-                    });
-                }
-            }
-        }
-        let db = self.inner.db.clone();
-        // Transforms rewrite the writes, so each sees the writes as rewritten so far.
-        for e in reg
-            .entries
-            .iter()
-            .filter(|e| e.checked.has(Hook::Transform))
-        {
-            for i in 0..writes.len() {
-                if !e.guards(&writes[i].path) {
-                    continue;
-                }
-                let program = self.program(e)?;
-                for (at_path, change) in changes_for(&db, e, &writes[i], token) {
-                    if change.value.is_none() {
-                        continue;
-                    }
-                    let view = Arc::new(After {
-                        db: db.clone(),
-                        writes: writes.clone(),
-                    });
-                    let out = program
-                        .transform(view, &change)
-                        .map_err(|err| self.fail(e, err))?;
-                    let v = crate::store::value::parse(out.as_bytes()).map_err(|err| {
-                        self.fail(
-                            e,
-                            CallError::Failed(format!(
-                                "returned a value that is not valid JSON: {err}"
-                            )),
-                        )
-                    })?;
-                    e.health.ok();
-                    let w = &mut writes[i];
-                    let rel = relative(&w.path, &at_path).unwrap_or_default();
-                    match &mut w.value {
-                        Some(base) => set_at(base, &rel, Some(v)),
-                        None => w.value = Some(v),
-                    }
-                }
-            }
-        }
-        // Validators judge the final writes: one view of them serves every call.
-        let view: Arc<dyn StoreView> = Arc::new(After {
-            db: db.clone(),
-            writes: writes.clone(),
-        });
-        for e in reg.entries.iter().filter(|e| e.checked.has(Hook::Validate)) {
-            for w in writes.iter().filter(|w| e.guards(&w.path)) {
-                let program = self.program(e)?;
-                for (_, change) in changes_for(&db, e, w, token) {
-                    program
-                        .validate(view.clone(), &change)
-                        .map_err(|err| self.fail(e, err))?;
-                    e.health.ok();
-                }
-            }
-        }
-        Ok(writes)
-    }
-
-    fn program<'a>(&self, e: &'a Entry) -> Result<&'a Arc<Program>, Rejection> {
-        e.program.as_ref().ok_or_else(|| Rejection::Unavailable {
-            plugin: e.checked.manifest.name.clone(),
-            message: e
-                .load_error
-                .clone()
-                .unwrap_or_else(|| "not loaded yet".into()),
-        })
-    }
-
-    fn fail(&self, e: &Entry, err: CallError) -> Rejection {
-        let plugin = e.checked.manifest.name.clone();
-        match err {
-            CallError::Refused(message) => {
-                e.health.ok();
-                Rejection::Refused { plugin, message }
-            }
-            CallError::Failed(message) => {
-                e.health.failed(&message);
-                tracing::warn!(plugin, error = message, "plugin failed; write rejected");
-                Rejection::Failed { plugin, message }
-            }
-        }
     }
 
     /// The plugins as `/v1/status` shows them.
@@ -663,45 +430,4 @@ impl Plugins {
                 .collect(),
         )
     }
-}
-
-/// The changes one write makes for one plugin: at the write's path when a prefix contains it,
-/// or at each of the plugin's prefixes below the write's path with the part of the value there.
-fn changes_for(db: &Db, e: &Entry, w: &Write, token: &str) -> Vec<(Path, Change)> {
-    let mut at_paths: Vec<Path> = Vec::new();
-    if e.checked.prefixes.iter().any(|q| q.contains(&w.path)) {
-        at_paths.push(w.path.clone());
-    } else {
-        at_paths.extend(
-            e.checked
-                .prefixes
-                .iter()
-                .filter(|q| w.path.contains(q))
-                .cloned(),
-        );
-    }
-    at_paths
-        .into_iter()
-        .map(|p| {
-            let rel = relative(&w.path, &p).unwrap_or_default();
-            let value = w
-                .value
-                .as_ref()
-                .and_then(|v| at(v, &rel))
-                .map(|v| crate::store::value::to_text(v).into());
-            let st = db.read();
-            let mut old = String::new();
-            let has_old = st.store.render(p.key(), now_ms(), &mut old);
-            let version = has_old.then(|| st.store.newest_version(p.key()).to_string());
-            drop(st);
-            let change = Change {
-                path: p.to_string(),
-                value,
-                old: has_old.then_some(old),
-                version,
-                token: token.to_owned(),
-            };
-            (p, change)
-        })
-        .collect()
 }
