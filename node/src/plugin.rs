@@ -1,4 +1,4 @@
-//! WebAssembly plugins (`wit/herd.wit`, docs/plugins.md): the registry of installed plugins
+//! WebAssembly plugins (the contract is `wit/herd.wit`, the guide the README): the registry of installed plugins
 //! (`registry`), the write-path hooks (`judge`: `transform` then `validate`, on the node that
 //! receives a write), the derived keys (`derive`), the component files (`blobs`) and the wasm
 //! host (`host`). This file loads and reloads them and decides where a write's hooks run.
