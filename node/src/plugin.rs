@@ -1,7 +1,8 @@
-//! WebAssembly plugins (the contract is `wit/herd.wit`, the guide the README): the registry of installed plugins
-//! (`registry`), the write-path hooks (`judge`: `transform` then `validate`, on the node that
-//! receives a write), the derived keys (`derive`), the component files (`blobs`) and the wasm
-//! host (`host`). This file loads and reloads them and decides where a write's hooks run.
+//! WebAssembly plugins (the contract is `wit/herd.wit`, the guide is the README): the registry
+//! of installed plugins (`registry`), the write-path hooks (`judge`: `transform` then
+//! `validate`, on the node that receives a write), the derived keys (`derive`), the component
+//! files (`blobs`) and the wasm host (`host`). This file loads and reloads them and decides
+//! where a write's hooks run.
 //!
 //! Manifests live in the store at `/.herd/plugins/<name>`, so installing on one node reaches
 //! every node by replication; the component itself is kept under `DATA/plugins/blobs/` by its
