@@ -53,6 +53,8 @@ pub struct App {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Installed plugins and derived keys.
     pub plugins: crate::plugin::Plugins,
+    /// Judges every client write (PUT, DELETE, batch) before the writer gets it.
+    pub admission: crate::admission::Admission,
 }
 
 /// An error answer: status, stable code, message.
@@ -150,6 +152,29 @@ impl From<plugin::Rejection> for ApiError {
         let mut e = ApiError::new(status, code, r.to_string());
         e.plugin = Some(r.plugin().to_owned());
         e
+    }
+}
+
+impl From<crate::admission::Refusal> for ApiError {
+    fn from(r: crate::admission::Refusal) -> ApiError {
+        use crate::admission::Refusal;
+        let message = r.to_string();
+        match r {
+            Refusal::Role(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
+            Refusal::OutsidePrefix(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "outside_prefix", message)
+            }
+            Refusal::Reserved(_) | Refusal::Root => {
+                ApiError::new(StatusCode::FORBIDDEN, "reserved_path", message)
+            }
+            Refusal::Invalid(_) => ApiError::bad_request(message),
+            Refusal::Value(e) => e.into(),
+            Refusal::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+            }
+            Refusal::Plugin(r) => r.into(),
+            Refusal::Db(e) => e.into(),
+        }
     }
 }
 
@@ -440,33 +465,6 @@ pub fn require_node_wide(grant: &Grant) -> Result<()> {
             grant.name, grant.prefix
         ),
     ))
-}
-
-/// Requires that a put at or below the token's prefix leaves everything outside it as it is:
-/// a put below a leaf turns that leaf into a directory, which a token may do only within its
-/// prefix.
-pub fn require_no_leaf_above(app: &App, grant: &Grant) -> Result<()> {
-    if grant.prefix.is_root() {
-        return Ok(());
-    }
-    let st = app.db.read();
-    let now = crate::clock::now_ms();
-    let leaf = path::key_ancestors(grant.prefix.key())
-        .find(|key| matches!(st.store.lookup(key, now), crate::store::Lookup::Leaf(_)));
-    match leaf {
-        None => Ok(()),
-        Some(key) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "outside_prefix",
-            format!(
-                "token {:?} is limited to {}, below the value at /{}: a write there would \
-                 replace that value, which is outside the prefix",
-                grant.name,
-                grant.prefix,
-                key.replace('\0', "/")
-            ),
-        )),
-    }
 }
 
 /// Requires that the token's prefix covers `p` and that `p` is not reserved.

@@ -63,6 +63,18 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// The grant of a writer inside the node itself (the in-process file view): it may write
+    /// anywhere outside the reserved subtree, and plugins see `name` as its token. No token
+    /// stands behind it.
+    pub fn local(name: &str) -> Grant {
+        Grant {
+            name: name.into(),
+            role: Role::Write,
+            prefix: Path::root(),
+            hash: [0; 32],
+        }
+    }
+
     /// True if the token may touch `p` (its prefix contains `p`).
     pub fn covers(&self, p: &Path) -> bool {
         self.prefix.contains(p)

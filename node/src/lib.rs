@@ -15,6 +15,7 @@
 //! - `tls`: the local CA, the API certificate, rustls configs and the TLS accept step.
 //! - `client`: the HTTPS client of the REST API (CLI, test harness): keep-alive pool, SSE.
 //! - `cli`: the `herd` command line: `serve`, and the client commands over `client`.
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod cli;

@@ -2,8 +2,9 @@
 //! and writes through its database (`herd serve --mount DIR`); [`remote::Remote`] talks to any
 //! node over HTTPS and follows its watch stream (`herd mount DIR --node URL`).
 //!
-//! Both judge writes exactly as the REST API does (path grammar, reserved `/.herd`, value limits,
-//! size); the file view itself knows none of these rules.
+//! Both judge writes exactly as the REST API does: [`Local`] through the same
+//! [`Admission`](crate::admission::Admission) the API's handlers call, [`remote::Remote`] by
+//! asking the API itself; the file view knows none of these rules.
 
 pub mod remote;
 
@@ -16,14 +17,14 @@ use tokio::runtime::Handle;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth;
+use crate::admission::{Admission, Asked, Refusal};
+use crate::auth::{self, Grant};
 use crate::clock::now_ms;
 use crate::config::Config;
-use crate::db::{self, Condition, Db, WriteRequest};
+use crate::db::{self, Condition, Db};
 use crate::plugin::derive::Found;
-use crate::plugin::view::Write;
 use crate::plugin::{Plugins, Rejection};
-use crate::store::{self, path, value, Lookup, Path, INTERNAL};
+use crate::store::{self, path, Lookup, Path, INTERNAL};
 
 /// The token name plugins see for writes through the in-process file view.
 const MOUNT_WRITER: &str = "mount";
@@ -60,6 +61,9 @@ fn derived_node(v: &Value) -> Node {
 pub struct Local {
     db: Db,
     plugins: Plugins,
+    admission: Admission,
+    /// Who the file view writes as.
+    grant: Grant,
     config: Arc<Config>,
     runtime: Handle,
     cancel: CancellationToken,
@@ -76,12 +80,26 @@ impl Local {
         cancel: CancellationToken,
     ) -> Local {
         Local {
+            admission: Admission::new(db.clone(), plugins.clone(), config.max_value_bytes),
+            grant: Grant::local(MOUNT_WRITER),
             db,
             plugins,
             config,
             runtime,
             cancel,
             started: Instant::now(),
+        }
+    }
+}
+
+impl Local {
+    /// What the derived outputs show at `p`, in the store's place: `Some(None)` for nothing
+    /// there, `None` when `p` is outside every output (the store answers).
+    fn derived(&self, p: &Path) -> Option<Option<Value>> {
+        match self.plugins.outputs().get(p) {
+            Found::Outside => None,
+            Found::Missing => Some(None),
+            Found::Value(v) => Some(Some(v)),
         }
     }
 }
@@ -99,36 +117,17 @@ fn to_path(segs: &Segments) -> Result<Path, Error> {
     Ok(p)
 }
 
-/// Checks a put as the REST API does and turns it into a store op.
-pub fn put_op(segs: &Segments, v: &Value, max_value_bytes: usize) -> Result<store::Op, Error> {
-    let p = to_path(segs)?;
-    if p.is_root() {
-        return Err(Error::new(
-            ErrorKind::Invalid,
-            "the root itself cannot be replaced; write a key below it",
-        ));
-    }
-    if value::depth(v) > value::MAX_DEPTH {
-        return Err(Error::new(
-            ErrorKind::Invalid,
-            value::Error::TooDeep.to_string(),
-        ));
-    }
-    // Numbers in a `Value` are already within 64 bits or finite; the key grammar is checked
-    // while the value is exploded.
-    let op =
-        store::Op::put(p, v, None).map_err(|e| Error::new(ErrorKind::Invalid, e.to_string()))?;
-    let size = match &op {
-        store::Op::Put { text, .. } => text.len(),
-        store::Op::Delete { .. } => 0,
+/// The errno-level kind of a refused write.
+pub fn refusal(r: Refusal) -> Error {
+    let kind = match r {
+        Refusal::Plugin(r) => return rejection(r),
+        Refusal::Db(e) => return db_error(e),
+        Refusal::Role(_) | Refusal::OutsidePrefix(_) => ErrorKind::Denied,
+        Refusal::Reserved(_) => ErrorKind::ReadOnly,
+        Refusal::Root | Refusal::Invalid(_) | Refusal::Value(_) => ErrorKind::Invalid,
+        Refusal::TooLarge { .. } => ErrorKind::TooBig,
     };
-    if size > max_value_bytes {
-        return Err(Error::new(
-            ErrorKind::TooBig,
-            format!("value of {size} bytes is over the limit of {max_value_bytes} bytes"),
-        ));
-    }
-    Ok(op)
+    Error::new(kind, r.to_string())
 }
 
 /// The errno-level kind of a refused database write.
@@ -154,10 +153,8 @@ fn segments(key: &str) -> Vec<String> {
 impl Backend for Local {
     fn get(&self, segs: &Segments) -> Result<Option<Node>, Error> {
         let p = to_path(segs)?;
-        match self.plugins.outputs().get(&p) {
-            Found::Outside => {}
-            Found::Missing => return Ok(None),
-            Found::Value(v) => return Ok(Some(derived_node(&v))),
+        if let Some(found) = self.derived(&p) {
+            return Ok(found.map(|v| derived_node(&v)));
         }
         let derived_dirs = self.plugins.outputs().dirs_below(&p);
         let st = self.db.read();
@@ -194,26 +191,21 @@ impl Backend for Local {
 
     fn list(&self, segs: &Segments) -> Result<Vec<Child>, Error> {
         let p = to_path(segs)?;
-        match self.plugins.outputs().get(&p) {
-            Found::Outside => {}
-            Found::Missing => {
-                return Err(Error::new(ErrorKind::NotFound, format!("nothing at {p}")))
-            }
-            Found::Value(Value::Object(m)) => {
-                return Ok(m
+        if let Some(found) = self.derived(&p) {
+            return match found {
+                None => Err(Error::new(ErrorKind::NotFound, format!("nothing at {p}"))),
+                Some(Value::Object(m)) => Ok(m
                     .iter()
                     .map(|(k, v)| Child {
                         name: k.clone(),
                         is_dir: v.is_object(),
                     })
-                    .collect())
-            }
-            Found::Value(_) => {
-                return Err(Error::new(
+                    .collect()),
+                Some(_) => Err(Error::new(
                     ErrorKind::Invalid,
                     format!("{p} is a value, not a directory"),
-                ))
-            }
+                )),
+            };
         }
         let derived_dirs = self.plugins.outputs().dirs_below(&p);
         let st = self.db.read();
@@ -247,10 +239,8 @@ impl Backend for Local {
 
     fn read(&self, segs: &Segments) -> Result<Option<Value>, Error> {
         let p = to_path(segs)?;
-        match self.plugins.outputs().get(&p) {
-            Found::Outside => {}
-            Found::Missing => return Ok(None),
-            Found::Value(v) => return Ok(Some(v)),
+        if let Some(found) = self.derived(&p) {
+            return Ok(found);
         }
         let mut text = String::new();
         if !self.db.read().store.render(p.key(), now_ms(), &mut text) {
@@ -265,64 +255,25 @@ impl Backend for Local {
     }
 
     fn check(&self, segs: &Segments, v: &Value) -> Result<(), Error> {
-        let op = put_op(segs, v, self.config.max_value_bytes)?;
-        let path = op.path().clone();
-        if !self.plugins.concerned([&path]) {
-            return Ok(());
-        }
-        let w = Write {
-            path,
-            value: Some(v.clone()),
-        };
-        self.plugins
-            .judge_now(vec![w], MOUNT_WRITER)
+        let asked = vec![Asked::put(to_path(segs)?, v.clone(), None)];
+        self.admission
+            .judge_now(&self.grant, asked, Condition::None)
             .map(drop)
-            .map_err(rejection)
+            .map_err(refusal)
     }
 
     fn apply(&self, ops: Vec<Op>) -> Result<(), Error> {
-        let limit = self.config.max_value_bytes;
-        let mut planned = Vec::with_capacity(ops.len());
-        for op in &ops {
-            planned.push(match op {
-                Op::Put(segs, v) => put_op(segs, v, limit)?,
-                Op::Delete(segs) => store::Op::Delete {
-                    path: to_path(segs)?,
-                },
-            });
-        }
-        if self.plugins.concerned(planned.iter().map(store::Op::path)) {
-            let writes = ops
-                .into_iter()
-                .zip(&planned)
-                .map(|(op, planned)| Write {
-                    path: planned.path().clone(),
-                    value: match op {
-                        Op::Put(_, v) => Some(v),
-                        Op::Delete(_) => None,
-                    },
-                })
-                .collect();
-            let judged = self
-                .plugins
-                .judge_now(writes, MOUNT_WRITER)
-                .map_err(rejection)?;
-            // Transforms may have rewritten values: plan again what the hooks accepted.
-            planned = judged
-                .into_iter()
-                .map(|w| match w.value {
-                    Some(v) => {
-                        let segs: Vec<String> = w.path.segments().map(String::from).collect();
-                        put_op(&segs, &v, limit)
-                    }
-                    None => Ok(store::Op::Delete { path: w.path }),
-                })
-                .collect::<Result<_, _>>()?;
-        }
-        let req = WriteRequest {
-            ops: planned,
-            condition: Condition::None,
-        };
+        let asked = ops
+            .into_iter()
+            .map(|op| match op {
+                Op::Put(segs, v) => Ok(Asked::put(to_path(&segs)?, v, None)),
+                Op::Delete(segs) => Ok(Asked::delete(to_path(&segs)?)),
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let req = self
+            .admission
+            .judge_now(&self.grant, asked, Condition::None)
+            .map_err(refusal)?;
         let db = self.db.clone();
         self.runtime
             .block_on(async move { db.write(req).await })

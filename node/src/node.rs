@@ -294,6 +294,11 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         }
     };
     let app = Arc::new(App {
+        admission: crate::admission::Admission::new(
+            db.clone(),
+            plugins.clone(),
+            config.max_value_bytes,
+        ),
         db: db.clone(),
         tokens: tokens.clone(),
         watchers: Arc::new(Semaphore::new(config.max_watchers)),

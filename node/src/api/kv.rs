@@ -3,16 +3,14 @@
 //! The request body is validated and exploded into registers here, on the connection's task,
 //! so the single writer only plans and commits.
 
-use super::{
-    authorize, json_response, query_param, require, require_path, ApiError, App, Body, Result,
-};
+use super::{authorize, json_response, query_param, require, ApiError, App, Body, Result};
+use crate::admission::Asked;
 use crate::auth::{Grant, Role};
 use crate::clock::now_ms;
 use crate::config::parse_duration;
-use crate::db::{Condition, WriteRequest, Written};
+use crate::db::{Condition, Written};
 use crate::plugin::derive::Found;
-use crate::plugin::view::Write;
-use crate::store::{value, Op, Path, Version};
+use crate::store::{value, Path, Version};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -88,9 +86,8 @@ pub async fn put(
     path: Path,
     req: Request<Incoming>,
 ) -> Result<Response<Body>> {
-    authorize(grant, Role::Write, &path)?;
-    not_root(&path)?;
-    super::require_no_leaf_above(app, grant)?;
+    // Refused before the body is read; `Admission::judge` checks again with the rest.
+    app.admission.authorize(grant, &path, true)?;
     let ttl_ms = match query_param(req.uri().query(), "ttl") {
         None => None,
         Some(t) => Some(parse_ttl(t)?),
@@ -99,38 +96,14 @@ pub async fn put(
     let condition = condition(req.headers(), true)?;
     check_content_type(req.headers())?;
     let body = read_body(app, req, app.config.max_value_bytes).await?;
-    let mut v = value::parse(&body)?;
-    // Most writes concern no plugin: they skip the hooks without building their input.
-    if app.plugins.concerned([&path]) {
-        let write = Write {
-            path: path.clone(),
-            value: Some(v),
-        };
-        let judged = app.plugins.judge(vec![write], &grant.name).await?;
-        v = judged
-            .into_iter()
-            .next()
-            .and_then(|w| w.value)
-            .unwrap_or_default();
-    }
-    if ttl_ms.is_some() && v.is_object() {
-        return Err(ApiError::bad_request(
-            "ttl applies to leaf values only, not to objects",
-        ));
-    }
-    let op = within_limit(Op::put(path, &v, ttl_ms)?, app.config.max_value_bytes)?;
+    let v = value::parse(&body)?;
+    let asked = vec![Asked::put(path, v, ttl_ms)];
+    let judged = app.admission.judge(grant, asked, condition, false).await?;
     if dry_run {
         // Everything a write checks has been checked; nothing is stored.
         return Ok(json_response(StatusCode::OK, r#"{"dry_run":true}"#));
     }
-    let w = app
-        .db
-        .write(WriteRequest {
-            ops: vec![op],
-            condition,
-        })
-        .await?;
-    Ok(written(w))
+    Ok(written(app.db.write(judged).await?))
 }
 
 pub async fn delete<B>(
@@ -139,26 +112,12 @@ pub async fn delete<B>(
     path: Path,
     req: &Request<B>,
 ) -> Result<Response<Body>> {
-    authorize(grant, Role::Write, &path)?;
-    not_root(&path)?;
+    app.admission.authorize(grant, &path, false)?;
     let condition = condition(req.headers(), false)?;
-    app.plugins
-        .judge(
-            vec![Write {
-                path: path.clone(),
-                value: None,
-            }],
-            &grant.name,
-        )
-        .await?;
-    let w = app
-        .db
-        .write(WriteRequest {
-            ops: vec![Op::Delete { path }],
-            condition,
-        })
-        .await?;
-    Ok(written(w))
+    let asked = vec![Asked::delete(path)];
+    Ok(written(
+        app.admission.write(grant, asked, condition, false).await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -218,36 +177,20 @@ pub async fn batch(
             ),
         ));
     }
-    let mut writes = Vec::with_capacity(batch.ops.len());
-    let mut ttls = Vec::with_capacity(batch.ops.len());
+    let mut asked = Vec::with_capacity(batch.ops.len());
     for (i, b) in batch.ops.into_iter().enumerate() {
         let path = Path::parse(&b.path).map_err(|e| {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_path", format!("op {i}: {e}"))
         })?;
-        require_path(grant, &path)?;
-        not_root(&path)?;
         match (b.op.as_str(), b.value) {
             ("put", Some(v)) => {
-                super::require_no_leaf_above(app, grant)?;
                 let ttl_ms = b.ttl.as_deref().map(parse_ttl).transpose()?;
-                if ttl_ms.is_some() && v.is_object() {
-                    return Err(ApiError::bad_request(format!(
-                        "op {i}: ttl applies to leaf values only"
-                    )));
-                }
-                writes.push(Write {
-                    path,
-                    value: Some(v),
-                });
-                ttls.push(ttl_ms);
+                asked.push(Asked::put(path, v, ttl_ms));
             }
             ("put", None) => {
                 return Err(ApiError::bad_request(format!("op {i}: put needs a value")))
             }
-            ("delete", None) if b.ttl.is_none() => {
-                writes.push(Write { path, value: None });
-                ttls.push(None);
-            }
+            ("delete", None) if b.ttl.is_none() => asked.push(Asked::delete(path)),
             ("delete", _) => {
                 return Err(ApiError::bad_request(format!(
                     "op {i}: delete takes no value or ttl"
@@ -260,30 +203,9 @@ pub async fn batch(
             }
         }
     }
-    let writes = app.plugins.judge(writes, &grant.name).await?;
-    let mut ops = Vec::with_capacity(writes.len());
-    for (i, (w, ttl_ms)) in writes.into_iter().zip(ttls).enumerate() {
-        match w.value {
-            None => ops.push(Op::Delete { path: w.path }),
-            Some(v) => {
-                if ttl_ms.is_some() && v.is_object() {
-                    return Err(ApiError::bad_request(format!(
-                        "op {i}: ttl applies to leaf values only"
-                    )));
-                }
-                ops.push(within_limit(
-                    Op::put(w.path, &v, ttl_ms)?,
-                    app.config.max_value_bytes,
-                )?);
-            }
-        }
-    }
     let w = app
-        .db
-        .write(WriteRequest {
-            ops,
-            condition: Condition::None,
-        })
+        .admission
+        .write(grant, asked, Condition::None, true)
         .await?;
     Ok(written(w))
 }
@@ -339,17 +261,6 @@ fn not_found(path: &Path) -> ApiError {
         "not_found",
         format!("nothing at {path}"),
     )
-}
-
-fn not_root(path: &Path) -> Result<()> {
-    if path.is_root() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "reserved_path",
-            "the root cannot be replaced or deleted as a whole; write below it (herd import does this)",
-        ));
-    }
-    Ok(())
 }
 
 fn parse_ttl(t: &str) -> Result<u64> {
@@ -414,14 +325,6 @@ pub(super) fn check_content_type(h: &HeaderMap) -> Result<()> {
             "unsupported_media_type",
             format!("content type {essence:?} is not accepted; send application/json"),
         ))
-    }
-}
-
-/// A put whose value (as a transform may have rewritten it) fits the value size limit.
-fn within_limit(op: Op, limit: usize) -> Result<Op> {
-    match &op {
-        Op::Put { text, .. } if text.len() > limit => Err(too_large(text.len(), limit)),
-        _ => Ok(op),
     }
 }
 
