@@ -6,13 +6,12 @@
 
 mod admin;
 pub use admin::status_value;
-mod body;
 mod kv;
 mod metrics;
 mod plugins;
 mod watch;
 
-pub use body::Body;
+pub use crate::transport::{json_response, Body};
 pub use metrics::Metrics;
 pub use watch::SNAPSHOT_UNIT;
 
@@ -21,8 +20,7 @@ use crate::config::Config;
 use crate::db::{self, Db};
 use crate::plugin;
 use crate::store::{path, value, Path};
-use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Instant;
@@ -82,17 +80,8 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response<Body> {
-        let mut s = String::with_capacity(64 + self.message.len());
-        s.push_str("{\"error\":{\"code\":\"");
-        s.push_str(self.code);
-        s.push_str("\",\"message\":");
-        crate::store::push_json_string(&mut s, &self.message);
-        if let Some(p) = &self.plugin {
-            s.push_str(",\"plugin\":");
-            crate::store::push_json_string(&mut s, p);
-        }
-        s.push_str("}}");
-        json_response(self.status, s)
+        let body = crate::transport::error_body(self.code, &self.message, self.plugin.as_deref());
+        json_response(self.status, body)
     }
 }
 
@@ -208,17 +197,6 @@ impl From<auth::Error> for ApiError {
 
 pub type Result<T> = std::result::Result<T, ApiError>;
 
-/// A JSON response.
-pub fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Body::full(body.into()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
 /// Serves the API on `listener` until `cancel` fires; every connection task joins `tracker`.
 pub async fn serve(
     listener: TcpListener,
@@ -227,7 +205,7 @@ pub async fn serve(
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let limits = crate::serve::Limits {
+    let limits = crate::transport::server::Limits {
         max_connections: app.config.max_connections,
         max_per_client: app.config.max_connections_per_client,
         handshake: app.config.handshake_timeout,
@@ -240,7 +218,7 @@ pub async fn serve(
         let guard = OpenConnection(app.clone());
         (move |req| handle(app.clone(), req, overloaded), guard)
     };
-    crate::serve::serve("api", listener, tls, limits, make, cancel, tracker).await;
+    crate::transport::server::serve("api", listener, tls, limits, make, cancel, tracker).await;
 }
 
 /// Counts an open connection in the metrics while it lives.
@@ -395,37 +373,18 @@ fn authenticate<B>(app: &App, req: &Request<B>) -> Result<Grant> {
     })
 }
 
-/// The password of a basic-auth credential (`user:password`, base64).
+/// The password of a basic-auth credential (`user:password`, base64, padded or not).
 fn decode_basic_password(b64: &str) -> Option<String> {
-    let bytes = base64_decode(b64)?;
+    use base64::engine::{general_purpose, DecodePaddingMode, GeneralPurpose};
+    use base64::Engine as _;
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        general_purpose::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let bytes = LENIENT.decode(b64.trim()).ok()?;
     let text = String::from_utf8(bytes).ok()?;
     text.split_once(':').map(|(_, p)| p.to_owned())
-}
-
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let s = s.trim_end_matches('=');
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.bytes() {
-        acc = (acc << 6) | val(c)?;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
 }
 
 /// Requires at least `role`.
@@ -519,5 +478,11 @@ mod tests {
             Some("herd_secret")
         );
         assert_eq!(decode_basic_password("!!!"), None);
+        assert_eq!(
+            decode_basic_password("dXNlcjpoZXJkX3NlY3JldA").as_deref(),
+            Some("herd_secret"),
+            "without padding"
+        );
+        assert_eq!(decode_basic_password("dXNlcg=="), None, "no colon");
     }
 }

@@ -1,12 +1,14 @@
-//! The HTTPS client for a node's REST API, used by the `herd` CLI and the test harness: requests
-//! over a small keep-alive pool of HTTP/1.1 connections, and server-sent event streams.
+//! The HTTPS client for a node's REST API, used by the `herd` CLI, the remote file view and the
+//! test harness: requests over the transport's keep-alive pool (`transport::pool`), and
+//! server-sent event streams.
 //!
 //! Invariant: this module knows only the HTTP contract of `docs/api.md` (status codes, the JSON
 //! error body, the SSE wire format), never the store's internals or the server's routing.
 
+pub mod paths;
+
 use std::collections::VecDeque;
-use std::io;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,12 +16,9 @@ use http::header::{HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE,
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
-use tokio_rustls::TlsConnector;
+
+use crate::transport::pool::{self, describe_chain, Dial, Pool};
 
 /// How long opening a connection (TCP connect, TLS and HTTP handshakes) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,17 +37,17 @@ pub enum Error {
     #[error("cannot use the ca certificate: {0}")]
     Ca(crate::tls::Error),
 
-    #[error("cannot connect to {url}: {}", describe_io(.cause))]
-    Connect { url: String, cause: io::Error },
+    #[error("cannot connect to {url}: {cause}")]
+    Connect { url: String, cause: String },
 
     #[error("cannot connect to {url}: no connection within {} s", .after.as_secs())]
     Timeout { url: String, after: Duration },
 
-    #[error("tls handshake with {url} failed: {}", describe_io(.cause))]
-    Tls { url: String, cause: io::Error },
+    #[error("tls handshake with {url} failed: {cause}")]
+    Tls { url: String, cause: String },
 
-    #[error("http exchange with {url} failed: {}", describe_chain(.cause))]
-    Http { url: String, cause: hyper::Error },
+    #[error("http exchange with {url} failed: {cause}")]
+    Http { url: String, cause: String },
 
     #[error("bad request path {path:?}: {reason}")]
     BadPath { path: String, reason: String },
@@ -139,10 +138,8 @@ struct Inner {
     target: Target,
     /// `Bearer <token>`, when a token was given; marked sensitive so it is never logged.
     authorization: Option<HeaderValue>,
-    /// TLS with exactly the given CA as trust anchor.
-    connector: TlsConnector,
-    /// Idle keep-alive connections, each ready for its next request.
-    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    /// Keep-alive connections to the node, TLS with exactly the given CA as trust anchor.
+    pool: Pool,
 }
 
 impl Client {
@@ -163,13 +160,18 @@ impl Client {
             }
             None => None,
         };
-        let connector = TlsConnector::from(crate::tls::client_config(ca_pem).map_err(Error::Ca)?);
+        let dial = Dial {
+            host: target.host.clone(),
+            port: target.port,
+            server_name: target.server_name.clone(),
+            tls: crate::tls::client_config(ca_pem).map_err(Error::Ca)?,
+            connect_timeout: CONNECT_TIMEOUT,
+        };
         Ok(Client {
             inner: Arc::new(Inner {
                 target,
                 authorization,
-                connector,
-                idle: Mutex::new(Vec::new()),
+                pool: Pool::new(dial, MAX_IDLE),
             }),
         })
     }
@@ -183,7 +185,7 @@ impl Client {
     /// use [`Response::error_for_status`] to turn non-2xx answers into errors.
     ///
     /// `content-type: application/json` is sent with a body unless `headers` has a content type.
-    /// A failure on a reused keep-alive connection (the server may have closed it meanwhile) is
+    /// A failure on an open keep-alive connection (the server may have closed it meanwhile) is
     /// retried once on a new connection for idempotent methods.
     pub async fn request(
         &self,
@@ -192,32 +194,14 @@ impl Client {
         headers: &[(HeaderName, String)],
         body: Option<Bytes>,
     ) -> Result<Response, Error> {
-        let retry_allowed = method.is_idempotent();
         let request = self.build_request(method, path_and_query, headers, body)?;
-        let (mut sender, reused) = match self.take_idle() {
-            Some(sender) => (sender, true),
-            None => (self.open().await?.0, false),
-        };
-        let retry = (reused && retry_allowed).then(|| clone_request(&request));
-        let response = match (sender.send_request(request).await, retry) {
-            (Ok(response), _) => response,
-            (Err(cause), Some(request)) => {
-                tracing::debug!(error = %cause, "reused connection failed; retrying on a new one");
-                sender = self.open().await?.0;
-                sender
-                    .send_request(request)
-                    .await
-                    .map_err(|cause| self.http_error(cause))?
-            }
-            (Err(cause), None) => return Err(self.http_error(cause)),
-        };
-        let (parts, body) = response.into_parts();
+        let response = self.inner.pool.send(request).await;
+        let (parts, body) = response.map_err(|e| self.error(e))?.into_parts();
         let body = body
             .collect()
             .await
-            .map_err(|cause| self.http_error(cause))?
+            .map_err(|cause| self.http_error(&cause))?
             .to_bytes();
-        self.put_idle(sender).await;
         Ok(Response {
             status: parts.status,
             headers: parts.headers,
@@ -225,8 +209,9 @@ impl Client {
         })
     }
 
-    /// Opens a server-sent event stream (`GET`, `accept: text/event-stream`) on a dedicated
-    /// connection. A status other than 200 is returned as [`Error::Status`].
+    /// Opens a server-sent event stream (`GET`, `accept: text/event-stream`); its connection
+    /// closes when the stream is dropped. A status other than 200 is returned as
+    /// [`Error::Status`].
     pub async fn events(
         &self,
         path_and_query: &str,
@@ -237,19 +222,19 @@ impl Client {
             with_accept.push((ACCEPT, "text/event-stream".to_string()));
         }
         let request = self.build_request(Method::GET, path_and_query, &with_accept, None)?;
-        let (mut sender, connection) = self.open().await?;
-        let connection = AbortOnDrop(connection);
-        let response = sender
-            .send_request(request)
+        let response = self
+            .inner
+            .pool
+            .send(request)
             .await
-            .map_err(|cause| self.http_error(cause))?;
+            .map_err(|e| self.error(e))?;
         if response.status() != StatusCode::OK {
             let status = response.status();
             let body = response
                 .into_body()
                 .collect()
                 .await
-                .map_err(|cause| self.http_error(cause))?
+                .map_err(|cause| self.http_error(&cause))?
                 .to_bytes();
             return Err(status_error(status, &body));
         }
@@ -258,8 +243,6 @@ impl Client {
             parser: SseParser::default(),
             finished: false,
             base_url: self.inner.target.base_url.clone(),
-            _sender: sender,
-            _connection: connection,
         })
     }
 
@@ -277,9 +260,13 @@ impl Client {
         if !path_and_query.starts_with('/') {
             return Err(bad_path("must start with '/'"));
         }
-        let uri: Uri = format!("{}{}", self.inner.target.prefix, path_and_query)
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| bad_path(&e.to_string()))?;
+        let target = &self.inner.target;
+        let uri: Uri = format!(
+            "https://{}{}{}",
+            target.authority_text, target.prefix, path_and_query
+        )
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad_path(&e.to_string()))?;
         let mut request = Request::builder()
             .method(method)
             .uri(uri)
@@ -307,77 +294,20 @@ impl Client {
         Ok(request)
     }
 
-    /// An idle connection that is ready for a request, if there is one.
-    fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
-        let mut idle = self
-            .inner
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        while let Some(sender) = idle.pop() {
-            if sender.is_ready() && !sender.is_closed() {
-                return Some(sender);
-            }
-        }
-        None
-    }
-
-    /// Returns a connection whose response was read fully to the pool, once it is ready again.
-    async fn put_idle(&self, mut sender: SendRequest<Full<Bytes>>) {
-        // The connection task marks the connection ready after it has seen the response end;
-        // a closed connection (e.g. `connection: close`) fails here and is dropped.
-        if sender.ready().await.is_err() {
-            return;
-        }
-        let mut idle = self
-            .inner
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < MAX_IDLE {
-            idle.push(sender);
+    fn error(&self, e: pool::Error) -> Error {
+        let url = self.inner.target.base_url.clone();
+        match e {
+            pool::Error::Connect(cause) => Error::Connect { url, cause },
+            pool::Error::Tls(cause) => Error::Tls { url, cause },
+            pool::Error::Timeout(after) => Error::Timeout { url, after },
+            pool::Error::Http(cause) => Error::Http { url, cause },
         }
     }
 
-    /// Opens a new connection: TCP, TLS, HTTP/1.1 handshake, within [`CONNECT_TIMEOUT`]. The
-    /// connection runs in a task that ends when the connection closes or all senders are gone.
-    async fn open(&self) -> Result<(SendRequest<Full<Bytes>>, JoinHandle<()>), Error> {
-        let inner = &self.inner;
-        let url = || inner.target.base_url.clone();
-        let open = async {
-            let tcp = TcpStream::connect((inner.target.host.as_str(), inner.target.port))
-                .await
-                .map_err(|cause| Error::Connect { url: url(), cause })?;
-            // Requests are small and latency matters more than packet count.
-            let _ = tcp.set_nodelay(true);
-            let tls = inner
-                .connector
-                .connect(inner.target.server_name.clone(), tcp)
-                .await
-                .map_err(|cause| Error::Tls { url: url(), cause })?;
-            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(|cause| self.http_error(cause))?;
-            let task = tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "client connection ended with an error");
-                }
-            });
-            Ok((sender, task))
-        };
-        match tokio::time::timeout(CONNECT_TIMEOUT, open).await {
-            Ok(result) => result,
-            Err(_elapsed) => Err(Error::Timeout {
-                url: url(),
-                after: CONNECT_TIMEOUT,
-            }),
-        }
-    }
-
-    fn http_error(&self, cause: hyper::Error) -> Error {
+    fn http_error(&self, cause: &hyper::Error) -> Error {
         Error::Http {
             url: self.inner.target.base_url.clone(),
-            cause,
+            cause: describe_chain(cause),
         }
     }
 }
@@ -392,10 +322,6 @@ pub struct EventStream {
     finished: bool,
     /// For error messages.
     base_url: String,
-    /// Keeps the connection's request side alive while the stream is read.
-    _sender: SendRequest<Full<Bytes>>,
-    /// The connection task, aborted when the stream is dropped so the socket closes at once.
-    _connection: AbortOnDrop,
 }
 
 impl EventStream {
@@ -419,7 +345,7 @@ impl EventStream {
                     self.finished = true;
                     return Some(Err(Error::Http {
                         url: self.base_url.clone(),
-                        cause,
+                        cause: describe_chain(&cause),
                     }));
                 }
                 None => self.finished = true,
@@ -431,15 +357,6 @@ impl EventStream {
     /// `Last-Event-ID`).
     pub fn last_event_id(&self) -> Option<&str> {
         self.parser.last_event_id.as_deref()
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -565,6 +482,8 @@ struct Target {
     server_name: ServerName<'static>,
     /// Value of the `host` header: the URL's authority.
     authority: HeaderValue,
+    /// The same authority, for the requests' absolute URIs.
+    authority_text: String,
     /// Path of the base URL without its trailing `/`, prepended to every request path.
     prefix: String,
 }
@@ -612,18 +531,9 @@ fn parse_base_url(base_url: &str) -> Result<Target, Error> {
         port: authority.port_u16().unwrap_or(443),
         server_name,
         authority: authority_value,
+        authority_text: authority.as_str().to_string(),
         prefix: uri.path().trim_end_matches('/').to_string(),
     })
-}
-
-/// A copy of a request whose body is in memory, for a retry.
-fn clone_request(request: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
-    let mut copy = Request::new(request.body().clone());
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    copy
 }
 
 /// `(code, message)` of a JSON error body.
@@ -668,41 +578,6 @@ fn code_suffix(code: &Option<String>) -> String {
         Some(code) => format!(" ({code})"),
         None => String::new(),
     }
-}
-
-/// An I/O error as a short lowercase phrase ("connection refused"), with the innermost cause of
-/// a wrapped error (such as a TLS certificate error) spelled out.
-fn describe_io(error: &io::Error) -> String {
-    if let Some(inner) = error.get_ref() {
-        return inner.to_string();
-    }
-    let text = error.to_string();
-    let text = match text.find(" (os error") {
-        Some(cut) => &text[..cut],
-        None => &text,
-    };
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => String::new(),
-    }
-}
-
-/// An error and its causes joined by `: `, skipping a cause that repeats the previous text.
-fn describe_chain(error: &dyn std::error::Error) -> String {
-    let mut parts = vec![error.to_string()];
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = match cause.downcast_ref::<io::Error>() {
-            Some(io_error) => describe_io(io_error),
-            None => cause.to_string(),
-        };
-        if parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        source = cause.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]
@@ -845,18 +720,15 @@ mod tests {
         );
     }
 
-    #[test]
-    fn io_errors_read_as_lowercase_phrases() {
-        let refused = io::Error::from_raw_os_error(111);
-        assert_eq!(describe_io(&refused), "connection refused");
-    }
-
     /// A TLS server on 127.0.0.1:0 with the node's TLS config, answering from a tiny router.
     /// Returns the base URL, the CA and a counter of accepted connections.
     mod server {
         use super::super::*;
+        use hyper_util::rt::TokioIo;
+        use std::io;
         use std::sync::atomic::{AtomicUsize, Ordering};
         use tokio::net::TcpListener;
+        use tokio::task::JoinHandle;
 
         pub struct TestServer {
             pub url: String,

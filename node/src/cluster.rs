@@ -32,13 +32,14 @@ mod repair;
 pub mod trust;
 pub mod wire;
 
-use crate::api::Body;
 use crate::db::Db;
 use crate::store::digest;
+use crate::transport::error_response;
+use crate::transport::Body;
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use members::{Members, Source};
-use peer::{error_response, PeerClient, PeerError, Stated};
+use peer::{PeerClient, PeerError, Stated};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -12,10 +12,7 @@ use super::discover::Target;
 use super::Error;
 use crate::client::{Client, EventStream};
 
-/// URL prefix of the key-value calls.
-pub const KV: &str = "/v1/kv";
-/// URL prefix of watch streams.
-pub const WATCH: &str = "/v1/watch";
+pub use crate::client::paths::{KV, WATCH};
 
 /// A connection to one node.
 pub struct Api {

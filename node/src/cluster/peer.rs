@@ -9,19 +9,18 @@
 
 use super::trust::{NodeIdentity, PEER_SERVER_NAME};
 use super::wire::{H_CLUSTER, H_ENV, H_NODE, H_PROTO, PROTO};
-use crate::api::{ApiError, Body};
-use crate::serve::Limits;
+use crate::transport::pool::{self, Dial, Pool};
+use crate::transport::server::Limits;
+use crate::transport::{error_response, Body};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -42,11 +41,11 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
     #[error("cannot connect: {0}")]
-    Connect(std::io::Error),
+    Connect(String),
     #[error("tls handshake failed: {0}")]
-    Tls(std::io::Error),
+    Tls(String),
     #[error("http exchange failed: {0}")]
-    Http(hyper::Error),
+    Http(String),
     #[error("no answer within {} ms", .0.as_millis())]
     Timeout(Duration),
     /// The peer is of another cluster or environment (or states no identity).
@@ -110,11 +109,6 @@ pub fn state_identity(me: &NodeIdentity, h: &mut HeaderMap) {
     h.insert(H_PROTO, v(&PROTO.to_string()));
 }
 
-/// A response with a JSON error body, as on the client API.
-pub fn error_response(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {
-    ApiError::new(status, code, message).into_response()
-}
-
 /// Serves the peer port until `cancel` fires. `handle` answers one request whose sender's
 /// identity has been checked; `max_body` bounds request bodies.
 pub async fn serve<H, F>(
@@ -157,7 +151,8 @@ pub async fn serve<H, F>(
         };
         (service, ())
     };
-    crate::serve::serve("peer port", listener, tls, limits, make, cancel, tracker).await;
+    crate::transport::server::serve("peer port", listener, tls, limits, make, cancel, tracker)
+        .await;
 }
 
 async fn route<H, F>(
@@ -201,42 +196,27 @@ where
 pub struct PeerClient {
     addr: SocketAddr,
     me: NodeIdentity,
-    connector: tokio_rustls::TlsConnector,
-    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    pool: Pool,
 }
 
 impl PeerClient {
     pub fn new(addr: SocketAddr, me: NodeIdentity, tls: Arc<rustls::ClientConfig>) -> PeerClient {
+        let dial = Dial {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            server_name: ServerName::try_from(PEER_SERVER_NAME).expect("a valid DNS name"),
+            tls,
+            connect_timeout: CONNECT_TIMEOUT,
+        };
         PeerClient {
             addr,
             me,
-            connector: tokio_rustls::TlsConnector::from(tls),
-            idle: Mutex::new(Vec::new()),
+            pool: Pool::new(dial, MAX_IDLE),
         }
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    async fn open(&self) -> Result<SendRequest<Full<Bytes>>, PeerError> {
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
-            .await
-            .map_err(|_| PeerError::Timeout(CONNECT_TIMEOUT))?
-            .map_err(PeerError::Connect)?;
-        let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(PEER_SERVER_NAME).expect("a valid DNS name");
-        let tls = tokio::time::timeout(CONNECT_TIMEOUT, self.connector.connect(name, tcp))
-            .await
-            .map_err(|_| PeerError::Timeout(CONNECT_TIMEOUT))?
-            .map_err(PeerError::Tls)?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(PeerError::Http)?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
     }
 
     /// Sends `body` to `path` (POST) and returns the peer's stated identity and its answer.
@@ -253,37 +233,32 @@ impl PeerClient {
     }
 
     async fn call_within(&self, path: &str, body: Bytes) -> Result<(Stated, Bytes), PeerError> {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut reused = None;
-        if let Some(mut s) = idle {
-            if s.ready().await.is_ok() {
-                reused = Some(s);
-            }
-        }
-        let mut sender = match reused {
-            Some(s) => s,
-            None => self.open().await?,
-        };
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
-        *req.uri_mut() = path.parse().map_err(|_| PeerError::Status {
-            status: StatusCode::BAD_REQUEST,
-            message: format!("bad peer path {path}"),
-        })?;
+        // The authority only keys the pool: every connection goes to `addr`.
+        *req.uri_mut() = format!("https://{}{path}", self.addr)
+            .parse()
+            .map_err(|_| PeerError::Status {
+                status: StatusCode::BAD_REQUEST,
+                message: format!("bad peer path {path}"),
+            })?;
         req.headers_mut().insert(
             http::header::HOST,
             HeaderValue::from_static(PEER_SERVER_NAME),
         );
         state_identity(&self.me, req.headers_mut());
-        let resp = sender.send_request(req).await.map_err(PeerError::Http)?;
+        let resp = self.pool.send(req).await.map_err(|e| match e {
+            pool::Error::Connect(m) => PeerError::Connect(m),
+            pool::Error::Tls(m) => PeerError::Tls(m),
+            pool::Error::Timeout(t) => PeerError::Timeout(t),
+            pool::Error::Http(m) => PeerError::Http(m),
+        })?;
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await.map_err(PeerError::Http)?.to_bytes();
-        {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < MAX_IDLE {
-                idle.push(sender);
-            }
-        }
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| PeerError::Http(pool::describe_chain(&e)))?
+            .to_bytes();
         let Some(them) = stated(&parts.headers) else {
             return Err(PeerError::Identity(format!(
                 "{} answered without stating its identity (status {})",

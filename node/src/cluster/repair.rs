@@ -2,10 +2,11 @@
 //! (`store::digest`) and exchanges only the registers that differ; and the answer to a peer's
 //! round.
 
-use super::peer::{error_response, PeerError};
+use super::peer::PeerError;
 use super::{Shared, DIGEST_BUDGET, DIGEST_TIMEOUT, PUSH_TIMEOUT};
-use crate::api::Body;
 use crate::store::digest::{self, Reply, Request, Session};
+use crate::transport::error_response;
+use crate::transport::Body;
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use std::net::SocketAddr;

@@ -13,8 +13,7 @@ use serde_json::{json, Value};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::api::KV;
-use crate::cli::encoding::api_path;
+use crate::client::paths::{api_path, KV};
 use crate::client::{self, Client, Response};
 use crate::store::Path;
 

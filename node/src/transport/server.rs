@@ -12,7 +12,7 @@
 //! Must not know about routes: each server passes a function that makes the service of one
 //! connection.
 
-use crate::api::Body;
+use super::Body;
 use crate::slots::Slots;
 use http::{Request, Response};
 use hyper::body::Incoming;
