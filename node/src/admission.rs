@@ -290,7 +290,7 @@ mod tests {
             cache_bytes: 1 << 20,
         };
         let (db, _writer) = Db::open(&dir.path().join("s.redb"), 1, opts).unwrap();
-        let plugins = Plugins::open(dir.path(), db.clone()).unwrap();
+        let plugins = Plugins::open(dir.path(), db.clone(), Default::default()).unwrap();
         let admission = Admission::new(db.clone(), plugins, 64);
         (dir, db, admission)
     }

@@ -171,7 +171,7 @@ impl Client {
             inner: Arc::new(Inner {
                 target,
                 authorization,
-                pool: Pool::new(dial, MAX_IDLE),
+                pool: Pool::new(dial, MAX_IDLE, pool::Tasks::Runtime),
             }),
         })
     }

@@ -211,6 +211,7 @@ impl Shared {
                     addr,
                     self.s.me.clone(),
                     self.tls.client.clone(),
+                    crate::transport::pool::Tasks::Node(self.tracker.clone(), self.cancel.clone()),
                 ))
             })
             .clone()

@@ -16,6 +16,7 @@ use serde_json::Value;
 use tokio::runtime::Handle;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::admission::{Admission, Asked, Refusal};
 use crate::auth::{self, Grant};
@@ -67,17 +68,21 @@ pub struct Local {
     config: Arc<Config>,
     runtime: Handle,
     cancel: CancellationToken,
+    /// The node's tracker: the change-feed tasks join it.
+    tracker: TaskTracker,
     started: Instant,
 }
 
 impl Local {
-    /// `runtime` runs the writes and the change feed; `cancel` ends the feed.
+    /// `runtime` runs the writes and the change feed, whose tasks join `tracker`; `cancel`
+    /// ends the feed.
     pub fn new(
         db: Db,
         plugins: Plugins,
         config: Arc<Config>,
         runtime: Handle,
         cancel: CancellationToken,
+        tracker: TaskTracker,
     ) -> Local {
         Local {
             admission: Admission::new(db.clone(), plugins.clone(), config.max_value_bytes),
@@ -87,6 +92,7 @@ impl Local {
             config,
             runtime,
             cancel,
+            tracker,
             started: Instant::now(),
         }
     }
@@ -288,21 +294,24 @@ impl Backend for Local {
         {
             let sink = sink.clone();
             let cancel = cancel.clone();
-            self.runtime.spawn(async move {
-                loop {
-                    let changed = tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        c = derived.recv() => c,
-                    };
-                    match changed {
-                        Ok(p) => sink(Change::Path(p.segments().map(String::from).collect())),
-                        Err(RecvError::Lagged(_)) => sink(Change::All),
-                        Err(RecvError::Closed) => return,
+            self.tracker.spawn_on(
+                async move {
+                    loop {
+                        let changed = tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            c = derived.recv() => c,
+                        };
+                        match changed {
+                            Ok(p) => sink(Change::Path(p.segments().map(String::from).collect())),
+                            Err(RecvError::Lagged(_)) => sink(Change::All),
+                            Err(RecvError::Closed) => return,
+                        }
                     }
-                }
-            });
+                },
+                &self.runtime,
+            );
         }
-        self.runtime.spawn(async move {
+        let feed = async move {
             let revision = db.read().revision;
             let Ok(mut sub) = db.subscribe("", Some(revision)) else {
                 sink(Change::All);
@@ -320,7 +329,8 @@ impl Backend for Local {
                     Err(RecvError::Closed) => return,
                 }
             }
-        });
+        };
+        self.tracker.spawn_on(feed, &self.runtime);
     }
 
     fn status(&self) -> Value {

@@ -190,9 +190,12 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         .await
         .context("cannot set up the bootstrap token")?;
 
+    // Every task the node starts from here on joins `tracker`; `cancel` ends them.
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
     // Plugins are loaded (from the compiled-code cache) before the API opens, so no write
     // slips past a plugin across a restart.
-    let plugins = crate::plugin::Plugins::open(&data_dir, db.clone())
+    let plugins = crate::plugin::Plugins::open(&data_dir, db.clone(), tracker.clone())
         .context("cannot start the plugin host")?;
     plugins.reload().await;
 
@@ -219,8 +222,6 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     std::fs::write(data_dir.join("node.json"), format!("{info}\n"))
         .context("cannot write node.json")?;
 
-    let cancel = CancellationToken::new();
-    let tracker = TaskTracker::new();
     let config = Arc::new(config);
     let mount = match &config.mount {
         None => None,
@@ -231,6 +232,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
                 config.clone(),
                 tokio::runtime::Handle::current(),
                 cancel.clone(),
+                tracker.clone(),
             );
             let dir = dir.clone();
             let read_only_mount = config.mount_read_only;

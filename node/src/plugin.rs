@@ -75,6 +75,8 @@ pub trait Fetch: Send + Sync {
 struct Inner {
     host: Host,
     db: Db,
+    /// The node's tracker: derive tasks join it, so shutdown waits for them.
+    tracker: tokio_util::task::TaskTracker,
     dir: PathBuf,
     registry: RwLock<Arc<Registry>>,
     health: Mutex<HashMap<String, Arc<Health>>>,
@@ -112,7 +114,11 @@ pub fn read_manifest(db: &Db, name: &str) -> Option<Result<Manifest, String>> {
 
 impl Plugins {
     /// Plugins of the node whose data directory is `data_dir` (files under `plugins/`).
-    pub fn open(data_dir: &std::path::Path, db: Db) -> Result<Plugins, Error> {
+    pub fn open(
+        data_dir: &std::path::Path,
+        db: Db,
+        tracker: tokio_util::task::TaskTracker,
+    ) -> Result<Plugins, Error> {
         let dir = data_dir.join("plugins");
         let blobs = dir.join("blobs");
         std::fs::create_dir_all(&blobs).map_err(|source| Error::Io {
@@ -125,6 +131,7 @@ impl Plugins {
             inner: Arc::new(Inner {
                 host,
                 db,
+                tracker,
                 dir,
                 registry: RwLock::new(Arc::new(Registry::default())),
                 health: Mutex::new(HashMap::new()),
@@ -144,6 +151,10 @@ impl Plugins {
 
     pub fn db(&self) -> &Db {
         &self.inner.db
+    }
+
+    pub(crate) fn tracker(&self) -> &tokio_util::task::TaskTracker {
+        &self.inner.tracker
     }
 
     /// Where peers' files come from once clustering is up.

@@ -6,5 +6,6 @@ mod cluster;
 mod crash;
 mod mount;
 mod plugins;
+mod tidy;
 mod ttl;
 mod watch;

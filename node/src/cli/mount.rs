@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::args::MountArgs;
 use super::discover::Target;
@@ -22,8 +23,14 @@ pub fn run(target: &Target, args: &MountArgs) -> Result<(), Error> {
         .map_err(Error::Runtime)?;
     let client = Client::new(&target.url, target.token.clone(), &target.ca_pem)?;
     let cancel = CancellationToken::new();
-    let remote = Remote::connect(client, runtime.handle().clone(), cancel.clone())
-        .map_err(Error::MountBackend)?;
+    let tracker = TaskTracker::new();
+    let remote = Remote::connect(
+        client,
+        runtime.handle().clone(),
+        cancel.clone(),
+        tracker.clone(),
+    )
+    .map_err(Error::MountBackend)?;
     let opts = fuse_mount::MountOptions {
         allow_other: args.allow_other,
         read_only: args.read_only,
@@ -48,6 +55,8 @@ pub fn run(target: &Target, args: &MountArgs) -> Result<(), Error> {
     });
     cancel.cancel();
     let unmounted = mount.unmount();
+    tracker.close();
+    runtime.block_on(tracker.wait());
     runtime.shutdown_background();
     signalled.map_err(Error::Runtime)?;
     unmounted.map_err(|cause| Error::Mount {

@@ -200,7 +200,13 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    pub fn new(addr: SocketAddr, me: NodeIdentity, tls: Arc<rustls::ClientConfig>) -> PeerClient {
+    /// A client of the peer at `addr`; its connections' tasks run on `tasks`.
+    pub fn new(
+        addr: SocketAddr,
+        me: NodeIdentity,
+        tls: Arc<rustls::ClientConfig>,
+        tasks: pool::Tasks,
+    ) -> PeerClient {
         let dial = Dial {
             host: addr.ip().to_string(),
             port: addr.port(),
@@ -211,7 +217,7 @@ impl PeerClient {
         PeerClient {
             addr,
             me,
-            pool: Pool::new(dial, MAX_IDLE),
+            pool: Pool::new(dial, MAX_IDLE, tasks),
         }
     }
 

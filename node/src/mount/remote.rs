@@ -12,6 +12,7 @@ use http::{header, Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::client::paths::{api_path, KV};
 use crate::client::{self, Client, Response};
@@ -27,21 +28,25 @@ pub struct Remote {
     client: Client,
     runtime: Handle,
     cancel: CancellationToken,
+    /// The watch task joins it, so whoever mounted can wait for it.
+    tracker: TaskTracker,
     max_value_bytes: usize,
 }
 
 impl Remote {
     /// Connects and reads the node's limits; fails if the node cannot be reached or the token
-    /// cannot read.
+    /// cannot read. The watch task runs on `runtime`, joins `tracker` and ends with `cancel`.
     pub fn connect(
         client: Client,
         runtime: Handle,
         cancel: CancellationToken,
+        tracker: TaskTracker,
     ) -> Result<Remote, Error> {
         let mut remote = Remote {
             client,
             runtime,
             cancel,
+            tracker,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
         };
         let status = remote.call(Method::GET, "/v1/status", None)?.json();
@@ -199,12 +204,13 @@ impl Backend for Remote {
     fn subscribe(&self, sink: ChangeSink) {
         let client = self.client.clone();
         let cancel = self.cancel.clone();
-        self.runtime.spawn(async move {
+        let feed = async move {
             tokio::select! {
                 _ = cancel.cancelled() => {}
                 _ = follow(client, sink) => {}
             }
-        });
+        };
+        self.tracker.spawn_on(feed, &self.runtime);
     }
 
     fn status(&self) -> Value {

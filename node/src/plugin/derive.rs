@@ -219,7 +219,9 @@ pub(super) fn reconcile(plugins: &Plugins, reg: &Registry) {
         }
         let cancel = CancellationToken::new();
         tasks.insert(m.name.clone(), (m.sha256.clone(), cancel.clone()));
-        rt.spawn(run(plugins.clone(), e.clone(), cancel));
+        plugins
+            .tracker()
+            .spawn_on(run(plugins.clone(), e.clone(), cancel), &rt);
     }
 }
 

@@ -217,6 +217,8 @@ impl Runtime {
 struct Ticker {
     running: Mutex<usize>,
     started: Condvar,
+    /// Set once the host is gone: the epoch thread ends.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Ticker {
@@ -230,14 +232,42 @@ impl Ticker {
         Running(self)
     }
 
-    /// Waits (up to `most`) until some guest code runs; true if some does.
+    /// Waits (up to `most`) until some guest code runs or the host is gone; true if some
+    /// guest code runs.
     fn wait_running(&self, most: Duration) -> bool {
         let n = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let (n, _) = self
             .started
-            .wait_timeout_while(n, most, |n| *n == 0)
+            .wait_timeout_while(n, most, |n| *n == 0 && !self.is_stopped())
             .unwrap_or_else(|e| e.into_inner());
         *n > 0
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Ends the epoch thread's wait at once.
+    fn stop(&self) {
+        let _n = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.started.notify_all();
+    }
+}
+
+/// The epoch thread, stopped and joined when the last clone of its host is dropped.
+struct Epoch {
+    ticker: Arc<Ticker>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Epoch {
+    fn drop(&mut self) {
+        self.ticker.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -255,13 +285,14 @@ impl Drop for Running<'_> {
 pub struct Host {
     runtimes: Arc<Mutex<HashMap<u64, Runtime>>>,
     ticker: Arc<Ticker>,
+    _epoch: Arc<Epoch>,
     cache: PathBuf,
 }
 
 impl Host {
     /// A host whose compiled code is cached under `cache` (created if missing). A thread
     /// advances every engine's epoch every [`EPOCH_TICK`] while guest code runs, for as long
-    /// as the host lives.
+    /// as the host lives; the last clone's drop stops and joins it.
     pub fn new(cache: PathBuf) -> wasmtime::Result<Host> {
         std::fs::create_dir_all(&cache)?;
         let default = Limits::default().stack;
@@ -272,12 +303,11 @@ impl Host {
         let weak = Arc::downgrade(&runtimes);
         let ticker = Arc::new(Ticker::default());
         let ticks = ticker.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("plugin-epoch".into())
             .spawn(move || loop {
-                // Idle waits end every second to notice that the host is gone.
                 let running = ticks.wait_running(Duration::from_secs(1));
-                if weak.strong_count() == 0 {
+                if ticks.is_stopped() || weak.strong_count() == 0 {
                     return;
                 }
                 if !running {
@@ -291,6 +321,10 @@ impl Host {
             })?;
         Ok(Host {
             runtimes,
+            _epoch: Arc::new(Epoch {
+                ticker: ticker.clone(),
+                thread: Some(thread),
+            }),
             ticker,
             cache,
         })

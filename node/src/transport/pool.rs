@@ -13,7 +13,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use std::future::Future;
 use std::io;
@@ -24,6 +24,8 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How long an idle connection is kept: less than the servers' idle time (30 s), so a
 /// connection is not reused just as the server closes it.
@@ -66,14 +68,47 @@ pub struct Pool {
     client: Client<Connector, Full<Bytes>>,
 }
 
+/// Where the pool's tasks (one per connection, and the idle reaper) run: in a node, on its
+/// tracker, each dropped (its connection closed) when the node's `cancel` fires, so shutdown
+/// waits for them and they end at once; in a command-line client, on the runtime, which ends
+/// with the command.
+#[derive(Clone)]
+pub enum Tasks {
+    Node(TaskTracker, CancellationToken),
+    Runtime,
+}
+
+impl<F> hyper::rt::Executor<F> for Tasks
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        match self {
+            Tasks::Node(tracker, cancel) => {
+                let cancel = cancel.clone();
+                tracker.spawn(async move {
+                    tokio::select! {
+                        _ = fut => {}
+                        _ = cancel.cancelled() => {}
+                    }
+                });
+            }
+            Tasks::Runtime => {
+                tokio::spawn(fut);
+            }
+        }
+    }
+}
+
 impl Pool {
-    /// A pool that keeps at most `max_idle` idle connections.
-    pub fn new(dial: Dial, max_idle: usize) -> Pool {
+    /// A pool that keeps at most `max_idle` idle connections, its tasks on `tasks`.
+    pub fn new(dial: Dial, max_idle: usize, tasks: Tasks) -> Pool {
         let connector = Connector {
             tls: TlsConnector::from(dial.tls.clone()),
             dial: Arc::new(dial),
         };
-        let client = Client::builder(TokioExecutor::new())
+        let client = Client::builder(tasks)
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(IDLE_TIMEOUT)
             .pool_max_idle_per_host(max_idle)
