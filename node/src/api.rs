@@ -206,11 +206,11 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     let limits = crate::transport::server::Limits {
-        max_connections: app.config.max_connections,
-        max_per_client: app.config.max_connections_per_client,
-        handshake: app.config.handshake_timeout,
-        headers: app.config.handshake_timeout,
-        write: app.config.write_timeout,
+        max_connections: app.config.api.max_connections,
+        max_per_client: app.config.api.max_connections_per_client,
+        handshake: app.config.api.handshake_timeout,
+        headers: app.config.api.handshake_timeout,
+        write: app.config.api.write_timeout,
     };
     let make = |_peer, overloaded| {
         app.metrics.connection_opened();
@@ -241,7 +241,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, overloaded: bool) -> Resp
             "busy",
             format!(
                 "the node serves {} connections already; try again later",
-                app.config.max_connections
+                app.config.api.max_connections
             ),
         ))
     } else {

@@ -1,6 +1,9 @@
-//! The node's validated configuration: one plain struct, every field with its meaning, unit and
-//! default (these comments are the configuration reference), read from an optional TOML file and
-//! overridden by command-line flags and `HERD_*` environment variables (see `cli`).
+//! The node's validated configuration: one struct per subsystem, every field with its meaning,
+//! unit and default (these comments are the configuration reference), read from an optional
+//! TOML file with one section per subsystem (`[api]`, `[storage]`, `[mount]`, `[cluster]`) and
+//! overridden by command-line flags and `HERD_*` environment variables (`cli::serve` maps them
+//! in one table). Files in the old flat format (every setting at the top level) still load:
+//! each flat key is moved to its section, with a note that says how to write it.
 //!
 //! Must not know about clap or how the values are used.
 
@@ -32,8 +35,18 @@ pub struct Config {
     /// Directory holding the database, TLS material, `admin.token` and `node.id`.
     /// Default `./herd-data`.
     pub data_dir: PathBuf,
+    pub api: Api,
+    pub storage: Storage,
+    pub mount: Mount,
+    pub cluster: Cluster,
+}
+
+/// `[api]`: the HTTPS client API and its limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Api {
     /// Address of the HTTPS client API. Default `0.0.0.0:7440`.
-    pub api_addr: SocketAddr,
+    pub addr: SocketAddr,
     /// PEM certificate chain for the API, instead of the self-signed one made in
     /// `DATA/tls/` on first start. Needs `tls_key`. Default none.
     pub tls_cert: Option<PathBuf>,
@@ -78,6 +91,12 @@ pub struct Config {
     /// watcher) before the connection is closed, in seconds. Default 30.
     #[serde(with = "duration")]
     pub write_timeout: Duration,
+}
+
+/// `[storage]`: the database, its change log and how long deletions are remembered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storage {
     /// Events kept in memory for watchers to resume from (`?since=`). Default 10,000.
     pub log_events: usize,
     /// Bytes of events (paths and values) kept in memory for watchers to resume from, at most:
@@ -91,30 +110,39 @@ pub struct Config {
     /// redb page cache in bytes. The store keeps its own copy in memory, so this is small.
     /// Default 16 MiB.
     pub cache_bytes: usize,
-    /// Directory where the node mounts its store as files (FUSE, see README "The file view").
-    /// Default none: no mount.
-    pub mount: Option<PathBuf>,
+}
+
+/// `[mount]`: the file view of `herd serve` (README "The file view").
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Mount {
+    /// Directory where the node mounts its store as files (FUSE). Default none: no mount.
+    pub dir: Option<PathBuf>,
     /// Make that mount read-only: writes through it fail with EROFS, and the kernel serves
     /// reads of unchanged keys from its caches without asking the node. Default false.
-    pub mount_read_only: bool,
+    pub read_only: bool,
+}
 
-    // Cluster (README "Running a cluster"). Clustering is on when the node has a cluster
-    // secret (or an operator CA); without one it runs alone and opens no peer port.
+/// `[cluster]` (README "Running a cluster"). Clustering is on when the node has a cluster
+/// secret (or an operator CA); without one it runs alone and opens no peer port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
     /// Name of the cluster; nodes of another cluster are never merged with. Default `herd`.
-    pub cluster: String,
+    pub name: String,
     /// Environment: `production`, `staging`, `testing`, `development` or any name; nodes of
     /// another environment are never merged with. Default `development`.
     pub env: String,
     /// Address of the peer port (HTTPS with mutual TLS only). Default `0.0.0.0:7441`.
-    pub peer_addr: SocketAddr,
+    pub addr: SocketAddr,
     /// The cluster secret file (`herd cluster init` writes one; copy it to every node).
     /// Default `DATA/cluster.secret` when that file exists.
-    pub cluster_secret: Option<PathBuf>,
+    pub secret: Option<PathBuf>,
     /// Operator-provided trust instead of a secret: the cluster CA certificate (PEM), and
     /// this node's certificate chain and key issued by it. Default none.
-    pub peer_ca: Option<PathBuf>,
-    pub peer_cert: Option<PathBuf>,
-    pub peer_key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
     /// Static seed peers, `host:port` of their peer ports (DNS names are resolved again at
     /// every attempt). Default none.
     pub peers: Vec<String>,
@@ -128,17 +156,28 @@ pub struct Config {
     /// Longest wait between attempts to reach an unreachable peer (the wait doubles from 1 s
     /// up to this). Default 5 minutes.
     #[serde(with = "duration")]
-    pub peer_retry_max: Duration,
+    pub retry_max: Duration,
     /// Push every local write to the live peers at once. Turning this off (a test hook)
     /// leaves replication to anti-entropy alone. Default true.
-    pub replication_push: bool,
+    pub push: bool,
 }
 
 impl Default for Config {
     fn default() -> Config {
         Config {
             data_dir: PathBuf::from("herd-data"),
-            api_addr: SocketAddr::from(([0, 0, 0, 0], 7440)),
+            api: Api::default(),
+            storage: Storage::default(),
+            mount: Mount::default(),
+            cluster: Cluster::default(),
+        }
+    }
+}
+
+impl Default for Api {
+    fn default() -> Api {
+        Api {
+            addr: SocketAddr::from(([0, 0, 0, 0], 7440)),
             tls_cert: None,
             tls_key: None,
             tls_san: Vec::new(),
@@ -153,40 +192,132 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
-            log_events: 10_000,
-            log_bytes: 16 << 20,
-            tombstone_grace: Duration::from_secs(7 * 24 * 3600),
-            cache_bytes: 16 << 20,
-            mount: None,
-            mount_read_only: false,
-            cluster: "herd".into(),
-            env: "development".into(),
-            peer_addr: SocketAddr::from(([0, 0, 0, 0], 7441)),
-            cluster_secret: None,
-            peer_ca: None,
-            peer_cert: None,
-            peer_key: None,
-            peers: Vec::new(),
-            mdns: true,
-            mdns_interfaces: Vec::new(),
-            anti_entropy_interval: Duration::from_secs(2),
-            peer_retry_max: Duration::from_secs(300),
-            replication_push: true,
         }
     }
 }
 
+impl Default for Storage {
+    fn default() -> Storage {
+        Storage {
+            log_events: 10_000,
+            log_bytes: 16 << 20,
+            tombstone_grace: Duration::from_secs(7 * 24 * 3600),
+            cache_bytes: 16 << 20,
+        }
+    }
+}
+
+impl Default for Cluster {
+    fn default() -> Cluster {
+        Cluster {
+            name: "herd".into(),
+            env: "development".into(),
+            addr: SocketAddr::from(([0, 0, 0, 0], 7441)),
+            secret: None,
+            ca: None,
+            cert: None,
+            key: None,
+            peers: Vec::new(),
+            mdns: true,
+            mdns_interfaces: Vec::new(),
+            anti_entropy_interval: Duration::from_secs(2),
+            retry_max: Duration::from_secs(300),
+            push: true,
+        }
+    }
+}
+
+/// The old flat format's keys: (flat key, section, key in the section).
+const FLAT: &[(&str, &str, &str)] = &[
+    ("api_addr", "api", "addr"),
+    ("tls_cert", "api", "tls_cert"),
+    ("tls_key", "api", "tls_key"),
+    ("tls_san", "api", "tls_san"),
+    ("max_value_bytes", "api", "max_value_bytes"),
+    ("max_batch_bytes", "api", "max_batch_bytes"),
+    ("max_batch_ops", "api", "max_batch_ops"),
+    ("max_connections", "api", "max_connections"),
+    (
+        "max_connections_per_client",
+        "api",
+        "max_connections_per_client",
+    ),
+    ("max_watchers", "api", "max_watchers"),
+    ("max_watchers_per_token", "api", "max_watchers_per_token"),
+    ("watch_snapshot_bytes", "api", "watch_snapshot_bytes"),
+    ("handshake_timeout", "api", "handshake_timeout"),
+    ("body_timeout", "api", "body_timeout"),
+    ("write_timeout", "api", "write_timeout"),
+    ("log_events", "storage", "log_events"),
+    ("log_bytes", "storage", "log_bytes"),
+    ("tombstone_grace", "storage", "tombstone_grace"),
+    ("cache_bytes", "storage", "cache_bytes"),
+    ("mount", "mount", "dir"),
+    ("mount_read_only", "mount", "read_only"),
+    ("cluster", "cluster", "name"),
+    ("env", "cluster", "env"),
+    ("peer_addr", "cluster", "addr"),
+    ("cluster_secret", "cluster", "secret"),
+    ("peer_ca", "cluster", "ca"),
+    ("peer_cert", "cluster", "cert"),
+    ("peer_key", "cluster", "key"),
+    ("peers", "cluster", "peers"),
+    ("mdns", "cluster", "mdns"),
+    ("mdns_interfaces", "cluster", "mdns_interfaces"),
+    ("anti_entropy_interval", "cluster", "anti_entropy_interval"),
+    ("peer_retry_max", "cluster", "retry_max"),
+    ("replication_push", "cluster", "push"),
+];
+
+/// Moves the keys of the old flat format into their sections; answers a note for each, which
+/// says how to write it. A key given both ways is an error.
+fn unflatten(t: &mut toml::Table) -> Result<Vec<String>, String> {
+    let mut notes = Vec::new();
+    for (flat, section, key) in FLAT {
+        // `cluster` and `mount` are both a flat key (a value) and a section (a table).
+        if t.get(*flat).is_none_or(toml::Value::is_table) {
+            continue;
+        }
+        let value = t.remove(*flat).expect("checked above");
+        let sec = t
+            .entry(*section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(sec) = sec.as_table_mut() else {
+            return Err(format!("{section} must be a section ([{section}])"));
+        };
+        if sec.contains_key(*key) {
+            return Err(format!(
+                "{flat} is given twice: at the top level (the old flat format) and as {key} under [{section}]"
+            ));
+        }
+        sec.insert((*key).into(), value);
+        notes.push(format!(
+            "`{flat}` at the top level is the old flat format; write it as `{key}` under [{section}]"
+        ));
+    }
+    Ok(notes)
+}
+
 impl Config {
-    /// Reads a TOML file; fields it does not name keep their defaults.
-    pub fn from_file(path: &std::path::Path) -> Result<Config, Error> {
+    /// Reads a TOML file; fields it does not name keep their defaults. Answers the config and
+    /// a note for each key in the old flat format (it is read, and should be rewritten).
+    pub fn from_file(path: &std::path::Path) -> Result<(Config, Vec<String>), Error> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
             path: path.display().to_string(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| Error::Parse {
+        let parse = |message: String| Error::Parse {
             path: path.display().to_string(),
-            message: e.to_string(),
-        })
+            message,
+        };
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| parse(e.to_string()))?;
+        let notes = unflatten(&mut table).map_err(parse)?;
+        let config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| parse(e.to_string()))?;
+        Ok((config, notes))
     }
 
     /// Checks the values that could make a node misbehave.
@@ -197,35 +328,42 @@ impl Config {
                 message: message.into(),
             })
         };
-        if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return invalid("tls_cert", "tls_cert and tls_key go together");
+        let api = &self.api;
+        if api.tls_cert.is_some() != api.tls_key.is_some() {
+            return invalid("api.tls_cert", "tls_cert and tls_key go together");
         }
-        if self.max_value_bytes == 0 || self.max_batch_bytes < self.max_value_bytes {
+        if api.max_value_bytes == 0 || api.max_batch_bytes < api.max_value_bytes {
             return invalid(
-                "max_batch_bytes",
+                "api.max_batch_bytes",
                 "must be positive and at least max_value_bytes",
             );
         }
-        if self.max_connections_per_client == 0 || self.write_timeout.is_zero() {
+        if api.max_connections_per_client == 0 || api.write_timeout.is_zero() {
             return invalid(
-                "max_connections_per_client",
+                "api.max_connections_per_client",
                 "max_connections_per_client and write_timeout must be positive",
             );
         }
-        if self.max_watchers_per_token == 0 {
-            return invalid("max_watchers_per_token", "must be positive");
+        if api.max_watchers_per_token == 0 {
+            return invalid("api.max_watchers_per_token", "must be positive");
         }
-        if self.watch_snapshot_bytes < 1024 || self.watch_snapshot_bytes >> 10 > u32::MAX as usize {
-            return invalid("watch_snapshot_bytes", "must be 1 KiB to 4 TiB");
+        if api.watch_snapshot_bytes < 1024 || api.watch_snapshot_bytes >> 10 > u32::MAX as usize {
+            return invalid("api.watch_snapshot_bytes", "must be 1 KiB to 4 TiB");
         }
-        if self.max_connections == 0
-            || self.max_batch_ops == 0
-            || self.log_events == 0
-            || self.log_bytes == 0
-        {
-            return invalid("max_connections", "limits must be positive");
+        if api.max_connections == 0 || api.max_batch_ops == 0 {
+            return invalid("api.max_connections", "limits must be positive");
         }
-        for (field, name) in [("cluster", &self.cluster), ("env", &self.env)] {
+        if self.storage.log_events == 0 || self.storage.log_bytes == 0 {
+            return invalid(
+                "storage.log_events",
+                "log_events and log_bytes must be positive",
+            );
+        }
+        let cluster = &self.cluster;
+        for (field, name) in [
+            ("cluster.name", &cluster.name),
+            ("cluster.env", &cluster.env),
+        ] {
             let ok = (1..=63).contains(&name.len())
                 && name
                     .chars()
@@ -237,27 +375,27 @@ impl Config {
                 );
             }
         }
-        let operator = [&self.peer_ca, &self.peer_cert, &self.peer_key];
+        let operator = [&cluster.ca, &cluster.cert, &cluster.key];
         if operator.iter().any(|p| p.is_some()) && operator.iter().any(|p| p.is_none()) {
-            return invalid("peer_ca", "peer_ca, peer_cert and peer_key go together");
+            return invalid("cluster.ca", "ca, cert and key go together");
         }
-        if self.peer_ca.is_some() && self.cluster_secret.is_some() {
+        if cluster.ca.is_some() && cluster.secret.is_some() {
             return invalid(
-                "peer_ca",
+                "cluster.ca",
                 "use either a cluster secret or an operator CA, not both",
             );
         }
-        if self.anti_entropy_interval < Duration::from_millis(10) {
-            return invalid("anti_entropy_interval", "must be at least 10ms");
+        if cluster.anti_entropy_interval < Duration::from_millis(10) {
+            return invalid("cluster.anti_entropy_interval", "must be at least 10ms");
         }
-        if self.peer_retry_max < Duration::from_secs(1) {
-            return invalid("peer_retry_max", "must be at least 1s");
+        if cluster.retry_max < Duration::from_secs(1) {
+            return invalid("cluster.retry_max", "must be at least 1s");
         }
-        for p in &self.peers {
+        for p in &cluster.peers {
             if p.rsplit_once(':')
                 .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
             {
-                return invalid("peers", &format!("{p:?} is not host:port"));
+                return invalid("cluster.peers", &format!("{p:?} is not host:port"));
             }
         }
         Ok(())
@@ -333,26 +471,61 @@ mod tests {
     #[test]
     fn the_example_file_is_the_default_configuration() {
         let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/herd.toml");
-        let c = Config::from_file(std::path::Path::new(example)).unwrap();
+        let (c, notes) = Config::from_file(std::path::Path::new(example)).unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
         c.validate().unwrap();
         assert_eq!(format!("{c:?}"), format!("{:?}", Config::default()));
     }
 
-    #[test]
-    fn toml_file_overrides_defaults() {
+    fn load(text: &str) -> Result<(Config, Vec<String>), Error> {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("herd.toml");
-        std::fs::write(
-            &f,
-            "api_addr = \"127.0.0.1:9000\"\ntombstone_grace = \"1h\"\nbody_timeout = 5\n",
+        std::fs::write(&f, text).unwrap();
+        Config::from_file(&f)
+    }
+
+    #[test]
+    fn toml_file_overrides_defaults() {
+        let (c, notes) = load(
+            "[api]\naddr = \"127.0.0.1:9000\"\nbody_timeout = 5\n[storage]\ntombstone_grace = \"1h\"\n",
         )
         .unwrap();
-        let c = Config::from_file(&f).unwrap();
-        assert_eq!(c.api_addr.port(), 9000);
-        assert_eq!(c.tombstone_grace, Duration::from_secs(3600));
-        assert_eq!(c.body_timeout, Duration::from_secs(5));
-        assert_eq!(c.max_value_bytes, 1 << 20);
-        std::fs::write(&f, "no_such_field = 1\n").unwrap();
-        assert!(matches!(Config::from_file(&f), Err(Error::Parse { .. })));
+        assert!(notes.is_empty());
+        assert_eq!(c.api.addr.port(), 9000);
+        assert_eq!(c.storage.tombstone_grace, Duration::from_secs(3600));
+        assert_eq!(c.api.body_timeout, Duration::from_secs(5));
+        assert_eq!(c.api.max_value_bytes, 1 << 20);
+        assert!(matches!(
+            load("no_such_field = 1\n"),
+            Err(Error::Parse { .. })
+        ));
+        assert!(matches!(
+            load("[api]\nport = 1\n"),
+            Err(Error::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn old_flat_files_still_load_with_a_note_per_key() {
+        let (c, notes) = load(
+            "api_addr = \"127.0.0.1:9000\"\ncluster = \"site-1\"\nmount = \"/run/herd\"\n\
+             peer_retry_max = \"10s\"\n[storage]\nlog_events = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.api.addr.port(), 9000);
+        assert_eq!(c.cluster.name, "site-1");
+        assert_eq!(
+            c.mount.dir.as_deref(),
+            Some(std::path::Path::new("/run/herd"))
+        );
+        assert_eq!(c.cluster.retry_max, Duration::from_secs(10));
+        assert_eq!(c.storage.log_events, 5);
+        assert_eq!(notes.len(), 4);
+        assert!(
+            notes.contains(&"`peer_retry_max` at the top level is the old flat format; write it as `retry_max` under [cluster]".to_string()),
+            "{notes:?}"
+        );
+        let twice = load("log_events = 5\n[storage]\nlog_events = 6\n").unwrap_err();
+        assert!(twice.to_string().contains("given twice"), "{twice}");
     }
 }

@@ -85,7 +85,7 @@ impl Local {
         tracker: TaskTracker,
     ) -> Local {
         Local {
-            admission: Admission::new(db.clone(), plugins.clone(), config.max_value_bytes),
+            admission: Admission::new(db.clone(), plugins.clone(), config.api.max_value_bytes),
             grant: Grant::local(MOUNT_WRITER),
             db,
             plugins,
@@ -340,6 +340,6 @@ impl Backend for Local {
     }
 
     fn max_value_bytes(&self) -> usize {
-        self.config.max_value_bytes
+        self.config.api.max_value_bytes
     }
 }

@@ -31,7 +31,7 @@ pub struct NodeHandle {
     cancel: CancellationToken,
     tracker: TaskTracker,
     writer: WriterHandle,
-    /// The file view, when `config.mount` asked for one.
+    /// The file view, when `config.mount.dir` asked for one.
     mount: Option<fuse_mount::Mount>,
     /// The peer port's address, when clustering is on.
     pub peer_addr: Option<SocketAddr>,
@@ -111,9 +111,11 @@ pub fn local_url(addr: SocketAddr) -> String {
 /// certificate, or the cluster secret (`--cluster-secret`, or `DATA/cluster.secret` when that
 /// file exists). `None`: the node runs alone.
 fn peer_trust(config: &Config, me: &NodeIdentity) -> anyhow::Result<Option<PeerTls>> {
-    if let (Some(ca), Some(cert), Some(key)) =
-        (&config.peer_ca, &config.peer_cert, &config.peer_key)
-    {
+    if let (Some(ca), Some(cert), Some(key)) = (
+        &config.cluster.ca,
+        &config.cluster.cert,
+        &config.cluster.key,
+    ) {
         let ca_cert = crate::tls::read_chain(ca)?
             .into_iter()
             .next()
@@ -124,12 +126,12 @@ fn peer_trust(config: &Config, me: &NodeIdentity) -> anyhow::Result<Option<PeerT
             PeerTls::new(ca_cert, chain, key).context("cannot use the operator's peer CA")?,
         ));
     }
-    let secret_file = match &config.cluster_secret {
+    let secret_file = match &config.cluster.secret {
         Some(f) => f.clone(),
         None => {
             let f = config.data_dir.join("cluster.secret");
             if !f.exists() {
-                if !config.peers.is_empty() {
+                if !config.cluster.peers.is_empty() {
                     anyhow::bail!(
                         "seed peers are configured but there is no cluster secret: copy the \
                          cluster's secret to {} (or pass --cluster-secret; `herd cluster init` \
@@ -153,18 +155,18 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     config.validate()?;
     // Bind first so a taken port fails fast; connections wait in the backlog until the store is
     // loaded, because nothing accepts them before.
-    let listener = TcpListener::bind(config.api_addr)
+    let listener = TcpListener::bind(config.api.addr)
         .await
-        .with_context(|| format!("cannot listen on {}", config.api_addr))?;
+        .with_context(|| format!("cannot listen on {}", config.api.addr))?;
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let id = node_id(&data_dir)?;
     let opts = db::Options {
-        log_events: config.log_events,
-        log_bytes: config.log_bytes,
-        tombstone_grace_ms: config.tombstone_grace.as_millis() as u64,
-        cache_bytes: config.cache_bytes,
+        log_events: config.storage.log_events,
+        log_bytes: config.storage.log_bytes,
+        tombstone_grace_ms: config.storage.tombstone_grace.as_millis() as u64,
+        cache_bytes: config.storage.cache_bytes,
     };
     let file = data_dir.join("store.redb");
     let loading = Instant::now();
@@ -179,11 +181,11 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         "store loaded"
     );
 
-    let operator = match (&config.tls_cert, &config.tls_key) {
+    let operator = match (&config.api.tls_cert, &config.api.tls_key) {
         (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
         _ => None,
     };
-    let tls = crate::tls::load_or_create_api_tls(&data_dir, operator, &config.tls_san)
+    let tls = crate::tls::load_or_create_api_tls(&data_dir, operator, &config.api.tls_san)
         .context("cannot set up TLS")?;
     let tokens = Tokens::default();
     auth::bootstrap(&db, &tokens, &data_dir)
@@ -202,15 +204,17 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     let api_addr = listener.local_addr()?;
     let me = NodeIdentity {
         node_id: id,
-        cluster: config.cluster.clone(),
-        env: config.env.clone(),
+        cluster: config.cluster.name.clone(),
+        env: config.cluster.env.clone(),
     };
     let peer_tls = peer_trust(&config, &me)?;
     let peer_listener = match &peer_tls {
         Some(_) => Some(
-            TcpListener::bind(config.peer_addr)
+            TcpListener::bind(config.cluster.addr)
                 .await
-                .with_context(|| format!("cannot listen on the peer port {}", config.peer_addr))?,
+                .with_context(|| {
+                    format!("cannot listen on the peer port {}", config.cluster.addr)
+                })?,
         ),
         None => None,
     };
@@ -223,7 +227,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         .context("cannot write node.json")?;
 
     let config = Arc::new(config);
-    let mount = match &config.mount {
+    let mount = match &config.mount.dir {
         None => None,
         Some(dir) => {
             let backend = crate::mount::Local::new(
@@ -235,7 +239,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
                 tracker.clone(),
             );
             let dir = dir.clone();
-            let read_only_mount = config.mount_read_only;
+            let read_only_mount = config.mount.read_only;
             let mounted = tokio::task::spawn_blocking(move || {
                 let opts = fuse_mount::MountOptions {
                     read_only: read_only_mount,
@@ -255,13 +259,13 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
             let settings = cluster::Settings {
                 me: me.clone(),
                 peer_port: peer_addr.port(),
-                seeds: config.peers.clone(),
-                anti_entropy_interval: config.anti_entropy_interval,
-                retry_cap: config.peer_retry_max,
-                push: config.replication_push,
-                max_body: (64 << 20).max(2 * config.max_batch_bytes),
+                seeds: config.cluster.peers.clone(),
+                anti_entropy_interval: config.cluster.anti_entropy_interval,
+                retry_cap: config.cluster.retry_max,
+                push: config.cluster.push,
+                max_body: (64 << 20).max(2 * config.api.max_batch_bytes),
                 data_dir: data_dir.clone(),
-                tombstone_grace: config.tombstone_grace,
+                tombstone_grace: config.storage.tombstone_grace,
             };
             let c = Arc::new(Cluster::start(
                 settings,
@@ -271,7 +275,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
                 cancel.clone(),
                 tracker.clone(),
             ));
-            let discovery = if config.mdns {
+            let discovery = if config.cluster.mdns {
                 let announce = mdns::Announce {
                     node_id: id,
                     cluster: me.cluster.clone(),
@@ -279,7 +283,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
                     api_port: api_addr.port(),
                     peer_port: peer_addr.port(),
                 };
-                let (d, found) = Discovery::start(&announce, &config.mdns_interfaces)
+                let (d, found) = Discovery::start(&announce, &config.cluster.mdns_interfaces)
                     .context("cannot start mDNS discovery (use --no-mdns to run without it)")?;
                 tracker.spawn(follow_discovery(c.clone(), found, cancel.clone()));
                 Some(d)
@@ -287,7 +291,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
                 None
             };
             plugins.set_fetch(c.clone());
-            tracing::info!(peer_addr = %peer_addr, cluster = %me.cluster, env = %me.env, mdns = config.mdns, seeds = config.peers.len(), "peer port open");
+            tracing::info!(peer_addr = %peer_addr, cluster = %me.cluster, env = %me.env, mdns = config.cluster.mdns, seeds = config.cluster.peers.len(), "peer port open");
             (Some(c), discovery)
         }
         _ => {
@@ -299,14 +303,14 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
         admission: crate::admission::Admission::new(
             db.clone(),
             plugins.clone(),
-            config.max_value_bytes,
+            config.api.max_value_bytes,
         ),
         db: db.clone(),
         tokens: tokens.clone(),
-        watchers: Arc::new(Semaphore::new(config.max_watchers)),
+        watchers: Arc::new(Semaphore::new(config.api.max_watchers)),
         token_watchers: Arc::default(),
         snapshots: Arc::new(Semaphore::new(
-            config.watch_snapshot_bytes.div_ceil(api::SNAPSHOT_UNIT),
+            config.api.watch_snapshot_bytes.div_ceil(api::SNAPSHOT_UNIT),
         )),
         config,
         metrics: Metrics::default(),

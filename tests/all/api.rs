@@ -451,7 +451,7 @@ const SMALL_LIMIT: usize = 4096;
 
 #[tokio::test]
 async fn every_bad_input_is_refused_and_changes_nothing() {
-    let n = TestNode::start_with(|c| c.max_value_bytes = SMALL_LIMIT).await;
+    let n = TestNode::start_with(|c| c.api.max_value_bytes = SMALL_LIMIT).await;
     let reader = n.client_with(Some(&n.token("reader", "read", None).await));
     let scoped = n.client_with(Some(&n.token("scoped", "write", Some("/app")).await));
     let anonymous = n.client_with(None);
@@ -1226,7 +1226,7 @@ fn chunked_put(path: &str, token: &str, body: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn chunked_bodies_are_limited_too() {
-    let n = TestNode::start_with(|c| c.max_value_bytes = SMALL_LIMIT).await;
+    let n = TestNode::start_with(|c| c.api.max_value_bytes = SMALL_LIMIT).await;
     let token = std::fs::read_to_string(n.dir.path().join("admin.token")).unwrap();
     let token = token.trim();
     // Under the limit, a chunked body is accepted.
@@ -1578,10 +1578,10 @@ async fn gauge(n: &TestNode, name: &str) -> u64 {
 #[tokio::test]
 async fn one_client_cannot_take_every_connection_and_health_still_answers() {
     let n = TestNode::start_with(|c| {
-        c.max_connections = 8;
-        c.max_connections_per_client = 4;
-        c.write_timeout = Duration::from_secs(2);
-        c.handshake_timeout = Duration::from_secs(30);
+        c.api.max_connections = 8;
+        c.api.max_connections_per_client = 4;
+        c.api.write_timeout = Duration::from_secs(2);
+        c.api.handshake_timeout = Duration::from_secs(30);
     })
     .await;
     // Idle connections (no TLS handshake yet) from this address fill its share, its two spare

@@ -47,7 +47,7 @@ async fn version_of(c: &TestCluster, i: usize, path: &str, body: &str) -> (u64, 
 async fn three_nodes_learn_each_other_and_push_every_write() {
     // Anti-entropy is slowed down so that what arrives here arrived by push.
     let c = TestCluster::start(3, |_, cfg| {
-        cfg.anti_entropy_interval = Duration::from_secs(600)
+        cfg.cluster.anti_entropy_interval = Duration::from_secs(600)
     })
     .await;
     c.wait_meshed(T).await;
@@ -105,7 +105,9 @@ async fn three_nodes_learn_each_other_and_push_every_write() {
 async fn a_node_of_another_environment_is_refused_both_ways() {
     let mut c = TestCluster::start(1, |_, _| {}).await;
     let seed = c.nodes[0].peer_addr.to_string();
-    let staging = c.add(vec![seed], |cfg| cfg.env = "staging".into()).await;
+    let staging = c
+        .add(vec![seed], |cfg| cfg.cluster.env = "staging".into())
+        .await;
     c.nodes[0].put("/v1/kv/prod", "1").await;
     c.nodes[staging].put("/v1/kv/stage", "2").await;
     // The staging node reaches the seed, is told the environments differ, and records why.
@@ -139,7 +141,7 @@ async fn a_node_without_the_cluster_secret_gets_nothing() {
     c.nodes[0].put("/v1/kv/secret", "1").await;
     // Another cluster's secret: its certificate is not from this cluster's CA.
     let seed = c.nodes[0].peer_addr.to_string();
-    let other = TestCluster::start(1, |_, cfg| cfg.peers = vec![seed.clone()]).await;
+    let other = TestCluster::start(1, |_, cfg| cfg.cluster.peers = vec![seed.clone()]).await;
     let i = 0;
     wait_for("the TLS refusal", T, || async {
         let m = other.nodes[i].members().await;
@@ -159,7 +161,7 @@ async fn a_node_without_the_cluster_secret_gets_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_pushes_anti_entropy_alone_converges() {
-    let c = TestCluster::start(3, |_, cfg| cfg.replication_push = false).await;
+    let c = TestCluster::start(3, |_, cfg| cfg.cluster.push = false).await;
     c.wait_meshed(T).await;
     c.nodes[0].put("/v1/kv/a", "1").await;
     c.nodes[1].put("/v1/kv/b", r#"{"x":[1]}"#).await;
@@ -247,7 +249,10 @@ async fn a_new_node_catches_up_with_100k_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_down_longer_than_the_grace_period_resyncs_instead_of_resurrecting() {
     // A 3-second tombstone grace period stands in for the default 7 days.
-    let mut c = TestCluster::start(2, |_, cfg| cfg.tombstone_grace = Duration::from_secs(3)).await;
+    let mut c = TestCluster::start(2, |_, cfg| {
+        cfg.storage.tombstone_grace = Duration::from_secs(3)
+    })
+    .await;
     c.wait_meshed(T).await;
     c.nodes[0].put("/v1/kv/k", "1").await;
     c.nodes[0].put("/v1/kv/stays", "1").await;
@@ -341,10 +346,10 @@ async fn an_operator_ca_replaces_the_cluster_secret() {
     let pki = tempfile::tempdir().unwrap();
     let (ca, certs) = operator_pki(pki.path(), 2);
     let use_operator = |i: usize, cfg: &mut node::config::Config| {
-        cfg.cluster_secret = None;
-        cfg.peer_ca = Some(ca.clone());
-        cfg.peer_cert = Some(certs[i].0.clone());
-        cfg.peer_key = Some(certs[i].1.clone());
+        cfg.cluster.secret = None;
+        cfg.cluster.ca = Some(ca.clone());
+        cfg.cluster.cert = Some(certs[i].0.clone());
+        cfg.cluster.key = Some(certs[i].1.clone());
     };
     let c = TestCluster::start(2, use_operator).await;
     c.wait_meshed(T).await;

@@ -265,7 +265,7 @@ fn status_of(result: Result<EventStream, Error>) -> (StatusCode, Option<String>)
 
 #[tokio::test]
 async fn a_revision_that_left_the_log_is_compacted() {
-    let n = TestNode::start_with(|c| c.log_events = 5).await;
+    let n = TestNode::start_with(|c| c.storage.log_events = 5).await;
     let mut written = Vec::new();
     for i in 0..12 {
         written.push(put(&n, &format!("/k/{i}"), &i.to_string()).await);
@@ -312,7 +312,7 @@ async fn a_revision_that_left_the_log_is_compacted() {
 
 #[tokio::test]
 async fn too_many_watchers_get_429() {
-    let n = TestNode::start_with(|c| c.max_watchers = 2).await;
+    let n = TestNode::start_with(|c| c.api.max_watchers = 2).await;
     let mut first = watch(&n.client, "/v1/watch/a", &[]).await;
     expect_synced(&mut first, n.revision().await).await;
     let mut second = watch(&n.client, "/v1/watch/b", &[]).await;
@@ -344,8 +344,8 @@ async fn too_many_watchers_get_429() {
 #[tokio::test]
 async fn one_token_cannot_take_every_watcher_place() {
     let n = TestNode::start_with(|c| {
-        c.max_watchers = 4;
-        c.max_watchers_per_token = 2;
+        c.api.max_watchers = 4;
+        c.api.max_watchers_per_token = 2;
     })
     .await;
     let hog = n.token("hog", "read", None).await;
@@ -474,8 +474,8 @@ async fn revoking_a_token_ends_its_watch_streams() {
 /// and `room` bytes for watches' initial state.
 async fn big_state(room: usize, write_timeout: Duration) -> TestNode {
     let n = TestNode::start_with(|c| {
-        c.watch_snapshot_bytes = room;
-        c.write_timeout = write_timeout;
+        c.api.watch_snapshot_bytes = room;
+        c.api.write_timeout = write_timeout;
     })
     .await;
     let value = format!("\"{}\"", "x".repeat(1000 << 10));

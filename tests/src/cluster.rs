@@ -58,7 +58,7 @@ impl ClusterNode {
     pub async fn restart(&mut self) {
         self.stop().await;
         let mut config = self.config.clone();
-        config.peer_addr = self.peer_addr;
+        config.cluster.addr = self.peer_addr;
         let handle = node::node::start(config).await.expect("node restarts");
         self.url = node::node::local_url(handle.api_addr);
         self.client = admin_client(self.dir.path(), &self.url);
@@ -170,12 +170,12 @@ impl TestCluster {
     pub async fn add(&mut self, seeds: Vec<String>, tweak: impl FnOnce(&mut Config)) -> usize {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = crate::test_config(dir.path());
-        config.cluster_secret = Some(self.secret());
-        config.peer_addr = "127.0.0.1:0".parse().expect("literal");
-        config.mdns = false;
-        config.peers = seeds;
-        config.anti_entropy_interval = Duration::from_millis(300);
-        config.peer_retry_max = Duration::from_secs(2);
+        config.cluster.secret = Some(self.secret());
+        config.cluster.addr = "127.0.0.1:0".parse().expect("literal");
+        config.cluster.mdns = false;
+        config.cluster.peers = seeds;
+        config.cluster.anti_entropy_interval = Duration::from_millis(300);
+        config.cluster.retry_max = Duration::from_secs(2);
         tweak(&mut config);
         self.nodes.push(ClusterNode::start(dir, config).await);
         self.nodes.len() - 1

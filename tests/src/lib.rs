@@ -40,11 +40,12 @@ where
 
 /// A test configuration for a node in `dir` listening on an ephemeral loopback port.
 pub fn test_config(dir: &Path) -> node::config::Config {
-    node::config::Config {
+    let mut config = node::config::Config {
         data_dir: dir.to_path_buf(),
-        api_addr: "127.0.0.1:0".parse().expect("literal address"),
         ..node::config::Config::default()
-    }
+    };
+    config.api.addr = "127.0.0.1:0".parse().expect("literal address");
+    config
 }
 
 /// A client for the node whose data dir is `dir`, with its admin token and CA.

@@ -26,7 +26,7 @@ pub fn members(app: &App) -> Response<Body> {
     let body = match &app.cluster {
         Some(c) => c.members_view(),
         None => json!({
-            "self": {"node_id": format!("{:016x}", app.db.node_id()), "cluster": app.config.cluster, "env": app.config.env, "peer_port": null},
+            "self": {"node_id": format!("{:016x}", app.db.node_id()), "cluster": app.config.cluster.name, "env": app.config.cluster.env, "peer_port": null},
             "members": [],
             "seeds": [],
             "clustering": "off: no cluster secret (see `herd cluster init`)",
@@ -65,14 +65,14 @@ pub fn status_value(db: &Db, c: &Config, started: Instant) -> serde_json::Value 
         // Equal on two nodes exactly when they hold the same registers (anti-entropy's root).
         "digest": {"registers": root.count, "hash": format!("{:016x}", root.hash)},
         "uptime_seconds": started.elapsed().as_secs(),
-        "api_addr": c.api_addr.to_string(),
+        "api_addr": c.api.addr.to_string(),
         "data_dir": c.data_dir.display().to_string(),
         "limits": {
-            "max_value_bytes": c.max_value_bytes,
-            "max_batch_bytes": c.max_batch_bytes,
-            "max_batch_ops": c.max_batch_ops,
-            "max_connections": c.max_connections,
-            "max_watchers": c.max_watchers,
+            "max_value_bytes": c.api.max_value_bytes,
+            "max_batch_bytes": c.api.max_batch_bytes,
+            "max_batch_ops": c.api.max_batch_ops,
+            "max_connections": c.api.max_connections,
+            "max_watchers": c.api.max_watchers,
         },
     })
 }

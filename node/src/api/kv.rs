@@ -95,7 +95,7 @@ pub async fn put(
     let dry_run = query_param(req.uri().query(), "dry_run").is_some();
     let condition = condition(req.headers(), true)?;
     check_content_type(req.headers())?;
-    let body = read_body(app, req, app.config.max_value_bytes).await?;
+    let body = read_body(app, req, app.config.api.max_value_bytes).await?;
     let v = value::parse(&body)?;
     let asked = vec![Asked::put(path, v, ttl_ms)];
     let judged = app.admission.judge(grant, asked, condition, false).await?;
@@ -144,7 +144,7 @@ pub async fn batch(
 ) -> Result<Response<Body>> {
     require(grant, Role::Write)?;
     check_content_type(req.headers())?;
-    let body = read_body(app, req, app.config.max_batch_bytes).await?;
+    let body = read_body(app, req, app.config.api.max_batch_bytes).await?;
     // Parse strictly first (numbers, depth, UTF-8), then into the batch shape.
     let raw = value::parse(&body)?;
     // serde would read an array as the struct's fields in order, with a puzzling message.
@@ -166,14 +166,14 @@ pub async fn batch(
     if batch.ops.is_empty() {
         return Err(ApiError::bad_request("a batch needs at least one op"));
     }
-    if batch.ops.len() > app.config.max_batch_ops {
+    if batch.ops.len() > app.config.api.max_batch_ops {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             format!(
                 "batch has {} ops, the limit is {}",
                 batch.ops.len(),
-                app.config.max_batch_ops
+                app.config.api.max_batch_ops
             ),
         ));
     }
@@ -348,7 +348,7 @@ pub(super) async fn read_body(app: &App, req: Request<Incoming>, limit: usize) -
         }
     }
     let collect = Limited::new(req.into_body(), limit).collect();
-    match tokio::time::timeout(app.config.body_timeout, collect).await {
+    match tokio::time::timeout(app.config.api.body_timeout, collect).await {
         Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "timeout",

@@ -53,14 +53,14 @@ pub async fn watch<B>(
         .transpose()?;
     let slot = app
         .token_watchers
-        .take(&grant.name, app.config.max_watchers_per_token)
+        .take(&grant.name, app.config.api.max_watchers_per_token)
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_watchers",
                 format!(
                     "token {:?} has {} watches open, the most one token may have",
-                    grant.name, app.config.max_watchers_per_token
+                    grant.name, app.config.api.max_watchers_per_token
                 ),
             )
         })?;
@@ -70,7 +70,7 @@ pub async fn watch<B>(
             "too_many_watchers",
             format!(
                 "the node serves at most {} watches",
-                app.config.max_watchers
+                app.config.api.max_watchers
             ),
         )
     })?;
@@ -79,7 +79,7 @@ pub async fn watch<B>(
     let room = match since {
         Some(_) => None,
         None => {
-            let total = app.config.watch_snapshot_bytes.div_ceil(SNAPSHOT_UNIT);
+            let total = app.config.api.watch_snapshot_bytes.div_ceil(SNAPSHOT_UNIT);
             let units = app
                 .db
                 .snapshot_bytes(&key)
@@ -95,7 +95,7 @@ pub async fn watch<B>(
                         format!(
                             "the node is sending {} MiB of watches' initial state already \
                              (watch_snapshot_bytes); try again later",
-                            app.config.watch_snapshot_bytes >> 20
+                            app.config.api.watch_snapshot_bytes >> 20
                         ),
                     ))
                 }

@@ -14,7 +14,7 @@ use super::args::ServeArgs;
 use crate::config::{self, Config};
 
 pub fn run(args: &ServeArgs, data_dir: Option<&Path>) -> anyhow::Result<()> {
-    let config = config(args, data_dir)?;
+    let (config, notes) = config(args, data_dir)?;
     if args.check_config {
         return Ok(super::print(&format!("{config:#?}\n"))?);
     }
@@ -25,6 +25,9 @@ pub fn run(args: &ServeArgs, data_dir: Option<&Path>) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    for note in notes {
+        tracing::warn!("config file: {note}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -32,76 +35,73 @@ pub fn run(args: &ServeArgs, data_dir: Option<&Path>) -> anyhow::Result<()> {
     runtime.block_on(crate::node::run(config))
 }
 
-/// The node's configuration: the config file (or the defaults) with every given flag on top.
-pub fn config(args: &ServeArgs, data_dir: Option<&Path>) -> Result<Config, config::Error> {
-    let mut config = match &args.config {
+/// The node's configuration: the config file (or the defaults) with every given flag on top,
+/// and the notes about the file to log (keys in the old flat format).
+pub fn config(
+    args: &ServeArgs,
+    data_dir: Option<&Path>,
+) -> Result<(Config, Vec<String>), config::Error> {
+    let (mut config, notes) = match &args.config {
         Some(file) => Config::from_file(file)?,
-        None => Config::default(),
+        None => (Config::default(), Vec::new()),
     };
     if let Some(dir) = data_dir {
         config.data_dir = dir.to_path_buf();
     }
-    if let Some(addr) = args.api_addr {
-        config.api_addr = addr;
-    }
-    if let Some(cert) = &args.tls_cert {
-        config.tls_cert = Some(cert.clone());
-    }
-    if let Some(key) = &args.tls_key {
-        config.tls_key = Some(key.clone());
-    }
-    if !args.tls_san.is_empty() {
-        config.tls_san = args.tls_san.clone();
-    }
-    if let Some(dir) = &args.mount {
-        config.mount = Some(dir.clone());
-    }
-    if args.mount_read_only {
-        config.mount_read_only = true;
-    }
-    if let Some(v) = &args.cluster {
-        config.cluster = v.clone();
-    }
-    if let Some(v) = &args.env {
-        config.env = v.clone();
-    }
-    if let Some(v) = args.peer_addr {
-        config.peer_addr = v;
-    }
-    if let Some(v) = &args.cluster_secret {
-        config.cluster_secret = Some(v.clone());
-    }
-    if let Some(v) = &args.peer_ca {
-        config.peer_ca = Some(v.clone());
-    }
-    if let Some(v) = &args.peer_cert {
-        config.peer_cert = Some(v.clone());
-    }
-    if let Some(v) = &args.peer_key {
-        config.peer_key = Some(v.clone());
-    }
-    if !args.peers.is_empty() {
-        config.peers = args.peers.clone();
-    }
-    if args.no_mdns {
-        config.mdns = false;
-    }
-    if !args.mdns_interfaces.is_empty() {
-        config.mdns_interfaces = args.mdns_interfaces.clone();
-    }
-    if let Some(v) = args.anti_entropy_interval {
-        config.anti_entropy_interval = v;
-    }
-    if args.no_push {
-        config.replication_push = false;
-    }
-    if let Some(bytes) = args.max_value_bytes {
-        config.max_value_bytes = bytes;
-        // A batch must hold at least one value: raising the value limit raises it too.
-        config.max_batch_bytes = config.max_batch_bytes.max(bytes);
-    }
+    apply_flags(args, &mut config);
     config.validate()?;
-    Ok(config)
+    Ok((config, notes))
+}
+
+/// Where each flag (and its `HERD_*` variable, which clap reads for it) goes in the
+/// configuration: the one place that maps them. A flag not given leaves the file's value.
+fn apply_flags(a: &ServeArgs, c: &mut Config) {
+    fn set<T: Clone>(flag: &Option<T>, field: &mut T) {
+        if let Some(v) = flag {
+            *field = v.clone();
+        }
+    }
+    fn some<T: Clone>(flag: &Option<T>, field: &mut Option<T>) {
+        if let Some(v) = flag {
+            *field = Some(v.clone());
+        }
+    }
+    fn list(flag: &[String], field: &mut Vec<String>) {
+        if !flag.is_empty() {
+            *field = flag.to_vec();
+        }
+    }
+    fn switch(given: bool, field: &mut bool, to: bool) {
+        if given {
+            *field = to;
+        }
+    }
+    set(&a.api_addr, &mut c.api.addr);
+    some(&a.tls_cert, &mut c.api.tls_cert);
+    some(&a.tls_key, &mut c.api.tls_key);
+    list(&a.tls_san, &mut c.api.tls_san);
+    set(&a.max_value_bytes, &mut c.api.max_value_bytes);
+    some(&a.mount, &mut c.mount.dir);
+    switch(a.mount_read_only, &mut c.mount.read_only, true);
+    set(&a.cluster, &mut c.cluster.name);
+    set(&a.env, &mut c.cluster.env);
+    set(&a.peer_addr, &mut c.cluster.addr);
+    some(&a.cluster_secret, &mut c.cluster.secret);
+    some(&a.peer_ca, &mut c.cluster.ca);
+    some(&a.peer_cert, &mut c.cluster.cert);
+    some(&a.peer_key, &mut c.cluster.key);
+    list(&a.peers, &mut c.cluster.peers);
+    switch(a.no_mdns, &mut c.cluster.mdns, false);
+    list(&a.mdns_interfaces, &mut c.cluster.mdns_interfaces);
+    set(
+        &a.anti_entropy_interval,
+        &mut c.cluster.anti_entropy_interval,
+    );
+    switch(a.no_push, &mut c.cluster.push, false);
+    // A batch must hold at least one value: raising the value limit raises it too.
+    if a.max_value_bytes.is_some() {
+        c.api.max_batch_bytes = c.api.max_batch_bytes.max(c.api.max_value_bytes);
+    }
 }
 
 #[cfg(test)]
@@ -112,9 +112,9 @@ mod tests {
 
     #[test]
     fn defaults_without_file_or_flags() {
-        let config = config(&ServeArgs::default(), None).unwrap();
+        let (config, _) = config(&ServeArgs::default(), None).unwrap();
         assert_eq!(config.data_dir, PathBuf::from("herd-data"));
-        assert_eq!(config.api_addr, SocketAddr::from(([0, 0, 0, 0], 7440)));
+        assert_eq!(config.api.addr, SocketAddr::from(([0, 0, 0, 0], 7440)));
     }
 
     #[test]
@@ -123,7 +123,7 @@ mod tests {
         let file = dir.path().join("herd.toml");
         std::fs::write(
             &file,
-            "data_dir = \"/from/file\"\napi_addr = \"127.0.0.1:9000\"\n\
+            "data_dir = \"/from/file\"\n[api]\naddr = \"127.0.0.1:9000\"\n\
              tls_san = [\"file.example\"]\nmax_watchers = 3\n",
         )
         .unwrap();
@@ -131,22 +131,26 @@ mod tests {
             config: Some(file),
             ..ServeArgs::default()
         };
-        let from_file = config(&args, None).unwrap();
+        let (from_file, _) = config(&args, None).unwrap();
         assert_eq!(from_file.data_dir, PathBuf::from("/from/file"));
-        assert_eq!(from_file.api_addr.port(), 9000);
-        assert_eq!(from_file.tls_san, ["file.example"]);
-        assert_eq!(from_file.max_watchers, 3);
+        assert_eq!(from_file.api.addr.port(), 9000);
+        assert_eq!(from_file.api.tls_san, ["file.example"]);
+        assert_eq!(from_file.api.max_watchers, 3);
 
         args.api_addr = Some("127.0.0.1:9100".parse().unwrap());
         args.tls_san = vec!["a".into(), "b".into()];
         args.max_value_bytes = Some(64 << 20);
-        let flagged = config(&args, Some(Path::new("/from/flag"))).unwrap();
+        args.no_mdns = true;
+        args.peers = vec!["10.0.0.2:7441".into()];
+        let (flagged, _) = config(&args, Some(Path::new("/from/flag"))).unwrap();
         assert_eq!(flagged.data_dir, PathBuf::from("/from/flag"));
-        assert_eq!(flagged.api_addr.port(), 9100);
-        assert_eq!(flagged.tls_san, ["a", "b"]);
-        assert_eq!(flagged.max_value_bytes, 64 << 20);
-        assert_eq!(flagged.max_batch_bytes, 64 << 20);
-        assert_eq!(flagged.max_watchers, 3);
+        assert_eq!(flagged.api.addr.port(), 9100);
+        assert_eq!(flagged.api.tls_san, ["a", "b"]);
+        assert_eq!(flagged.api.max_value_bytes, 64 << 20);
+        assert_eq!(flagged.api.max_batch_bytes, 64 << 20);
+        assert_eq!(flagged.api.max_watchers, 3);
+        assert!(!flagged.cluster.mdns);
+        assert_eq!(flagged.cluster.peers, ["10.0.0.2:7441"]);
     }
 
     #[test]
