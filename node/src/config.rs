@@ -227,6 +227,21 @@ impl Default for Cluster {
     }
 }
 
+/// A TOML error on one line: its message lines joined, the source snippet (`1 | a = `, `  ^`)
+/// left out, since the line and column are named.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.starts_with('^'))
+        .filter(|l| {
+            !l.split_once(" |")
+                .is_some_and(|(n, _)| n.chars().all(|c| c.is_ascii_digit()))
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
 /// The old flat format's keys: (flat key, section, key in the section).
 const FLAT: &[(&str, &str, &str)] = &[
     ("api_addr", "api", "addr"),
@@ -308,7 +323,7 @@ impl Config {
         })?;
         let parse = |message: String| Error::Parse {
             path: path.display().to_string(),
-            message,
+            message: one_line(&message),
         };
         let mut table: toml::Table = text
             .parse()
