@@ -3,20 +3,24 @@
 //!
 //! - `trust`: the cluster secret, the cluster CA every node derives from it, node
 //!   certificates, the mutual-TLS configurations of the peer port.
-//! - `peer`: the peer port's HTTP server and client; both check the other side's stated
-//!   cluster and environment on every exchange.
-//! - `wire`: identity headers, the hello document, the binary encoding of register batches.
+//! - `peer`: the peer port's HTTP server and client (on `transport`); both check the other
+//!   side's stated cluster and environment on every exchange.
+//! - `wire`: identity headers, the protocol version, the hello document.
 //! - `members`: the membership table (alive / suspect / dead / refused, backoff).
+//! - `history`: the node's continuous history; a node away past the grace period resyncs.
 //! - `mdns`: discovery on the local network.
-//! - this file: the tasks. A prober says hello to seeds and known peers (learning peers from
-//!   their answers) and keeps the table current; one push task per live peer sends the
-//!   registers of every local write as soon as it is durable (a slow peer lags on its own and
-//!   is left to anti-entropy); an anti-entropy round with a random live peer every interval
-//!   compares digests and exchanges only the registers that differ.
+//! - `probe`: the prober: hello to seeds and known peers, learning peers from their answers.
+//! - `push`: one task per live peer sending the registers of every local write once durable
+//!   (a slow peer lags on its own and is left to anti-entropy).
+//! - `repair`: the anti-entropy loop (a round with a random live peer every interval compares
+//!   digests and exchanges only the registers that differ) and the answer to a peer's round.
+//! - this file: settings, the shared state, starting the tasks, the peer routes, the members
+//!   view, and plugin files for peers.
 //!
 //! Peer routes (all `POST`, bodies as in `wire` and `store::digest`):
 //! `/peer/v1/hello` (JSON [`Hello`] both ways), `/peer/v1/push` (a register batch; answers
-//! `{"applied": n}`), `/peer/v1/digest` (one anti-entropy request; answers its reply).
+//! `{"applied": n}`), `/peer/v1/digest` (one anti-entropy request; answers its reply),
+//! `/peer/v1/plugin-file` (a sha256; answers the plugin component's bytes).
 //!
 //! Invariant: registers from peers enter the store only through `Db::merge` (the store's one
 //! merge rule), and only from a peer that proved a certificate of the cluster CA and stated

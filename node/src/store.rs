@@ -1,5 +1,5 @@
 //! The store: a set of registers, at most one per path, and the one rule that decides what is
-//! visible (DESIGN.md section 3).
+//! visible (README "Consistency model, in plain words").
 //!
 //! A register at path P with version v *covers* P and everything below P that is older than v.
 //! [`Store::plan`] is the only place that rule is written, and registers enter only through its

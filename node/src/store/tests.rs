@@ -1,4 +1,4 @@
-//! Tests of the merge and visibility rules: DESIGN.md section 3's single-node results, and
+//! Tests of the merge and visibility rules: the single-node results the README promises, and
 //! convergence for any order and duplication of the same registers.
 
 use super::*;
