@@ -9,8 +9,9 @@
 //!    that a put would turn into a directory;
 //! 2. the plugins that guard the paths: read-only derived outputs, transforms, then
 //!    validators (`plugin::judge`);
-//! 3. the values as they will be stored: a time to live on leaves only, nesting depth, the
-//!    key grammar (while exploding into `store::Op`s) and the value size limit.
+//! 3. the values as they will be stored: a time to live on leaves only and nesting depth
+//!    (checked before the plugins run too), the key grammar (while exploding into
+//!    `store::Op`s) and the value size limit.
 //!
 //! Preconditions (`If-Match`, create-only, a delete of something missing) are checked last, by
 //! the writer thread against the committed state, because only there are they exact.
@@ -175,7 +176,7 @@ impl Admission {
         condition: Condition,
         numbered: bool,
     ) -> Result<WriteRequest, Refusal> {
-        let (writes, ttls) = self.before(grant, asked)?;
+        let (writes, ttls) = self.before(grant, asked, numbered)?;
         let writes = if self.plugins.concerned(writes.iter().map(|w| &w.path)) {
             self.plugins.judge(writes, &grant.name).await?
         } else {
@@ -191,7 +192,7 @@ impl Admission {
         asked: Vec<Asked>,
         condition: Condition,
     ) -> Result<WriteRequest, Refusal> {
-        let (writes, ttls) = self.before(grant, asked)?;
+        let (writes, ttls) = self.before(grant, asked, false)?;
         let writes = if self.plugins.concerned(writes.iter().map(|w| &w.path)) {
             self.plugins.judge_now(writes, &grant.name)?
         } else {
@@ -212,7 +213,8 @@ impl Admission {
         Ok(self.db.write(req).await?)
     }
 
-    /// Step 1 for every write, and the writes as plugins see them.
+    /// Step 1 for every write, the cheap value checks before any plugin runs (step 3 checks
+    /// them again on the values the plugins leave), and the writes as plugins see them.
     #[allow(
         clippy::type_complexity,
         reason = "a private pair consumed by the caller"
@@ -221,11 +223,15 @@ impl Admission {
         &self,
         grant: &Grant,
         asked: Vec<Asked>,
+        numbered: bool,
     ) -> Result<(Vec<Write>, Vec<Option<u64>>), Refusal> {
         let mut writes = Vec::with_capacity(asked.len());
         let mut ttls = Vec::with_capacity(asked.len());
-        for a in asked {
+        for (i, a) in asked.into_iter().enumerate() {
             self.authorize(grant, &a.path, a.value.is_some())?;
+            if let Some(v) = &a.value {
+                shape(i, v, a.ttl_ms, numbered)?;
+            }
             writes.push(Write {
                 path: a.path,
                 value: a.value,
@@ -249,17 +255,7 @@ impl Admission {
                 ops.push(Op::Delete { path: w.path });
                 continue;
             };
-            if ttl_ms.is_some() && v.is_object() {
-                let why = "ttl applies to leaf values only, not to objects";
-                return Err(Refusal::Invalid(if numbered {
-                    format!("op {i}: {why}")
-                } else {
-                    why.into()
-                }));
-            }
-            if value::depth(&v) > value::MAX_DEPTH {
-                return Err(value::Error::TooDeep.into());
-            }
+            shape(i, &v, ttl_ms, numbered)?;
             let op = Op::put(w.path, &v, ttl_ms)?;
             if let Op::Put { text, .. } = &op {
                 if text.len() > self.max_value_bytes {
@@ -273,6 +269,23 @@ impl Admission {
         }
         Ok(WriteRequest { ops, condition })
     }
+}
+
+/// A value's shape as the store takes it: a time to live on leaves only, nesting within
+/// `value::MAX_DEPTH`. `numbered` names the op (`i`) in the refusal, as a batch's refusals do.
+fn shape(i: usize, v: &Value, ttl_ms: Option<u64>, numbered: bool) -> Result<(), Refusal> {
+    if ttl_ms.is_some() && v.is_object() {
+        let why = "ttl applies to leaf values only, not to objects";
+        return Err(Refusal::Invalid(if numbered {
+            format!("op {i}: {why}")
+        } else {
+            why.into()
+        }));
+    }
+    if value::depth(v) > value::MAX_DEPTH {
+        return Err(value::Error::TooDeep.into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -290,7 +303,13 @@ mod tests {
             cache_bytes: 1 << 20,
         };
         let (db, _writer) = Db::open(&dir.path().join("s.redb"), 1, opts).unwrap();
-        let plugins = Plugins::open(dir.path(), db.clone(), Default::default()).unwrap();
+        let plugins = Plugins::open(
+            dir.path(),
+            db.clone(),
+            Default::default(),
+            Default::default(),
+        )
+        .unwrap();
         let admission = Admission::new(db.clone(), plugins, 64);
         (dir, db, admission)
     }

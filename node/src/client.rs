@@ -161,8 +161,7 @@ impl Client {
             None => None,
         };
         let dial = Dial {
-            host: target.host.clone(),
-            port: target.port,
+            target: pool::Target::Host(target.host.clone(), target.port),
             server_name: target.server_name.clone(),
             tls: crate::tls::client_config(ca_pem).map_err(Error::Ca)?,
             connect_timeout: CONNECT_TIMEOUT,
@@ -185,8 +184,9 @@ impl Client {
     /// use [`Response::error_for_status`] to turn non-2xx answers into errors.
     ///
     /// `content-type: application/json` is sent with a body unless `headers` has a content type.
-    /// A failure on an open keep-alive connection (the server may have closed it meanwhile) is
-    /// retried once on a new connection for idempotent methods.
+    /// A request whose keep-alive connection the server closed before it was written is sent
+    /// again; a `GET` or `HEAD` that fails later is retried once on a new connection; a write
+    /// is never sent twice (`transport::pool`).
     pub async fn request(
         &self,
         method: Method,
@@ -897,7 +897,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dropped_keep_alive_connection_is_retried_only_for_idempotent_methods() {
+    async fn a_dropped_connection_is_retried_only_for_reads() {
         let server = server::start(true).await;
         let client = Client::new(&server.url, Some("secret".into()), &server.ca).unwrap();
         let get = || client.request(Method::GET, "/v1/kv/a", &[], None);
@@ -910,6 +910,12 @@ mod tests {
         let error = post.await.unwrap_err();
         assert!(matches!(error, Error::Http { .. }), "{error}");
         assert_eq!(server.connections.load(Ordering::SeqCst), 2);
+        // Nor a PUT (idempotent in HTTP, but herd's server may have made the write).
+        assert_eq!(get().await.unwrap().status, StatusCode::NOT_FOUND);
+        let put = client.request(Method::PUT, "/v1/kv/echo", &[], Some(Bytes::from("1")));
+        let error = put.await.unwrap_err();
+        assert!(matches!(error, Error::Http { .. }), "{error}");
+        assert_eq!(server.connections.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]

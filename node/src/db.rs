@@ -618,6 +618,75 @@ mod tests {
         assert_eq!(doc(&db), json!({}), "the reset is durable");
     }
 
+    /// A put below a leaf turns the leaf into a directory (an `Object` register, which drops
+    /// everything older below it), so it must be planned after a peer's register merged below
+    /// that leaf in the same group, or the store would keep a register its `Object` covers
+    /// (and the log would disagree with memory).
+    #[tokio::test]
+    async fn a_put_below_a_leaf_waits_for_a_peers_register_below_that_leaf() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("live/s.redb");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        let (db, _h) = Db::open(&file, 1, opts()).unwrap();
+        for i in 0..20 {
+            let leaf = db.write(put(&format!("/t{i}"), json!(1))).await.unwrap();
+            let peer = reg(Kind::Leaf("2".into()), leaf.version.millis + 1000, 9);
+            let key: Box<str> = format!("t{i}\0b").into();
+            // A write to keep the writer busy, so the merge and the put queue up together.
+            let (busy, merged, local) = tokio::join!(
+                db.write(put(&format!("/busy{i}"), json!(0))),
+                async {
+                    tokio::task::yield_now().await;
+                    db.merge(vec![(key.clone(), peer.clone())]).await
+                },
+                async {
+                    tokio::task::yield_now().await;
+                    tokio::task::yield_now().await;
+                    db.write(put(&format!("/t{i}/c"), json!(3))).await
+                },
+            );
+            busy.unwrap();
+            assert_eq!(merged.unwrap(), 1);
+            let local = local.unwrap();
+            assert!(
+                local.version > peer.version,
+                "the put orders after the merge"
+            );
+            // Planned after the merge, the put finds /t{i} a directory already (the peer's
+            // register below the leaf shows through), so it adds /t{i}/c beside it.
+            let mut s = String::new();
+            db.read().store.render(&format!("t{i}"), now_ms(), &mut s);
+            assert_eq!(s, r#"{"b":2,"c":3}"#, "round {i}");
+            let st = db.read();
+            for (k, r) in st.store.registers() {
+                for a in path::key_ancestors(k) {
+                    assert!(
+                        st.store.register(a).is_none_or(|x| x.version <= r.version),
+                        "round {i}: {k:?} is covered by {a:?} yet still stored"
+                    );
+                }
+            }
+        }
+        let memory: Vec<(String, Register)> = db
+            .read()
+            .store
+            .registers()
+            .map(|(k, r)| (k.to_owned(), r.clone()))
+            .collect();
+        let image = dir.path().join("image");
+        crash_image(file.parent().unwrap(), &image);
+        let mut storage = Storage::open(&image.join("s.redb"), 1 << 20).unwrap();
+        let mut replayed: Vec<(String, Register)> = storage
+            .load()
+            .unwrap()
+            .registers
+            .into_iter()
+            .map(|(k, r)| (k.into(), r))
+            .collect();
+        replayed.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(replayed, memory);
+    }
+
     #[tokio::test]
     async fn watchers_get_backlog_then_live_events() {
         let dir = tempfile::tempdir().unwrap();

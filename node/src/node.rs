@@ -197,8 +197,9 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
     let tracker = TaskTracker::new();
     // Plugins are loaded (from the compiled-code cache) before the API opens, so no write
     // slips past a plugin across a restart.
-    let plugins = crate::plugin::Plugins::open(&data_dir, db.clone(), tracker.clone())
-        .context("cannot start the plugin host")?;
+    let plugins =
+        crate::plugin::Plugins::open(&data_dir, db.clone(), tracker.clone(), cancel.clone())
+            .context("cannot start the plugin host")?;
     plugins.reload().await;
 
     let api_addr = listener.local_addr()?;

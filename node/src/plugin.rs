@@ -75,8 +75,10 @@ pub trait Fetch: Send + Sync {
 struct Inner {
     host: Host,
     db: Db,
-    /// The node's tracker: derive tasks join it, so shutdown waits for them.
+    /// The node's tracker and cancel token: derive tasks join the one and end with the other
+    /// (each under a child token of its own), so shutdown ends them and waits for them.
     tracker: tokio_util::task::TaskTracker,
+    cancel: tokio_util::sync::CancellationToken,
     dir: PathBuf,
     registry: RwLock<Arc<Registry>>,
     health: Mutex<HashMap<String, Arc<Health>>>,
@@ -118,6 +120,7 @@ impl Plugins {
         data_dir: &std::path::Path,
         db: Db,
         tracker: tokio_util::task::TaskTracker,
+        cancel: tokio_util::sync::CancellationToken,
     ) -> Result<Plugins, Error> {
         let dir = data_dir.join("plugins");
         let blobs = dir.join("blobs");
@@ -132,6 +135,7 @@ impl Plugins {
                 host,
                 db,
                 tracker,
+                cancel,
                 dir,
                 registry: RwLock::new(Arc::new(Registry::default())),
                 health: Mutex::new(HashMap::new()),
@@ -155,6 +159,10 @@ impl Plugins {
 
     pub(crate) fn tracker(&self) -> &tokio_util::task::TaskTracker {
         &self.inner.tracker
+    }
+
+    pub(crate) fn cancel(&self) -> &tokio_util::sync::CancellationToken {
+        &self.inner.cancel
     }
 
     /// Where peers' files come from once clustering is up.

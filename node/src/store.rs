@@ -92,8 +92,9 @@ pub struct Plan {
 }
 
 /// True if a register is a tombstone (a deletion or an expired leaf) whose grace period ended
-/// before `floor`: a store collects such registers ([`Store::due_tombstones`]), so it must not
-/// take them back from a peer that has not collected them yet.
+/// before `floor` (now minus the grace period): a store collects such registers
+/// ([`Store::due_tombstones`], with the same bound), so it must not take them back from a peer
+/// that has not collected them yet.
 pub fn past_grace(r: &Register, floor: u64) -> bool {
     match (&r.kind, r.expires) {
         (Kind::Deleted, _) => r.version.millis < floor,
@@ -618,12 +619,13 @@ impl Store {
 
     /// Tombstones (deletions and expired leaves) whose grace period has passed at `now`.
     pub fn due_tombstones(&self, now: u64, grace_ms: u64) -> Vec<Box<str>> {
-        let until = now.saturating_sub(grace_ms);
+        // Strictly before the floor, as [`past_grace`] refuses them from peers.
+        let floor = now.saturating_sub(grace_ms);
         self.ix
             .tombstones
             .range((
                 Bound::Unbounded,
-                Bound::Excluded((until + 1, Box::<str>::from(""))),
+                Bound::Excluded((floor, Box::<str>::from(""))),
             ))
             .map(|(_, k)| k.clone())
             .collect()

@@ -16,6 +16,9 @@ use crate::config::{self, Config};
 pub fn run(args: &ServeArgs, data_dir: Option<&Path>) -> anyhow::Result<()> {
     let (config, notes) = config(args, data_dir)?;
     if args.check_config {
+        for note in &notes {
+            super::note(&format!("config file: {note}"));
+        }
         return Ok(super::print(&format!("{config:#?}\n"))?);
     }
     let filter = EnvFilter::try_new(&args.log_level)

@@ -208,8 +208,7 @@ impl PeerClient {
         tasks: pool::Tasks,
     ) -> PeerClient {
         let dial = Dial {
-            host: addr.ip().to_string(),
-            port: addr.port(),
+            target: pool::Target::Addr(addr),
             server_name: ServerName::try_from(PEER_SERVER_NAME).expect("a valid DNS name"),
             tls,
             connect_timeout: CONNECT_TIMEOUT,

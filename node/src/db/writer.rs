@@ -117,8 +117,11 @@ impl Writer {
             for cmd in cmds.drain(..) {
                 match cmd {
                     Command::Write(req, reply) => {
-                        let overlaps =
-                            |g: &Group| req.ops.iter().any(|op| g.overlaps(op.path().key()));
+                        let above = self.leaves_above(&req);
+                        let overlaps = |g: &Group| {
+                            req.ops.iter().any(|op| g.overlaps(op.path().key()))
+                                || above.iter().any(|k| g.overlaps(k))
+                        };
                         if overlaps(&group) {
                             self.flush(std::mem::take(&mut group));
                         }
@@ -210,6 +213,26 @@ impl Writer {
         {
             self.inflight.pop_front();
         }
+    }
+
+    /// The keys above a local request's puts that hold a register other than a directory's:
+    /// a put below such a key may turn it into a directory (an `Object` register that drops
+    /// everything below it), so the request writes there too, and must not share a group with
+    /// (or be planned before the end of) a request that wrote below it. Usually none: a
+    /// directory's parents hold no register or an `Object` one.
+    fn leaves_above(&self, req: &WriteRequest) -> Vec<Box<str>> {
+        let st = self.state();
+        let mut out = Vec::new();
+        for op in &req.ops {
+            if let Op::Put { path, .. } = op {
+                out.extend(
+                    path::key_ancestors(path.key())
+                        .filter(|a| st.store.register(a).is_some_and(|r| r.kind != Kind::Object))
+                        .map(Box::<str>::from),
+                );
+            }
+        }
+        out
     }
 
     fn state(&self) -> RwLockReadGuard<'_, State> {

@@ -217,7 +217,8 @@ pub(super) fn reconcile(plugins: &Plugins, reg: &Registry) {
         {
             continue;
         }
-        let cancel = CancellationToken::new();
+        // A child of the node's token: a task started while the node shuts down ends at once.
+        let cancel = plugins.cancel().child_token();
         tasks.insert(m.name.clone(), (m.sha256.clone(), cancel.clone()));
         plugins
             .tracker()

@@ -421,6 +421,7 @@ impl Host {
             limits,
             idle: Mutex::new(Vec::new()),
             ticker: self.ticker.clone(),
+            _epoch: self._epoch.clone(),
             cached,
         })
     }
@@ -463,6 +464,8 @@ pub struct Program {
     limits: Limits,
     idle: Mutex<Vec<Slot>>,
     ticker: Arc<Ticker>,
+    /// Keeps the epoch thread running while the program can be called, host or not.
+    _epoch: Arc<Epoch>,
     /// The compiled code came from the cache.
     pub cached: bool,
 }

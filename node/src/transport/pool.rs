@@ -49,12 +49,19 @@ pub enum Error {
     Http(String),
 }
 
+/// Where a pool connects.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A DNS name or an IP address (without brackets), resolved at every connection.
+    Host(String, u16),
+    /// An address (an IPv6 link-local one keeps its scope).
+    Addr(std::net::SocketAddr),
+}
+
 /// Where to connect and how to check the server.
 #[derive(Clone)]
 pub struct Dial {
-    /// A DNS name or an IP address (without brackets).
-    pub host: String,
-    pub port: u16,
+    pub target: Target,
     /// The name the server's certificate must be valid for (sent as SNI unless an address).
     pub server_name: ServerName<'static>,
     pub tls: Arc<rustls::ClientConfig>,
@@ -66,6 +73,7 @@ pub struct Dial {
 #[derive(Clone)]
 pub struct Pool {
     client: Client<Connector, Full<Bytes>>,
+    tasks: Tasks,
 }
 
 /// Where the pool's tasks (one per connection, and the idle reaper) run: in a node, on its
@@ -108,23 +116,29 @@ impl Pool {
             tls: TlsConnector::from(dial.tls.clone()),
             dial: Arc::new(dial),
         };
-        let client = Client::builder(tasks)
+        let client = Client::builder(tasks.clone())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(IDLE_TIMEOUT)
             .pool_max_idle_per_host(max_idle)
             // Callers set `host` themselves (a peer's is the cluster's name, not an address).
             .set_host(false)
             .build(connector);
-        Pool { client }
+        Pool { client, tasks }
     }
 
     /// Sends a request whose URI is absolute (`https://authority/path`; the authority keys
     /// the pool, the connection always goes to the dialled address) and answers with the
-    /// response head; the body streams. A request with an idempotent method that fails once
-    /// its connection is open (a keep-alive connection the server closed just then) is sent
-    /// once more, on a new connection.
+    /// response head; the body streams. A request whose keep-alive connection closed before
+    /// the request was written is sent again on another (hyper-util does this); a read-only
+    /// request (`GET`, `HEAD`) that fails later on an open connection is sent once more on a
+    /// new one. A write is never sent twice: the server may have made it.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, Error> {
-        let retry = req.method().is_idempotent().then(|| copy(&req));
+        if let Tasks::Node(_, cancel) = &self.tasks {
+            if cancel.is_cancelled() {
+                return Err(Error::Connect("this node is shutting down".into()));
+            }
+        }
+        let retry = req.method().is_safe().then(|| copy(&req));
         match (self.client.request(req).await, retry) {
             (Ok(resp), _) => Ok(resp),
             (Err(e), Some(again)) if !e.is_connect() => {
@@ -178,9 +192,11 @@ impl tower_service::Service<Uri> for Connector {
         let (dial, tls) = (self.dial.clone(), self.tls.clone());
         Box::pin(async move {
             let open = async {
-                let tcp = TcpStream::connect((dial.host.as_str(), dial.port))
-                    .await
-                    .map_err(|e| Error::Connect(describe_io(&e)))?;
+                let tcp = match &dial.target {
+                    Target::Host(host, port) => TcpStream::connect((host.as_str(), *port)).await,
+                    Target::Addr(addr) => TcpStream::connect(addr).await,
+                }
+                .map_err(|e| Error::Connect(describe_io(&e)))?;
                 // Requests are small and latency matters more than packet count.
                 let _ = tcp.set_nodelay(true);
                 let stream = tls
