@@ -27,9 +27,10 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long an idle connection is kept: less than the servers' idle time (30 s), so a
-/// connection is not reused just as the server closes it.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long an idle connection is kept: less than the servers' idle time (the API's header
+/// timeout, 10 s by default; the peer port's 30 s), so a connection is seldom reused just as the
+/// server closes it (and a request that meets such a close before it is written is resent).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// Why a call failed. Messages are complete phrases ("connection refused"), for the caller to
 /// prefix with what it called.
