@@ -291,18 +291,10 @@ fn shape(i: usize, v: &Value, ttl_ms: Option<u64>, numbered: bool) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::Options;
     use serde_json::json;
 
     async fn open() -> (tempfile::TempDir, Db, Admission) {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = Options {
-            log_events: 100,
-            log_bytes: 1 << 20,
-            tombstone_grace_ms: 1 << 30,
-            cache_bytes: 1 << 20,
-        };
-        let (db, _writer) = Db::open(&dir.path().join("s.redb"), 1, opts).unwrap();
+        let (dir, db, _writer) = crate::db::open_for_tests(1, 1 << 30);
         let plugins = Plugins::open(
             dir.path(),
             db.clone(),

@@ -406,14 +406,7 @@ mod tests {
 
     /// A database in a temporary directory, its writer handle, and an empty token cache.
     fn open() -> (tempfile::TempDir, Db, db::WriterHandle, Tokens) {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = db::Options {
-            log_events: 100,
-            log_bytes: 1 << 20,
-            tombstone_grace_ms: 1000,
-            cache_bytes: 1 << 20,
-        };
-        let (db, h) = Db::open(&dir.path().join("s.redb"), 7, opts).unwrap();
+        let (dir, db, h) = db::open_for_tests(7, 1000);
         (dir, db, h, Tokens::default())
     }
 

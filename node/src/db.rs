@@ -428,18 +428,68 @@ pub fn next_housekeeping(db: &Db, max: Duration) -> Duration {
 }
 
 #[cfg(test)]
+impl Options {
+    /// Small tunables for tests (a short change log, a small cache) with `grace_ms` of
+    /// tombstone grace.
+    pub fn for_tests(grace_ms: u64) -> Options {
+        Options {
+            log_events: 100,
+            log_bytes: 1 << 20,
+            tombstone_grace_ms: grace_ms,
+            cache_bytes: 1 << 20,
+        }
+    }
+}
+
+/// A database of node `node_id` in a fresh temporary directory, for tests.
+#[cfg(test)]
+pub fn open_for_tests(node_id: u64, grace_ms: u64) -> (tempfile::TempDir, Db, WriterHandle) {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, h) = Db::open(
+        &dir.path().join("s.redb"),
+        node_id,
+        Options::for_tests(grace_ms),
+    )
+    .unwrap();
+    (dir, db, h)
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::Path;
     use serde_json::json;
 
     fn opts() -> Options {
-        Options {
-            log_events: 100,
-            log_bytes: 1 << 20,
-            tombstone_grace_ms: 7 * 24 * 3600 * 1000,
-            cache_bytes: 1 << 20,
-        }
+        Options::for_tests(7 * 24 * 3600 * 1000)
+    }
+
+    /// The registers in memory, in key order.
+    fn memory(db: &Db) -> Vec<(String, Register)> {
+        db.read()
+            .store
+            .registers()
+            .map(|(k, r)| (k.to_owned(), r.clone()))
+            .collect()
+    }
+
+    /// What a restart would load after a power cut now: the live files copied to `image`
+    /// (see [`crash_image`]), loaded, in key order.
+    fn replayed_after_power_cut(
+        live: &std::path::Path,
+        image: &std::path::Path,
+    ) -> Vec<(String, Register)> {
+        crash_image(live, image);
+        let mut storage = Storage::open(&image.join("s.redb"), 1 << 20).unwrap();
+        let mut replayed: Vec<(String, Register)> = storage
+            .load()
+            .unwrap()
+            .registers
+            .into_iter()
+            .map(|(k, r)| (k.into(), r))
+            .collect();
+        replayed.sort_by(|a, b| a.0.cmp(&b.0));
+        replayed
     }
 
     fn put(p: &str, v: serde_json::Value) -> WriteRequest {
@@ -667,24 +717,9 @@ mod tests {
                 }
             }
         }
-        let memory: Vec<(String, Register)> = db
-            .read()
-            .store
-            .registers()
-            .map(|(k, r)| (k.to_owned(), r.clone()))
-            .collect();
         let image = dir.path().join("image");
-        crash_image(file.parent().unwrap(), &image);
-        let mut storage = Storage::open(&image.join("s.redb"), 1 << 20).unwrap();
-        let mut replayed: Vec<(String, Register)> = storage
-            .load()
-            .unwrap()
-            .registers
-            .into_iter()
-            .map(|(k, r)| (k.into(), r))
-            .collect();
-        replayed.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(replayed, memory);
+        let replayed = replayed_after_power_cut(file.parent().unwrap(), &image);
+        assert_eq!(replayed, memory(&db));
     }
 
     #[tokio::test]
@@ -784,24 +819,9 @@ mod tests {
                     }
                 }
             });
-            let memory: Vec<(String, Register)> = db
-                .read()
-                .store
-                .registers()
-                .map(|(k, r)| (k.to_owned(), r.clone()))
-                .collect();
             let image = dir.path().join("image");
-            crash_image(file.parent().unwrap(), &image);
-            let mut storage = Storage::open(&image.join("s.redb"), 1 << 20).unwrap();
-            let mut replayed: Vec<(String, Register)> = storage
-                .load()
-                .unwrap()
-                .registers
-                .into_iter()
-                .map(|(k, r)| (k.into(), r))
-                .collect();
-            replayed.sort_by(|a, b| a.0.cmp(&b.0));
-            proptest::prop_assert_eq!(replayed, memory);
+            let replayed = replayed_after_power_cut(file.parent().unwrap(), &image);
+            proptest::prop_assert_eq!(replayed, memory(&db));
         }
     }
 }

@@ -210,7 +210,7 @@ fn changes_for(db: &Db, e: &Entry, w: &Write, token: &str) -> Vec<(Path, Change)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{Condition, Options, WriteRequest};
+    use crate::db::{Condition, WriteRequest};
     use crate::plugin::host::Output;
     use crate::plugin::manifest::Manifest;
     use crate::plugin::registry::Health;
@@ -297,14 +297,7 @@ mod tests {
     }
 
     async fn db() -> (tempfile::TempDir, Db) {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = Options {
-            log_events: 100,
-            log_bytes: 1 << 20,
-            tombstone_grace_ms: 1 << 30,
-            cache_bytes: 1 << 20,
-        };
-        let (db, _writer) = Db::open(&dir.path().join("s.redb"), 1, opts).unwrap();
+        let (dir, db, _writer) = crate::db::open_for_tests(1, 1 << 30);
         let op = Op::put(Path::parse("/app/port").unwrap(), &json!(80), None).unwrap();
         db.write(WriteRequest {
             ops: vec![op],
