@@ -187,14 +187,33 @@ impl Fs {
         self.reject(path, e.kind.errno(), &e.message)
     }
 
-    /// Apply `ops` to the store; a refusal is recorded against `path`.
+    /// Apply `ops` to the store; a refusal is recorded against `path`. A put of the value the
+    /// key already holds is left out, and a change left with nothing is not sent: tools that
+    /// rewrite unchanged files (configuration management, `rsync`, editors saving unchanged
+    /// buffers) then make no new version, no event and no replication.
     fn apply(&mut self, path: &[String], ops: Vec<backend::Op>) -> Result<()> {
+        let ops: Vec<backend::Op> = ops.into_iter().filter(|op| !self.holds(op)).collect();
+        if ops.is_empty() {
+            self.rejections.clear(path);
+            return Ok(());
+        }
         match self.backend.apply(ops) {
             Ok(()) => {
                 self.rejections.clear(path);
                 Ok(())
             }
             Err(e) => Err(self.refused(path, &e)),
+        }
+    }
+
+    /// True if `op` puts the value its key already holds (JSON equality: `8080` and `8080.0`
+    /// differ, as they do in the store).
+    fn holds(&self, op: &backend::Op) -> bool {
+        match op {
+            backend::Op::Put(path, value) => {
+                matches!(self.backend.read(path), Ok(Some(current)) if &current == value)
+            }
+            backend::Op::Delete(_) => false,
         }
     }
 

@@ -26,6 +26,26 @@ fn echo_stores_json_or_text_and_cat_shows_it() {
     assert_eq!(c.fs.write(fh, 0, b"\xff\xfe"), Err(Errno(libc::EINVAL)));
 }
 
+/// Configuration-management runs and `sed -i` rewrite files that did not change: writing a
+/// key's current value again, in place or through a scratch file renamed over it, sends the
+/// store nothing (no new version, no event).
+#[test]
+fn rewriting_the_current_value_changes_nothing() {
+    let mut c = Check::new(json!({"port": 8080}));
+    c.changes();
+    c.put("port", "8080\n").unwrap();
+    c.put("port", "8080").unwrap();
+    c.put("sedAb12Cd", "8080\n").unwrap();
+    c.rename("sedAb12Cd", "port").unwrap();
+    assert_eq!(c.changes(), Vec::<Vec<String>>::new(), "nothing was sent");
+    assert_eq!(c.cat("port").unwrap(), "8080\n");
+    assert_eq!(c.ls(""), [".herd", "port"], "the temporary is gone");
+    // A different value, even one equal as a number, is a change.
+    c.put("port", "8080.0").unwrap();
+    assert_eq!(c.changes(), [p("port")]);
+    assert_eq!(c.value("port"), Some(json!(8080.0)));
+}
+
 #[test]
 fn a_json_object_written_into_a_file_makes_a_directory() {
     let mut c = Check::new(json!({}));
