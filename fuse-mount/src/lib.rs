@@ -8,8 +8,8 @@
 //! Layout:
 //! - [`backend`]: the trait the store implements, and its error kinds (each maps to one errno).
 //! - [`content`]: how a value is shown as file bytes and how written bytes become a value.
-//! - [`scratch`]: which new file names are editors' scratch files, kept in memory only
-//!   ([`SCRATCH_RULES`]).
+//! - [`scratch`]: which new file names are scratch files (hidden files, editors' and tools'
+//!   temporaries), kept in memory only ([`SCRATCH_RULES`]).
 //! - `table`: inode numbers for paths, and the mount's local files.
 //! - `fs`: the filesystem's logic without FUSE types (handles, the write path, rename and the
 //!   deferred deletion of keys renamed to backups, `/.herd`), tested without a mount.
@@ -30,15 +30,16 @@
 //! and refused by `write()` itself, because bash's `echo` ignores errors seen only at
 //! `close()`. A handle that was refused never commits: the old value stays.
 //!
-//! Scratch names (exactly these; a name already in the store stays a key):
-//! `.NAME.swp` … `.NAME.swa`, `.NAME.swpx`, `.NAME.swx` (vim swap files and probes), `NAME~`
-//! (backups), `4913` + 123·k for k < 10 (vim's write probe), `#NAME#` and `.#NAME` (emacs),
-//! `sed` + 6 letters or digits (`sed -i`). Nothing else: not `*.tmp`, not `*.bak`.
+//! Scratch names (exactly these; a name already in the store stays a key): any hidden name
+//! `.NAME` (rsync's `.NAME.XXXXXX`, vim's swap files, emacs' `.#NAME`, atomic-write helpers
+//! given a hidden prefix), `NAME~` (backups), `4913` + 123·k for k < 10 (vim's write probe),
+//! `#NAME#` (emacs), `sed` + 6 letters or digits (`sed -i`). Nothing else: not `*.tmp`, not
+//! `*.bak`. A put of the value a key already holds is not sent to the store (see `Fs::apply`).
 //!
 //! New files stay local until their first commit (a `touch` commits the empty string), so no
 //! empty key appears while `cp` or an editor is still writing. Scratch files (see
 //! [`SCRATCH_RULES`]) never reach the store; renaming one onto a key stores its content
-//! (`sed -i`, editors). Renaming a key to a scratch name (vim's backup on save) keeps its value
+//! (`sed -i`, editors, rsync, `os.replace`). Renaming a key to a scratch name (vim's backup on save) keeps its value
 //! in a local file and defers deleting the key until that file is unlinked, unless the key is
 //! written again first, so peers never see the key disappear during a save.
 //!

@@ -1,45 +1,29 @@
-//! Which new file names are editors' and tools' scratch files, kept in the mount's memory and
-//! never sent to the store. A pure rule over one name; knows nothing of the store.
+//! Which new file names are scratch files (hidden files, editors' and tools' temporaries), kept
+//! in the mount's memory and never sent to the store. A pure rule over one name; knows nothing
+//! of the store.
 
 /// The scratch-name rules, as text for the README and `--help`.
 pub const SCRATCH_RULES: &str = "\
 A new file is kept local to the mount (never sent to the store) when its name is:
-  .NAME.swp .NAME.swo ... .NAME.swa              vim swap files (a leading dot, then .sw[a-p])
-  .NAME.swpx .NAME.swx                           vim's probes for swap names
+  .NAME                                          hidden: any name with a leading dot, which
+                                                 covers the temporaries of rsync (.NAME.XXXXXX),
+                                                 vim (.NAME.swp, ...), emacs (.#NAME) and of
+                                                 atomic-write helpers given a hidden prefix
   NAME~                                          backups (vim, emacs, nano)
   4913, 5036, 5159, ... 6020                     vim's write probe (4913 + 123 k, k < 10)
   #NAME#                                         emacs auto-save files
-  .#NAME                                         emacs lock files
   sedXXXXXX                                      sed -i temporary files (sed + 6 letters or digits)
 Renaming such a file onto a key stores its content as that key's value, in one update.
 A key that already exists in the store keeps behaving as a key, whatever its name.";
 
 /// Is `name` a scratch name (see [`SCRATCH_RULES`])?
 pub fn is_scratch(name: &str) -> bool {
-    vim_swap(name) || backup(name) || vim_probe(name) || emacs(name) || sed_temp(name)
+    hidden(name) || backup(name) || vim_probe(name) || emacs(name) || sed_temp(name)
 }
 
-fn vim_swap(name: &str) -> bool {
-    let Some(stem) = name.strip_prefix('.') else {
-        return false;
-    };
-    // `.swp` alone (an unnamed buffer) shares its leading dot with the suffix; a trailing
-    // `x` marks vim's probe for a name it may use.
-    let (stem, probe) = match stem.strip_suffix('x') {
-        Some(stem) => (stem, true),
-        None => (stem, false),
-    };
-    let Some(rest) = stem.strip_prefix("sw").or_else(|| {
-        let (head, tail) = stem.rsplit_once(".sw")?;
-        (!head.is_empty()).then_some(tail)
-    }) else {
-        return false;
-    };
-    match rest.as_bytes() {
-        [b'a'..=b'p'] => true,
-        [] => probe, // `.NAME.swx`
-        _ => false,
-    }
+/// A hidden name: a leading dot (`.` and `..` are not names).
+fn hidden(name: &str) -> bool {
+    name.starts_with('.') && name != "." && name != ".."
 }
 
 fn backup(name: &str) -> bool {
@@ -57,8 +41,7 @@ fn vim_probe(name: &str) -> bool {
 }
 
 fn emacs(name: &str) -> bool {
-    (name.len() > 2 && name.starts_with('#') && name.ends_with('#'))
-        || (name.len() > 2 && name.starts_with(".#"))
+    name.len() > 2 && name.starts_with('#') && name.ends_with('#')
 }
 
 fn sed_temp(name: &str) -> bool {
@@ -91,6 +74,12 @@ mod tests {
             ".#port",
             "sedAb12Z9",
             "sedaaaaaa",
+            ".hidden",
+            ".port.Xy3aQ9",
+            ".port.tmp",
+            "..swp",
+            ".port.swq",
+            ".#",
         ] {
             assert!(is_scratch(name), "{name} should be scratch");
         }
@@ -102,12 +91,8 @@ mod tests {
             "port",
             "swp",
             "port.swp",
-            ".port.swq",
-            ".port.swqx",
-            ".port.swpxx",
-            "..swp",
-            ".sw",
-            ".port.sw",
+            ".",
+            "..",
             "~",
             "4912",
             "4914",
@@ -117,14 +102,13 @@ mod tests {
             "##",
             "#port",
             "port#",
-            ".#",
             "sed",
             "sedAb12Z",
             "sedAb12Z90",
             "sed-b12Z9",
             "app.tmp",
             "x.bak",
-            ".hidden",
+            "tmpk3j_2x9a",
         ] {
             assert!(!is_scratch(name), "{name} should not be scratch");
         }
@@ -132,7 +116,7 @@ mod tests {
 
     #[test]
     fn non_ascii_names_do_not_panic() {
-        for name in [".é.swp", ".ééé", "éé", "sedéééé", "#é#", ".#é"] {
+        for name in [".é.swp", ".ééé", "éé", "sedéééé", "#é#", ".#é", "é~"] {
             let _ = is_scratch(name);
         }
         assert!(is_scratch(".é.swp"));

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use http::Method;
 use serde_json::json;
 use tests::mount::{is_mounted, lazy_unmount, put_json, require_fuse, sh_in, MountedNode};
 use tests::{wait_for, ChildNode, Cli};
@@ -142,6 +143,63 @@ async fn files_behave_as_on_a_local_disk_for_common_tools() {
     let doc = m.get("/").await.unwrap();
     let keys: Vec<&String> = doc.as_object().unwrap().keys().collect();
     assert_eq!(keys, ["conf", "imported", "kept", "new", "svc"], "{doc}");
+}
+
+/// The node's revision: it moves with every change the store makes.
+async fn revision(m: &MountedNode) -> u64 {
+    let resp = m
+        .client
+        .request(Method::GET, "/v1/status", &[], None)
+        .await
+        .unwrap();
+    resp.json().unwrap()["revision"].as_u64().unwrap()
+}
+
+/// Tools that save through a hidden temporary renamed over the key (rsync, Python's tempfile
+/// and os.replace) make one write of the key and never show the temporary; a second `rsync -a`
+/// of an unchanged tree, which rewrites every file, changes nothing.
+#[tokio::test]
+async fn hidden_temporaries_and_unchanged_rewrites_change_nothing() {
+    if !require_fuse("hidden_temporaries_and_unchanged_rewrites_change_nothing") {
+        return;
+    }
+    let m = MountedNode::start().await;
+    let src = tempfile::tempdir().unwrap();
+    let s = src.path().display();
+    sh_in(
+        src.path(),
+        "mkdir -p app && echo 8080 > app/port && echo web > app/name && echo '\"8080\"' > app/quoted",
+    );
+    let before = revision(&m).await;
+    m.ok(&format!("rsync -a {s}/ ./"));
+    let after_first = revision(&m).await;
+    assert_eq!(
+        after_first - before,
+        4,
+        "one write per directory and file, none for temporaries"
+    );
+    assert_eq!(
+        m.get("/app").await,
+        Some(json!({"port": 8080, "name": "web", "quoted": "8080"}))
+    );
+    m.ok(&format!(
+        "rsync -a {s}/ ./ && rsync -a --checksum {s}/ ./ && touch -d 2001-01-01 app/port"
+    ));
+    assert_eq!(
+        revision(&m).await,
+        after_first,
+        "unchanged rewrites change nothing"
+    );
+    m.ok("python3 -c 'import os, tempfile\n\
+         fd, tmp = tempfile.mkstemp(dir=\"app\", prefix=\".port.\")\n\
+         os.write(fd, b\"9090\\n\"); os.close(fd); os.replace(tmp, \"app/port\")'");
+    assert_eq!(
+        revision(&m).await,
+        after_first + 1,
+        "one write of the final key"
+    );
+    assert_eq!(m.get("/app/port").await, Some(json!(9090)));
+    assert_eq!(m.ok("ls -A app"), "name\nport\nquoted\n");
 }
 
 #[tokio::test]

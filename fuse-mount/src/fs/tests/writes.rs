@@ -26,17 +26,17 @@ fn echo_stores_json_or_text_and_cat_shows_it() {
     assert_eq!(c.fs.write(fh, 0, b"\xff\xfe"), Err(Errno(libc::EINVAL)));
 }
 
-/// Configuration-management runs and `sed -i` rewrite files that did not change: writing a
-/// key's current value again, in place or through a scratch file renamed over it, sends the
-/// store nothing (no new version, no event).
+/// Configuration-management runs and `rsync` rewrite files that did not change: writing a
+/// key's current value again, in place or through a hidden temporary renamed over it, sends
+/// the store nothing (no new version, no event).
 #[test]
 fn rewriting_the_current_value_changes_nothing() {
     let mut c = Check::new(json!({"port": 8080}));
     c.changes();
     c.put("port", "8080\n").unwrap();
     c.put("port", "8080").unwrap();
-    c.put("sedAb12Cd", "8080\n").unwrap();
-    c.rename("sedAb12Cd", "port").unwrap();
+    c.put(".port.Xy3aQ9", "8080\n").unwrap();
+    c.rename(".port.Xy3aQ9", "port").unwrap();
     assert_eq!(c.changes(), Vec::<Vec<String>>::new(), "nothing was sent");
     assert_eq!(c.cat("port").unwrap(), "8080\n");
     assert_eq!(c.ls(""), [".herd", "port"], "the temporary is gone");
@@ -44,6 +44,33 @@ fn rewriting_the_current_value_changes_nothing() {
     c.put("port", "8080.0").unwrap();
     assert_eq!(c.changes(), [p("port")]);
     assert_eq!(c.value("port"), Some(json!(8080.0)));
+}
+
+/// A hidden file (a leading dot) stays in the mount: rsync's and atomic-write helpers'
+/// temporaries never reach the store, and renaming one over a key is one write of that key.
+/// A hidden name the store already holds is a key like any other.
+#[test]
+fn hidden_files_stay_local_until_renamed_onto_a_key() {
+    let mut c = Check::new(json!({".pre": 1}));
+    c.changes();
+    c.put(".env", "x").unwrap();
+    assert_eq!(c.cat(".env").unwrap(), "x", "kept as written");
+    assert_eq!(c.value(".env"), None);
+    c.put(".conf.tmp", "{\"a\": 1}").unwrap();
+    assert_eq!(
+        c.changes(),
+        Vec::<Vec<String>>::new(),
+        "nothing reached the store"
+    );
+    c.rename(".conf.tmp", "conf").unwrap();
+    assert_eq!(c.value("conf"), Some(json!({"a": 1})));
+    assert_eq!(c.changes(), [p("conf")], "one write of the final key");
+    c.put(".pre", "2").unwrap();
+    assert_eq!(
+        c.value(".pre"),
+        Some(json!(2)),
+        "a hidden key the store holds stays a key"
+    );
 }
 
 #[test]
