@@ -114,26 +114,8 @@ impl Admission {
     /// request's body, so a forbidden request is refused at once; [`Admission::judge`] checks
     /// again.
     pub fn authorize(&self, grant: &Grant, p: &Path, put: bool) -> Result<(), Refusal> {
-        if grant.role < Role::Write {
-            return Err(Refusal::Role(
-                format!(
-                    "token {:?} has role {:?}; this needs {:?}",
-                    grant.name,
-                    grant.role,
-                    Role::Write
-                )
-                .to_lowercase(),
-            ));
-        }
-        if p.first() == Some(RESERVED) {
-            return Err(Refusal::Reserved(p.clone()));
-        }
-        if !grant.covers(p) {
-            return Err(Refusal::OutsidePrefix(format!(
-                "token {:?} is limited to {}; {p} is outside it",
-                grant.name, grant.prefix
-            )));
-        }
+        check_role(grant, Role::Write)?;
+        check_path(grant, p)?;
         if p.is_root() {
             return Err(Refusal::Root);
         }
@@ -177,12 +159,12 @@ impl Admission {
         numbered: bool,
     ) -> Result<WriteRequest, Refusal> {
         let (writes, ttls) = self.before(grant, asked, numbered)?;
-        let writes = if self.plugins.concerned(writes.iter().map(|w| &w.path)) {
-            self.plugins.judge(writes, &grant.name).await?
+        let (writes, judged) = if self.plugins.concerned(writes.iter().map(|w| &w.path)) {
+            (self.plugins.judge(writes, &grant.name).await?, true)
         } else {
-            writes
+            (writes, false)
         };
-        self.after(writes, ttls, condition, numbered)
+        self.after(writes, ttls, condition, numbered, judged)
     }
 
     /// [`Admission::judge`] on the calling thread (the file view's threads).
@@ -193,12 +175,12 @@ impl Admission {
         condition: Condition,
     ) -> Result<WriteRequest, Refusal> {
         let (writes, ttls) = self.before(grant, asked, false)?;
-        let writes = if self.plugins.concerned(writes.iter().map(|w| &w.path)) {
-            self.plugins.judge_now(writes, &grant.name)?
+        let (writes, judged) = if self.plugins.concerned(writes.iter().map(|w| &w.path)) {
+            (self.plugins.judge_now(writes, &grant.name)?, true)
         } else {
-            writes
+            (writes, false)
         };
-        self.after(writes, ttls, condition, false)
+        self.after(writes, ttls, condition, false, judged)
     }
 
     /// Judges a request and makes it; answers once it is durable.
@@ -241,13 +223,15 @@ impl Admission {
         Ok((writes, ttls))
     }
 
-    /// Step 3: the values as judged, exploded into ops within the limits.
+    /// Step 3: the values as judged, exploded into ops within the limits. Their shape was
+    /// checked before the plugins; it is checked again only if plugins may have rewritten them.
     fn after(
         &self,
         writes: Vec<Write>,
         ttls: Vec<Option<u64>>,
         condition: Condition,
         numbered: bool,
+        judged: bool,
     ) -> Result<WriteRequest, Refusal> {
         let mut ops = Vec::with_capacity(writes.len());
         for (i, (w, ttl_ms)) in writes.into_iter().zip(ttls).enumerate() {
@@ -255,7 +239,9 @@ impl Admission {
                 ops.push(Op::Delete { path: w.path });
                 continue;
             };
-            shape(i, &v, ttl_ms, numbered)?;
+            if judged {
+                shape(i, &v, ttl_ms, numbered)?;
+            }
             let op = Op::put(w.path, &v, ttl_ms)?;
             if let Op::Put { text, .. } = &op {
                 if text.len() > self.max_value_bytes {
@@ -269,6 +255,35 @@ impl Admission {
         }
         Ok(WriteRequest { ops, condition })
     }
+}
+
+/// May `grant` act with `role`? The API's reads and token calls ask this too.
+pub fn check_role(grant: &Grant, role: Role) -> Result<(), Refusal> {
+    if grant.role >= role {
+        return Ok(());
+    }
+    Err(Refusal::Role(
+        format!(
+            "token {:?} has role {:?}; this needs {:?}",
+            grant.name, grant.role, role
+        )
+        .to_lowercase(),
+    ))
+}
+
+/// May `grant` touch `p`: not the node's reserved subtree, and inside the token's prefix. The
+/// API's reads and watches ask this too.
+pub fn check_path(grant: &Grant, p: &Path) -> Result<(), Refusal> {
+    if p.first() == Some(RESERVED) {
+        return Err(Refusal::Reserved(p.clone()));
+    }
+    if !grant.covers(p) {
+        return Err(Refusal::OutsidePrefix(format!(
+            "token {:?} is limited to {}; {p} is outside it",
+            grant.name, grant.prefix
+        )));
+    }
+    Ok(())
 }
 
 /// A value's shape as the store takes it: a time to live on leaves only, nesting within

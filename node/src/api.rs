@@ -389,19 +389,7 @@ fn decode_basic_password(b64: &str) -> Option<String> {
 
 /// Requires at least `role`.
 pub fn require(grant: &Grant, role: Role) -> Result<()> {
-    if grant.role >= role {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "token {:?} has role {:?}; this needs {:?}",
-                grant.name, grant.role, role
-            )
-            .to_lowercase(),
-        ))
-    }
+    Ok(crate::admission::check_role(grant, role)?)
 }
 
 /// Requires at least `role` on path `p`: the role, a prefix that covers `p`, and `p` not reserved.
@@ -428,24 +416,7 @@ pub fn require_node_wide(grant: &Grant) -> Result<()> {
 
 /// Requires that the token's prefix covers `p` and that `p` is not reserved.
 pub fn require_path(grant: &Grant, p: &Path) -> Result<()> {
-    if p.first() == Some(auth::RESERVED) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "reserved_path",
-            format!("{p} is reserved for the node itself"),
-        ));
-    }
-    if !grant.covers(p) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "outside_prefix",
-            format!(
-                "token {:?} is limited to {}; {p} is outside it",
-                grant.name, grant.prefix
-            ),
-        ));
-    }
-    Ok(())
+    Ok(crate::admission::check_path(grant, p)?)
 }
 
 /// The value of a query parameter (`?keys`, `?ttl=30s`); `Some("")` for a bare flag.

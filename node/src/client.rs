@@ -261,12 +261,11 @@ impl Client {
             return Err(bad_path("must start with '/'"));
         }
         let target = &self.inner.target;
-        let uri: Uri = format!(
-            "https://{}{}{}",
-            target.authority_text, target.prefix, path_and_query
-        )
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| bad_path(&e.to_string()))?;
+        // The authority was checked to be header-safe text when the client was made.
+        let authority = target.authority.to_str().unwrap_or_default();
+        let uri: Uri = format!("https://{authority}{}{path_and_query}", target.prefix)
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad_path(&e.to_string()))?;
         let mut request = Request::builder()
             .method(method)
             .uri(uri)
@@ -480,10 +479,8 @@ struct Target {
     port: u16,
     /// The name the server certificate must be valid for (sent as SNI unless an IP address).
     server_name: ServerName<'static>,
-    /// Value of the `host` header: the URL's authority.
+    /// Value of the `host` header: the URL's authority (also in the requests' absolute URIs).
     authority: HeaderValue,
-    /// The same authority, for the requests' absolute URIs.
-    authority_text: String,
     /// Path of the base URL without its trailing `/`, prepended to every request path.
     prefix: String,
 }
@@ -531,7 +528,6 @@ fn parse_base_url(base_url: &str) -> Result<Target, Error> {
         port: authority.port_u16().unwrap_or(443),
         server_name,
         authority: authority_value,
-        authority_text: authority.as_str().to_string(),
         prefix: uri.path().trim_end_matches('/').to_string(),
     })
 }

@@ -322,8 +322,10 @@ impl Store {
         }
     }
 
-    /// Merges one register by [`Store::plan`]'s rule, with no grace period. Returns whether it
+    /// Merges one register by [`Store::plan`]'s rule, with no grace period (the tests' way to
+    /// build a store one register at a time; the node plans whole requests). Returns whether it
     /// entered (false: it was covered, or a duplicate).
+    #[cfg(test)]
     pub fn merge(&mut self, key: &str, reg: Register) -> bool {
         let plan = self.plan(vec![(key.into(), reg)], 0);
         let entered = !plan.puts.is_empty();
