@@ -43,7 +43,7 @@ pub enum Op {
 }
 
 /// What changed in the store, for cache invalidation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Change {
     /// The value at this path, or something below it, changed (put, delete, expiry).
     Path(Vec<String>),

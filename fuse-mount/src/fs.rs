@@ -8,9 +8,11 @@
 //!
 //! Children: `lookup` (names, attributes, listings, xattrs), `open` (handles, open, create,
 //! read), `write` (the write path and commits), `namespace` (mkdir, unlink, rmdir, rename),
-//! `control` (the synthesized `/.herd` directory).
+//! `control` (the synthesized `/.herd` directory), `echo` (the requests of the replaying
+//! thread, answered without changing anything).
 
 mod control;
+mod echo;
 mod lookup;
 mod namespace;
 mod open;
@@ -29,7 +31,8 @@ use crate::backend::{self, Backend, Node};
 use crate::content::encode;
 use crate::invalidation::Job;
 use crate::rejections::Rejections;
-use crate::table::{Ino, Kind, Local, Table};
+use crate::replay::Echo;
+use crate::table::{Ino, Kind, Listing, Local, Seen, Table, ROOT};
 
 pub(crate) use control::is_control as control_path;
 pub(crate) use open::Handle;
@@ -111,6 +114,8 @@ pub(crate) struct Fs {
     table: Arc<Mutex<Table>>,
     /// Work for the invalidation thread.
     jobs: Sender<Job>,
+    /// The replaying thread's act in progress.
+    echo: Arc<Echo>,
     /// Open files and directories by handle number.
     handles: HashMap<u64, Handle>,
     /// The next handle number (never reused).
@@ -141,7 +146,8 @@ fn millis(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
-fn fingerprint(bytes: &[u8]) -> u64 {
+/// A fingerprint of file content.
+pub(crate) fn fingerprint(bytes: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
     bytes.hash(&mut h);
     h.finish()
@@ -153,13 +159,15 @@ impl Fs {
         backend: Arc<dyn Backend>,
         table: Arc<Mutex<Table>>,
         jobs: Sender<Job>,
+        echo: Arc<Echo>,
         uid: u32,
         gid: u32,
     ) -> Self {
-        Fs {
+        let fs = Fs {
             backend,
             table,
             jobs,
+            echo,
             handles: HashMap::new(),
             next_fh: 1,
             write_seq: 0,
@@ -167,6 +175,42 @@ impl Fs {
             rejections: Rejections::default(),
             uid,
             gid,
+        };
+        let root = fs.store_listing(&[]);
+        lock(&fs.table).set_listing(ROOT, root);
+        fs
+    }
+
+    /// What the store holds in directory `path`, as its first listing (contents unknown).
+    fn store_listing(&self, path: &[String]) -> Listing {
+        let Ok(children) = self.backend.list(path) else {
+            return Listing::new();
+        };
+        children
+            .into_iter()
+            .filter(|c| {
+                let control = path.is_empty() && c.name == control::DIR;
+                !control && !self.hidden.contains(&child(path, &c.name))
+            })
+            .map(|c| {
+                let kind = if c.is_dir { Kind::Dir } else { Kind::File };
+                (
+                    c.name,
+                    Seen {
+                        kind,
+                        content: None,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The kernel took a lookup on `ino` at `path`: a directory it did not hold gets its
+    /// first listing.
+    fn held(&self, t: &mut Table, ino: Ino, path: &[String]) {
+        t.looked_up(ino);
+        if t.get(ino).is_some_and(|i| i.kind == Kind::Dir) && !t.has_listing(ino) {
+            t.set_listing(ino, self.store_listing(path));
         }
     }
 
@@ -191,14 +235,22 @@ impl Fs {
     /// key already holds is left out, and a change left with nothing is not sent: tools that
     /// rewrite unchanged files (configuration management, `rsync`, editors saving unchanged
     /// buffers) then make no new version, no event and no replication.
-    fn apply(&mut self, path: &[String], ops: Vec<backend::Op>) -> Result<()> {
+    ///
+    /// The caller holds the table lock (`t`) throughout, so the listings say what the local
+    /// process showed watchers before the replay of this change looks at them (`replay`).
+    fn apply(&mut self, t: &mut Table, path: &[String], ops: Vec<backend::Op>) -> Result<()> {
         let ops: Vec<backend::Op> = ops.into_iter().filter(|op| !self.holds(op)).collect();
         if ops.is_empty() {
             self.rejections.clear(path);
             return Ok(());
         }
+        let shown: Vec<(Vec<String>, Option<Seen>)> =
+            ops.iter().filter_map(|op| shown(t, op)).collect();
         match self.backend.apply(ops) {
             Ok(()) => {
+                for (path, seen) in shown {
+                    t.saw(&path, seen);
+                }
                 self.rejections.clear(path);
                 Ok(())
             }
@@ -359,5 +411,33 @@ impl Fs {
             names.insert(control::DIR.to_owned(), Kind::Dir);
         }
         Ok(names)
+    }
+}
+
+/// What a local process showed watchers by causing `op`: a file with this content, a
+/// directory, or nothing; `None` to leave the listing as it is. An object written into a file
+/// still shows a file: the replay of the change then shows it becoming a directory.
+fn shown(t: &Table, op: &backend::Op) -> Option<(Vec<String>, Option<Seen>)> {
+    match op {
+        backend::Op::Put(path, serde_json::Value::Object(_)) => {
+            let (name, dir) = path.split_last()?;
+            let listed = t.listing(dir).and_then(|l| l.get(name));
+            if listed.is_some_and(|s| s.kind == Kind::File) {
+                return None;
+            }
+            let dir = Seen {
+                kind: Kind::Dir,
+                content: None,
+            };
+            Some((path.clone(), Some(dir)))
+        }
+        backend::Op::Put(path, leaf) => {
+            let file = Seen {
+                kind: Kind::File,
+                content: Some(fingerprint(&encode(leaf))),
+            };
+            Some((path.clone(), Some(file)))
+        }
+        backend::Op::Delete(path) => Some((path.clone(), None)),
     }
 }

@@ -1,6 +1,15 @@
 //! The invalidation thread: turns the store's changes (and the filesystem's own requests) into
-//! kernel cache invalidations. It runs apart from the request thread because a notification
-//! sent from inside a request handler can deadlock the kernel.
+//! kernel cache invalidations, then replays the changes on the mount so that the kernel raises
+//! their inotify events (`replay`). It runs apart from the request thread because a
+//! notification sent from inside a request handler can deadlock the kernel, and because the
+//! replay's system calls are answered by the request thread.
+//!
+//! It takes the jobs queued so far as one batch: every invalidation first, so the kernel's
+//! caches are right as soon as possible, then one replay per changed path (a path changed
+//! several times in the batch is replayed once, against the store as it is then: the
+//! replay compares what watchers saw with the store, so nothing is lost by coalescing). A
+//! storm of changes therefore costs the replay at most one pass per distinct path, and the
+//! mount keeps answering meanwhile: the replay waits on one request at a time.
 //!
 //! Invariant: the table lock is never held while talking to the kernel or the store.
 //!
@@ -9,6 +18,7 @@
 //! changed or it vanished (invalidating a directory that still exists would orphan the working
 //! directory of every shell inside it).
 
+use std::collections::HashSet;
 use std::io;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,7 +26,11 @@ use std::thread::{self, JoinHandle};
 
 use crate::backend::{Backend, Change, Node};
 use crate::fs::control_path;
+use crate::replay::Replayer;
 use crate::table::{Ino, Kind, Table};
+
+/// The most jobs taken as one batch.
+const BATCH: usize = 4096;
 
 /// Work for the invalidation thread.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,34 +58,62 @@ pub(crate) trait Kernel: Send + 'static {
     fn inval_entry(&self, parent: Ino, name: &str) -> io::Result<()>;
 }
 
-/// Start the thread; it ends on [`Job::Stop`] or when every sender is gone.
+/// Start the thread; it ends on [`Job::Stop`] or when every sender is gone. Without a
+/// `replayer`, changes only invalidate.
 pub(crate) fn spawn(
     table: Arc<Mutex<Table>>,
     backend: Arc<dyn Backend>,
     kernel: impl Kernel,
     jobs: Receiver<Job>,
+    mut replayer: Option<Replayer>,
 ) -> io::Result<JoinHandle<()>> {
     thread::Builder::new()
         .name("herd-fuse-inval".to_owned())
         .spawn(move || {
-            while let Ok(job) = jobs.recv() {
-                let invals = match job {
-                    Job::Stop => break,
-                    Job::Change(change) => plan(&table, backend.as_ref(), &change),
-                    Job::Entry { parent, name } => vec![Inval::Entry(parent, name)],
-                    Job::Inode(ino) => vec![Inval::Inode(ino)],
-                };
-                for inval in invals {
-                    let result = match &inval {
-                        Inval::Inode(ino) => kernel.inval_inode(*ino),
-                        Inval::Entry(parent, name) => kernel.inval_entry(*parent, name),
+            while let Ok(first) = jobs.recv() {
+                let mut batch = vec![first];
+                batch.extend(jobs.try_iter().take(BATCH - 1));
+                let mut stop = false;
+                let mut changes = Vec::new();
+                let mut seen = HashSet::new();
+                for job in batch {
+                    let invals = match job {
+                        Job::Stop => {
+                            stop = true;
+                            break;
+                        }
+                        Job::Change(change) => {
+                            let invals = plan(&table, backend.as_ref(), &change);
+                            if seen.insert(change.clone()) {
+                                changes.push(change);
+                            }
+                            invals
+                        }
+                        Job::Entry { parent, name } => vec![Inval::Entry(parent, name)],
+                        Job::Inode(ino) => vec![Inval::Inode(ino)],
                     };
-                    if let Err(e) = result {
-                        tracing::debug!("cache invalidation {inval:?} failed: {e}");
-                    }
+                    send(&kernel, invals);
+                }
+                if let Some(replayer) = replayer.as_mut() {
+                    replayer.replay(&table, backend.as_ref(), &changes);
+                }
+                if stop {
+                    break;
                 }
             }
         })
+}
+
+fn send(kernel: &impl Kernel, invals: Vec<Inval>) {
+    for inval in invals {
+        let result = match &inval {
+            Inval::Inode(ino) => kernel.inval_inode(*ino),
+            Inval::Entry(parent, name) => kernel.inval_entry(*parent, name),
+        };
+        if let Err(e) = result {
+            tracing::debug!("cache invalidation {inval:?} failed: {e}");
+        }
+    }
 }
 
 /// One inode the kernel may cache, as the table knew it.

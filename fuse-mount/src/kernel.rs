@@ -1,5 +1,6 @@
 //! The FUSE adapter: `fuser`'s `Filesystem` over [`Fs`]. Each callback converts its arguments,
-//! calls one `Fs` method and replies exactly once; nothing else happens here.
+//! calls one `Fs` method and replies exactly once; nothing else happens here. Requests of the
+//! replaying thread (`Fs::is_echo`) go to the `echo_*` methods, which change nothing.
 
 use std::ffi::OsStr;
 use std::time::{Duration, SystemTime};
@@ -20,7 +21,9 @@ pub(crate) struct Adapter {
     /// How long the kernel may cache entries and attributes (changes are pushed).
     ttl: Duration,
     /// A read-only mount: files are never opened through the daemon (see
-    /// `MountOptions::read_only`), so reads come without a handle.
+    /// `MountOptions::read_only`), so reads come without a handle, and every change but the
+    /// replay's fails with `EROFS` here (the mount itself is not `ro`, or the replay could not
+    /// raise inotify events on it).
     read_only: bool,
 }
 
@@ -59,6 +62,11 @@ impl Adapter {
             }
             Err(Errno(e)) => reply.error(e),
         }
+    }
+
+    /// True if `req` would change a read-only mount (the replay may: it changes nothing).
+    fn refused(&self, req: &Request<'_>) -> bool {
+        self.read_only && !self.fs.is_echo(req.pid())
     }
 
     fn reply_attr(&self, result: Result<Stat, Errno>, reply: ReplyAttr) {
@@ -106,9 +114,14 @@ fn opened(result: Result<Opened, Errno>, reply: ReplyOpen) {
 
 impl Filesystem for Adapter {
     fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
-        // O_TRUNC arrives with `open` instead of as a separate truncating `setattr`.
-        if let Err(missing) = config.add_capabilities(fuser::consts::FUSE_ATOMIC_O_TRUNC) {
-            tracing::debug!("kernel lacks capabilities {missing:#x}");
+        // O_TRUNC arrives with `open` instead of as a separate truncating `setattr`. Not on a
+        // read-only mount: there the kernel does not ask the daemon to open, and would truncate
+        // its cached size to 0 for an `O_TRUNC` open before any write is refused, while a
+        // truncating `setattr` is refused at once (`EROFS`).
+        if !self.read_only {
+            if let Err(missing) = config.add_capabilities(fuser::consts::FUSE_ATOMIC_O_TRUNC) {
+                tracing::debug!("kernel lacks capabilities {missing:#x}");
+            }
         }
         Ok(())
     }
@@ -117,9 +130,10 @@ impl Filesystem for Adapter {
         self.fs.destroy();
     }
 
-    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         let result = match name.to_str() {
             _ if name.len() > NAME_MAX => Err(Errno(libc::ENAMETOOLONG)),
+            Some(name) if self.fs.is_echo(req.pid()) => self.fs.echo_lookup(parent, name),
             Some(name) => self.fs.lookup(parent, name),
             None => Err(Errno(libc::ENOENT)),
         };
@@ -130,14 +144,18 @@ impl Filesystem for Adapter {
         self.fs.forget(ino, nlookup);
     }
 
-    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        let result = self.fs.getattr(ino);
+    fn getattr(&mut self, req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        let result = if self.fs.is_echo(req.pid()) {
+            self.fs.echo_getattr(ino)
+        } else {
+            self.fs.getattr(ino)
+        };
         self.reply_attr(result, reply);
     }
 
     fn setattr(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         _mode: Option<u32>,
         _uid: Option<u32>,
@@ -153,13 +171,20 @@ impl Filesystem for Adapter {
         _flags: Option<u32>,
         reply: ReplyAttr,
     ) {
-        let result = self.fs.setattr(ino, size, fh);
+        if self.refused(req) {
+            return reply.error(libc::EROFS);
+        }
+        let result = if self.fs.is_echo(req.pid()) {
+            self.fs.echo_getattr(ino)
+        } else {
+            self.fs.setattr(ino, size, fh)
+        };
         self.reply_attr(result, reply);
     }
 
     fn mknod(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         parent: u64,
         name: &OsStr,
         mode: u32,
@@ -167,40 +192,60 @@ impl Filesystem for Adapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        if self.refused(req) {
+            return reply.error(libc::EROFS);
+        }
         let result = utf8(name).and_then(|name| self.fs.mknod(parent, name, mode));
         self.entry(result, reply);
     }
 
     fn mkdir(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         parent: u64,
         name: &OsStr,
         _mode: u32,
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let result = utf8(name).and_then(|name| self.fs.mkdir(parent, name));
+        if self.refused(req) {
+            return reply.error(libc::EROFS);
+        }
+        let echo = self.fs.is_echo(req.pid());
+        let result = utf8(name).and_then(|name| match echo {
+            true => self.fs.echo_mkdir(parent, name),
+            false => self.fs.mkdir(parent, name),
+        });
         self.entry(result, reply);
     }
 
-    fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        empty(
-            utf8(name).and_then(|name| self.fs.unlink(parent, name)),
-            reply,
-        );
+    fn unlink(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        if self.refused(req) {
+            return reply.error(libc::EROFS);
+        }
+        let echo = self.fs.is_echo(req.pid());
+        let result = utf8(name).and_then(|name| match echo {
+            true => self.fs.echo_remove(parent, name),
+            false => self.fs.unlink(parent, name),
+        });
+        empty(result, reply);
     }
 
-    fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        empty(
-            utf8(name).and_then(|name| self.fs.rmdir(parent, name)),
-            reply,
-        );
+    fn rmdir(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        if self.refused(req) {
+            return reply.error(libc::EROFS);
+        }
+        let echo = self.fs.is_echo(req.pid());
+        let result = utf8(name).and_then(|name| match echo {
+            true => self.fs.echo_remove(parent, name),
+            false => self.fs.rmdir(parent, name),
+        });
+        empty(result, reply);
     }
 
     fn rename(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         parent: u64,
         name: &OsStr,
         newparent: u64,
@@ -208,6 +253,9 @@ impl Filesystem for Adapter {
         flags: u32,
         reply: ReplyEmpty,
     ) {
+        if self.refused(req) {
+            return reply.error(libc::EROFS);
+        }
         let result = utf8(name).and_then(|name| {
             let newname = utf8(newname)?;
             self.fs.rename(parent, name, newparent, newname, flags)
@@ -215,12 +263,15 @@ impl Filesystem for Adapter {
         empty(result, reply);
     }
 
-    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+    fn open(&mut self, req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
         if self.read_only {
             // The kernel stops sending `open` (and `release`) for files on this mount and keeps
             // their page cache across opens; invalidations still drop it when a key changes.
-            // Writes never get here: the mount is `ro`.
+            // Writes through such an open file are refused by `write` and `setattr`.
             return reply.error(libc::ENOSYS);
+        }
+        if self.fs.is_echo(req.pid()) {
+            return opened(self.fs.echo_open(ino), reply);
         }
         opened(self.fs.open(ino, flags), reply);
     }
@@ -250,7 +301,7 @@ impl Filesystem for Adapter {
 
     fn write(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         _ino: u64,
         fh: u64,
         offset: i64,
@@ -260,6 +311,9 @@ impl Filesystem for Adapter {
         _lock_owner: Option<u64>,
         reply: ReplyWrite,
     ) {
+        if self.refused(req) {
+            return reply.error(libc::EROFS);
+        }
         let offset = u64::try_from(offset).unwrap_or(0);
         match self.fs.write(fh, offset, data) {
             Ok(written) => reply.written(written),
@@ -399,7 +453,7 @@ impl Filesystem for Adapter {
 
     fn create(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         parent: u64,
         name: &OsStr,
         _mode: u32,
@@ -407,7 +461,15 @@ impl Filesystem for Adapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match utf8(name).and_then(|name| self.fs.create(parent, name, flags)) {
+        if self.refused(req) {
+            return reply.error(libc::EROFS);
+        }
+        let echo = self.fs.is_echo(req.pid());
+        let result = utf8(name).and_then(|name| match echo {
+            true => self.fs.echo_create(parent, name),
+            false => self.fs.create(parent, name, flags),
+        });
+        match result {
             Ok((stat, opened)) => {
                 let (ttl, attr) = self.attr(&stat);
                 reply.created(&ttl, &attr, 0, opened.fh, opened.flags);

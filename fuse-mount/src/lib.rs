@@ -14,7 +14,8 @@
 //! - `fs`: the filesystem's logic without FUSE types (handles, the write path, rename and the
 //!   deferred deletion of keys renamed to backups, `/.herd`), tested without a mount.
 //! - `rejections`: the record behind `/.herd/errors` and the `user.herd.error` xattr.
-//! - `invalidation`: the thread turning changes into kernel cache invalidations.
+//! - `invalidation`: the thread turning changes into kernel cache invalidations, and then
+//!   into inotify events by replaying them on the mount (`replay`).
 //! - `kernel`: the `fuser` adapter, one `fs` call per request.
 //! - [`mount()`](mount()): mounting, stale-mount recovery, unmounting ([`Mount`]).
 //! - [`mem`]: an in-memory backend for tests and `examples/memfs.rs`.
@@ -57,8 +58,12 @@ mod kernel;
 pub mod mem;
 mod mount;
 mod rejections;
+mod replay;
 pub mod scratch;
-#[allow(unsafe_code, reason = "umount2 and geteuid have no safe std wrapper")]
+#[allow(
+    unsafe_code,
+    reason = "umount2, geteuid and gettid have no safe std wrapper"
+)]
 mod sys;
 mod table;
 

@@ -18,6 +18,7 @@ use crate::backend::{Backend, Change, ChangeSink};
 use crate::fs::Fs;
 use crate::invalidation::{self, Job};
 use crate::kernel::Adapter;
+use crate::replay::{Echo, Replayer};
 use crate::sys;
 use crate::table::{Ino, Table};
 
@@ -38,7 +39,8 @@ pub struct MountOptions {
     /// How long the kernel may cache names and attributes. Changes are pushed to the kernel as
     /// they happen, so this only bounds staleness if a notification is lost. Default: 60 s.
     pub ttl: Duration,
-    /// A read-only view: every change through the mount fails with `EROFS`, and the kernel
+    /// A read-only view: every change through the mount fails with `EROFS` (the mount itself
+    /// shows as `rw` in `mount`: the daemon refuses each change), and the kernel
     /// serves `open`, `read` and `close` of unchanged keys from its caches without asking this
     /// process (the daemon answers `open` and `flush` with `ENOSYS`, which the kernel remembers),
     /// so reads cost about what they cost on a local disk. Changes made elsewhere still show
@@ -73,6 +75,8 @@ pub struct Mount {
     invalidator: Option<JoinHandle<()>>,
     /// Work for the invalidation thread (to stop it).
     jobs: Sender<Job>,
+    /// The replay, told to stop first when unmounting.
+    echo: Arc<Echo>,
 }
 
 impl std::fmt::Debug for Mount {
@@ -85,13 +89,16 @@ impl std::fmt::Debug for Mount {
 /// not connected") is detected and lazily unmounted first. Returns when the mount is live.
 pub fn mount(backend: Arc<dyn Backend>, dir: &Path, opts: MountOptions) -> io::Result<Mount> {
     clear_stale(dir)?;
+    let at = std::path::absolute(dir)?;
     let (uid, gid) = sys::identity();
     let table = Arc::new(Mutex::new(Table::new()));
     let (jobs, job_rx) = mpsc::channel();
+    let echo = Arc::new(Echo::default());
     let fs = Fs::new(
         Arc::clone(&backend),
         Arc::clone(&table),
         jobs.clone(),
+        Arc::clone(&echo),
         uid,
         gid,
     );
@@ -101,11 +108,9 @@ pub fn mount(backend: Arc<dyn Backend>, dir: &Path, opts: MountOptions) -> io::R
         MountOption::DefaultPermissions,
         MountOption::NoDev,
         MountOption::NoSuid,
-        if opts.read_only {
-            MountOption::RO
-        } else {
-            MountOption::RW
-        },
+        // Also when read-only: the daemon refuses changes itself, so that the replay can
+        // raise inotify events (see `kernel::Adapter::read_only`).
+        MountOption::RW,
     ];
     if opts.allow_other {
         options.push(MountOption::AllowOther);
@@ -113,14 +118,20 @@ pub fn mount(backend: Arc<dyn Backend>, dir: &Path, opts: MountOptions) -> io::R
     let mut session = Session::new(Adapter::new(fs, opts.ttl, opts.read_only), dir, &options)?;
     let notifier = session.notifier();
     let unmounter = session.unmount_callable();
-    let invalidator =
-        match invalidation::spawn(table, Arc::clone(&backend), Notifier(notifier), job_rx) {
-            Ok(handle) => handle,
-            Err(e) => {
-                session.unmount();
-                return Err(e);
-            }
-        };
+    let replayer = Replayer::new(&at, Arc::clone(&echo));
+    let invalidator = match invalidation::spawn(
+        table,
+        Arc::clone(&backend),
+        Notifier(notifier),
+        job_rx,
+        Some(replayer),
+    ) {
+        Ok(handle) => handle,
+        Err(e) => {
+            session.unmount();
+            return Err(e);
+        }
+    };
     let (done_tx, session_done) = mpsc::channel();
     let spawned = thread::Builder::new()
         .name("herd-fuse".to_owned())
@@ -138,6 +149,7 @@ pub fn mount(backend: Arc<dyn Backend>, dir: &Path, opts: MountOptions) -> io::R
         session_done,
         invalidator: Some(invalidator),
         jobs: jobs.clone(),
+        echo,
     };
     match spawned {
         Ok(handle) => mount.session = Some(handle),
@@ -179,6 +191,14 @@ impl Mount {
 
     fn shutdown(&mut self) -> io::Result<()> {
         let mut result = Ok(());
+        // The replay's files on the mount would keep it busy: stop it first.
+        self.echo.stop();
+        let stopped = self.invalidator.take().map(|invalidator| {
+            let _ = self.jobs.send(Job::Stop);
+            if invalidator.join().is_err() {
+                tracing::warn!("invalidation thread panicked");
+            }
+        });
         if let Some(session) = self.session.take() {
             // fuser's own unmount first, while the session still answers: it knows whether it
             // has to go through fusermount3. Still mounted afterwards means busy: detach.
@@ -200,12 +220,8 @@ impl Mount {
                 }
             }
         }
-        let Some(invalidator) = self.invalidator.take() else {
+        if stopped.is_none() {
             return result; // stopped before
-        };
-        let _ = self.jobs.send(Job::Stop);
-        if invalidator.join().is_err() {
-            tracing::warn!("invalidation thread panicked");
         }
         if result.is_ok() {
             tracing::info!(dir = %self.dir.display(), "unmounted");

@@ -1,4 +1,5 @@
-//! The few system calls the standard library lacks: unmounting and the process's identity;
+//! The few system calls the standard library lacks: unmounting, the process's identity and a
+//! thread's id;
 //! and what `/proc` says of a process that closes a file. The crate's only unsafe code; each
 //! call is a plain libc function on owned arguments.
 
@@ -24,6 +25,13 @@ pub(crate) fn unmount(dir: &Path, lazy: bool) -> io::Result<()> {
 pub(crate) fn identity() -> (u32, u32) {
     // SAFETY: `geteuid` and `getegid` take no arguments and cannot fail.
     unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+/// The calling thread's id: the `pid` FUSE reports for the requests it causes.
+pub(crate) fn thread_id() -> u32 {
+    // SAFETY: `gettid` takes no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    u32::try_from(tid).unwrap_or(0)
 }
 
 /// `PF_EXITING` in a task's flags (`/proc/PID/stat`, field 9): the task is in `do_exit`.

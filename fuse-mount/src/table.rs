@@ -1,11 +1,13 @@
 //! The inode table: which inode number stands for which path, what the kernel was told about
-//! it, and the files that live only in the mount (pending creations and scratch files).
-//! Shared by the request thread and the invalidation thread behind one mutex; knows nothing of
-//! the store or of FUSE.
+//! it, the files that live only in the mount (pending creations and scratch files), and what
+//! watchers were last shown of each directory the kernel holds (its *listing*). Shared by the
+//! request thread and the invalidation thread behind one mutex; knows nothing of the store or
+//! of FUSE.
 //!
 //! Invariant: `by_path[p] == ino` if and only if `inodes[ino].path == Some(p)`.
 //! Invariant: an inode stays in the table while the kernel holds a lookup on it or it has
 //! local content; a path keeps its inode number for as long as its inode is in the table.
+//! Invariant: only attached directory inodes have a listing; it goes when the inode detaches.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
@@ -54,13 +56,28 @@ pub(crate) struct Inode {
     pub served: Option<u64>,
 }
 
-/// The two maps, path to inode and inode to path.
+/// What watchers of a directory were last shown of one of its names: local changes through
+/// the mount show themselves, changes from elsewhere are replayed (`replay`), and both update
+/// it, so a change is announced once and as what it is (created, modified, deleted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Seen {
+    pub kind: Kind,
+    /// A fingerprint of a file's content, when known.
+    pub content: Option<u64>,
+}
+
+/// A directory's names as watchers last saw them.
+pub(crate) type Listing = BTreeMap<String, Seen>;
+
+/// The two maps, path to inode and inode to path, and the listings.
 #[derive(Debug)]
 pub(crate) struct Table {
     /// Attached paths, ordered so a subtree is one range.
     by_path: BTreeMap<Vec<String>, Ino>,
     /// Every inode the kernel may still name.
     inodes: HashMap<Ino, Inode>,
+    /// Listings of directories the kernel holds, from its first lookup on.
+    listings: HashMap<Ino, Listing>,
     /// The next number to hand out (numbers are never reused).
     next: Ino,
 }
@@ -77,6 +94,7 @@ impl Table {
         let mut table = Table {
             by_path: BTreeMap::new(),
             inodes: HashMap::new(),
+            listings: HashMap::new(),
             next: ROOT + 1,
         };
         table.by_path.insert(Vec::new(), ROOT);
@@ -199,7 +217,50 @@ impl Table {
         self.subtree(&[])
     }
 
+    /// The listing of the directory at `path`, if the kernel holds it.
+    pub fn listing(&self, path: &[String]) -> Option<&Listing> {
+        self.listings.get(&self.ino(path)?)
+    }
+
+    /// True if the attached directory `ino` has a listing.
+    pub fn has_listing(&self, ino: Ino) -> bool {
+        self.listings.contains_key(&ino)
+    }
+
+    /// Give the attached directory `ino` its first listing.
+    pub fn set_listing(&mut self, ino: Ino, listing: Listing) {
+        let dir = self.inodes.get(&ino);
+        if dir.is_some_and(|i| i.kind == Kind::Dir && i.path.is_some()) {
+            self.listings.insert(ino, listing);
+        }
+    }
+
+    /// Watchers were shown `seen` at `path` (`None`: nothing there), if its directory has a
+    /// listing.
+    pub fn saw(&mut self, path: &[String], seen: Option<Seen>) {
+        let Some((name, dir)) = path.split_last() else {
+            return;
+        };
+        let Some(listing) = self.ino(dir).and_then(|ino| self.listings.get_mut(&ino)) else {
+            return;
+        };
+        match seen {
+            Some(seen) => listing.insert(name.clone(), seen),
+            None => listing.remove(name),
+        };
+    }
+
+    /// The attached paths at `path` and below whose directories have listings, `path` first.
+    pub fn listed_subtree(&self, path: &[String]) -> Vec<Vec<String>> {
+        self.subtree(path)
+            .into_iter()
+            .filter(|(_, ino)| self.listings.contains_key(ino))
+            .map(|(p, _)| p)
+            .collect()
+    }
+
     fn detach_one(&mut self, ino: Ino) {
+        self.listings.remove(&ino);
         if let Some(inode) = self.inodes.get_mut(&ino) {
             if let Some(path) = inode.path.take() {
                 if self.by_path.get(&path) == Some(&ino) {

@@ -16,7 +16,7 @@ impl Fs {
         let path = child(t.path(parent).ok_or(Errno(libc::ENOENT))?, name);
         let found = self.resolve(&t, &path)?.ok_or(Errno(libc::ENOENT))?;
         let ino = t.intern(&path, found.kind());
-        t.looked_up(ino);
+        self.held(&mut t, ino, &path);
         Ok(self.stat(&t, ino, &path, &found))
     }
 

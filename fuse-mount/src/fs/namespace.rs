@@ -6,11 +6,11 @@
 use serde_json::{Map, Value};
 
 use super::open::{new_scratch, set_local};
-use super::{child, control, lock, Errno, Found, Fs, Result, Stat};
+use super::{child, control, fingerprint, lock, Errno, Found, Fs, Result, Stat};
 use crate::backend::{self, Node, Op};
 use crate::content::{decode, encode};
 use crate::scratch::is_scratch;
-use crate::table::{Ino, Kind, Local};
+use crate::table::{Ino, Kind, Local, Seen};
 
 /// `renameat2` flags (linux/fs.h).
 const RENAME_NOREPLACE: u32 = 1 << 0;
@@ -21,7 +21,7 @@ impl Fs {
     /// `mkdir`: stores an empty object.
     pub fn mkdir(&mut self, parent: Ino, name: &str) -> Result<Stat> {
         let table = std::sync::Arc::clone(&self.table);
-        let t = lock(&table);
+        let mut t = lock(&table);
         let path = child(&self.dir_path(&t, parent)?, name);
         if control::is_control(&path) {
             return Err(self.reject(&path, libc::EROFS, "/.herd is read-only"));
@@ -30,6 +30,7 @@ impl Fs {
             return Err(Errno(libc::EEXIST));
         }
         self.apply(
+            &mut t,
             &path,
             vec![Op::Put(path.clone(), Value::Object(Map::new()))],
         )?;
@@ -47,7 +48,7 @@ impl Fs {
             Found::Control(_) => Err(self.reject(&path, libc::EROFS, "/.herd is read-only")),
             Found::Key(Node::Dir { .. }) => Err(Errno(libc::EISDIR)),
             Found::Key(Node::Leaf { .. }) => {
-                self.apply(&path, vec![Op::Delete(path.clone())])?;
+                self.apply(&mut t, &path, vec![Op::Delete(path.clone())])?;
                 t.detach(&path);
                 Ok(())
             }
@@ -71,7 +72,7 @@ impl Fs {
                 if !self.children(&t, &path)?.is_empty() {
                     return Err(Errno(libc::ENOTEMPTY));
                 }
-                self.apply(&path, vec![Op::Delete(path.clone())])?;
+                self.apply(&mut t, &path, vec![Op::Delete(path.clone())])?;
                 self.hidden.retain(|h| !h.starts_with(&path));
                 t.detach(&path);
                 Ok(())
@@ -129,7 +130,13 @@ impl Fs {
                     }) => (content, origin),
                     _ => (Vec::new(), None),
                 };
-                if !self.is_unchanged_backup(&to, origin.as_ref(), &content) {
+                if self.is_unchanged_backup(&to, origin.as_ref(), &content) {
+                    let file = Seen {
+                        kind: Kind::File,
+                        content: Some(fingerprint(&content)),
+                    };
+                    t.saw(&to, Some(file));
+                } else {
                     let value = decode(&content)
                         .map_err(|e| self.reject(&to, libc::EINVAL, &e.to_string()))?;
                     let mut ops = vec![Op::Put(to.clone(), value)];
@@ -137,7 +144,7 @@ impl Fs {
                     if let Some(o) = &fired {
                         ops.push(Op::Delete(o.clone()));
                     }
-                    self.apply(&to, ops)?;
+                    self.apply(&mut t, &to, ops)?;
                     if let Some(o) = &fired {
                         self.hidden.remove(o);
                     }
@@ -158,6 +165,7 @@ impl Fs {
                 replaced
             }
             Found::Key(Node::Leaf { value, .. }) if to_local => {
+                t.saw(&from, None);
                 let replaced = t.rename(&from, &to);
                 let ino = t.intern(&to, Kind::File);
                 set_local(&mut t, ino, new_scratch(encode(&value), Some(from.clone())));
@@ -175,6 +183,7 @@ impl Fs {
                     Node::Leaf { .. } => value,
                 };
                 self.apply(
+                    &mut t,
                     &to,
                     vec![Op::Delete(from.clone()), Op::Put(to.clone(), value)],
                 )?;

@@ -27,6 +27,8 @@ pub(crate) enum Handle {
     Snapshot(Vec<u8>),
     /// A directory listing, fixed at open.
     Dir(Vec<super::DirEntry>),
+    /// Opened by the replaying thread: holds nothing and commits nothing.
+    Echo,
 }
 
 /// An open key.
@@ -179,7 +181,7 @@ impl Fs {
                 return Err(Errno(libc::EEXIST));
             }
             let ino = t.intern(&path, found.kind());
-            t.looked_up(ino);
+            self.held(&mut t, ino, &path);
             drop(t);
             let opened = self.open(ino, flags)?;
             return Ok((self.getattr(ino)?, opened));
@@ -222,6 +224,7 @@ impl Fs {
             set_local(&mut t, ino, new_scratch(Vec::new(), None));
         } else {
             self.apply(
+                &mut t,
                 &path,
                 vec![Op::Put(path.clone(), Value::String(String::new()))],
             )?;
@@ -271,6 +274,7 @@ impl Fs {
                 }
             }
             Some(Handle::Dir(_)) => Err(Errno(libc::EISDIR)),
+            Some(Handle::Echo) => Ok(Vec::new()),
             None => Err(Errno(libc::EBADF)),
         }
     }

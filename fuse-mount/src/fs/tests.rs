@@ -53,7 +53,7 @@ impl Check {
         let (tx, rx) = mpsc::channel();
         let table = Arc::new(Mutex::new(Table::new()));
         let backend: Arc<dyn Backend> = Arc::clone(&store) as Arc<dyn Backend>;
-        let fs = Fs::new(backend, table, tx, 0, 0);
+        let fs = Fs::new(backend, table, tx, Default::default(), 0, 0);
         Check {
             fs,
             store,

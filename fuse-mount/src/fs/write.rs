@@ -47,6 +47,7 @@ impl Fs {
                 *mtime = SystemTime::now();
                 return Ok(len);
             }
+            Handle::Echo => return Ok(len), // the replaying thread never writes; nothing is kept
             Handle::Key(h) if h.writable => h,
             _ => return Err(Errno(libc::EBADF)),
         };
@@ -104,6 +105,9 @@ impl Fs {
         let Some(size) = size else {
             return self.getattr(ino);
         };
+        if fh.is_some_and(|fh| matches!(self.handles.get(&fh), Some(Handle::Echo))) {
+            return self.echo_getattr(ino); // the replay's truncation changes nothing
+        }
         let table = std::sync::Arc::clone(&self.table);
         let mut t = lock(&table);
         let path = t.path(ino).cloned().unwrap_or_default();
@@ -148,7 +152,7 @@ impl Fs {
                     bytes.resize(size, 0);
                     let value = decode(&bytes)
                         .map_err(|e| self.reject(&path, libc::EINVAL, &e.to_string()))?;
-                    self.apply(&path, vec![Op::Put(path.clone(), value)])?;
+                    self.apply(&mut t, &path, vec![Op::Put(path.clone(), value)])?;
                     let _ = self.jobs.send(Job::Inode(ino));
                 }
                 Some(Found::Key(Node::Dir { .. })) => return Err(Errno(libc::EISDIR)),
@@ -270,7 +274,7 @@ impl Fs {
             _ => {}
         }
         let value = decode(&h.buf).map_err(|e| self.reject(&path, libc::EINVAL, &e.to_string()))?;
-        self.apply(&path, vec![Op::Put(path.clone(), value)])?;
+        self.apply(&mut t, &path, vec![Op::Put(path.clone(), value)])?;
         h.committed = true;
         self.hidden.remove(&path);
         if let Some(inode) = t.get_mut(h.ino) {

@@ -156,7 +156,7 @@ fn the_control_directory_is_synthesized_and_read_only() {
     let store = Arc::new(WithReserved(MemBackend::new()));
     let (tx, _rx) = mpsc::channel();
     let table = Arc::new(Mutex::new(Table::new()));
-    let mut fs = Fs::new(store, table, tx, 0, 0);
+    let mut fs = Fs::new(store, table, tx, Default::default(), 0, 0);
     let fh = fs.opendir(ROOT).unwrap().fh;
     let names: Vec<_> = fs
         .readdir(fh, 0)
