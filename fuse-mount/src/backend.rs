@@ -118,6 +118,13 @@ pub trait Backend: Send + Sync + 'static {
     /// What is visible at the path, `None` if nothing.
     fn get(&self, path: &Segments) -> Result<Option<Node>, Error>;
 
+    /// Whether something is at the path and what: `Some(true)` a directory, `Some(false)` a
+    /// leaf, `None` nothing. As `get`, without what `get` must compute (a value, a directory's
+    /// time), for backends that can tell more cheaply.
+    fn is_dir(&self, path: &Segments) -> Result<Option<bool>, Error> {
+        Ok(self.get(path)?.map(|node| matches!(node, Node::Dir { .. })))
+    }
+
     /// The children of a directory, sorted by name. `NotFound` if nothing is at the path,
     /// `Invalid` if it is a leaf.
     fn list(&self, path: &Segments) -> Result<Vec<Child>, Error>;

@@ -325,7 +325,7 @@ impl Fs {
             .map(|k| k.buf.len())
     }
 
-    fn stat(&self, t: &Table, ino: Ino, path: &[String], found: &Found) -> Stat {
+    fn stat(&self, t: &Table, ino: Ino, found: &Found) -> Stat {
         let file = |size: usize, mtime, perm| Stat {
             ino,
             kind: Kind::File,
@@ -354,24 +354,20 @@ impl Fs {
                     None => file(encode(value).len(), millis(*mtime_ms), perm),
                 }
             }
+            // A directory's link count is 1, "not counted" (as btrfs reports): counting its
+            // subdirectories would cost a listing at every `stat`.
             Found::Key(Node::Dir {
                 mtime_ms,
                 read_only,
-            }) => {
-                let subdirs = match self.backend.list(path) {
-                    Ok(children) => children.iter().filter(|c| c.is_dir).count(),
-                    Err(_) => 0,
-                };
-                Stat {
-                    ino,
-                    kind: Kind::Dir,
-                    size: 0,
-                    mtime: millis(*mtime_ms),
-                    perm: if *read_only { 0o555 } else { 0o755 },
-                    nlink: u32::try_from(2 + subdirs).unwrap_or(u32::MAX),
-                    volatile: false,
-                }
-            }
+            }) => Stat {
+                ino,
+                kind: Kind::Dir,
+                size: 0,
+                mtime: millis(*mtime_ms),
+                perm: if *read_only { 0o555 } else { 0o755 },
+                nlink: 1,
+                volatile: false,
+            },
         }
     }
 

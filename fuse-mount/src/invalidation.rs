@@ -13,10 +13,12 @@
 //!
 //! Invariant: the table lock is never held while talking to the kernel or the store.
 //!
-//! A changed path drops the kernel's cached attributes and pages of its inode, its known
-//! descendants and its ancestors; a directory entry is invalidated only when the path's kind
-//! changed or it vanished (invalidating a directory that still exists would orphan the working
-//! directory of every shell inside it).
+//! A changed path drops the kernel's cached attributes and pages of its inode and its known
+//! descendants, and those of its ancestors when a name appeared, vanished or changed kind (a
+//! file's new content leaves its directories' attributes alone, as on a local disk, so the
+//! next path walk need not ask for them again); a directory entry is invalidated only when the
+//! path's kind changed or it vanished (invalidating a directory that still exists would orphan
+//! the working directory of every shell inside it).
 
 use std::collections::HashSet;
 use std::io;
@@ -24,7 +26,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 
-use crate::backend::{Backend, Change, Node};
+use crate::backend::{Backend, Change};
 use crate::fs::control_path;
 use crate::replay::Replayer;
 use crate::table::{Ino, Kind, Table};
@@ -158,25 +160,39 @@ pub(crate) fn plan(table: &Mutex<Table>, backend: &dyn Backend, change: &Change)
             .collect();
         (changed, targets)
     };
+    let kind_now = |path: &[String]| match backend.is_dir(path) {
+        Ok(Some(true)) => Ok(Some(Kind::Dir)),
+        Ok(Some(false)) => Ok(Some(Kind::File)),
+        Ok(None) => Ok(None),
+        Err(_) => Err(()),
+    };
+    // Did a name appear, vanish or change kind? (Unknown to the kernel counts as appeared.)
+    let renamed = match &change {
+        Change::All => true,
+        Change::Path(_) => match targets.iter().find(|t| t.path == changed) {
+            Some(t) => kind_now(&t.path) != Ok(Some(t.kind)),
+            None => true,
+        },
+    };
     let mut invals = Vec::new();
     let mut dropped: Vec<&[String]> = Vec::new();
     for target in &targets {
         if target.local {
             continue; // the mount's own files; the store does not know them
         }
-        invals.push(Inval::Inode(target.ino));
         let ancestor_dir = target.path.len() < changed.len() && target.kind == Kind::Dir;
+        if ancestor_dir && !renamed {
+            continue;
+        }
+        invals.push(Inval::Inode(target.ino));
         let (Some(parent), Some(name)) = (target.parent, target.path.last()) else {
             continue;
         };
         if ancestor_dir || dropped.iter().any(|d| target.path.starts_with(d)) {
             continue;
         }
-        let now = match backend.get(&target.path) {
-            Ok(Some(Node::Leaf { .. })) => Some(Kind::File),
-            Ok(Some(Node::Dir { .. })) => Some(Kind::Dir),
-            Ok(None) => None,
-            Err(_) => continue,
+        let Ok(now) = kind_now(&target.path) else {
+            continue;
         };
         if now != Some(target.kind) {
             invals.push(Inval::Entry(parent, name.clone()));
@@ -207,12 +223,15 @@ mod tests {
     }
 
     #[test]
-    fn a_changed_value_drops_attributes_not_entries() {
+    fn a_changed_value_drops_its_attributes_not_its_directories_nor_entries() {
         // Inodes: a = 2, a/b = 3.
         let store = json!({"a": {"b": 1}});
         let setup = [("a", Kind::Dir), ("a/b", Kind::File)];
-        let expect = [Inval::Inode(1), Inval::Inode(2), Inval::Inode(3)];
-        check(&setup, store, Change::Path(p("a/b")), &expect);
+        check(&setup, store, Change::Path(p("a/b")), &[Inval::Inode(3)]);
+        // A new name changes its directories.
+        let store = json!({"a": {"b": 1, "c": 2}});
+        let expect = [Inval::Inode(1), Inval::Inode(2)];
+        check(&setup, store, Change::Path(p("a/c")), &expect);
     }
 
     #[test]

@@ -96,8 +96,20 @@ fn lock(table: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
 }
 
 /// What is at `path` in the store as watchers would be shown it; `Err` if the store cannot
-/// say (the change is then not replayed).
+/// say (the change is then not replayed). A directory's value is not read.
 fn state(backend: &dyn Backend, path: &[String]) -> Result<Option<Seen>, ()> {
+    match backend.is_dir(path) {
+        Ok(Some(true)) => {
+            return Ok(Some(Seen {
+                kind: Kind::Dir,
+                content: None,
+            }))
+        }
+        Ok(None) => return Ok(None),
+        Err(e) if e.kind == backend::ErrorKind::NotFound => return Ok(None),
+        Err(_) => return Err(()),
+        Ok(Some(false)) => {}
+    }
     match backend.get(path) {
         Ok(Some(Node::Leaf { value, .. })) => Ok(Some(Seen {
             kind: Kind::File,

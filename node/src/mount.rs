@@ -195,6 +195,20 @@ impl Backend for Local {
         Ok(node)
     }
 
+    fn is_dir(&self, segs: &Segments) -> Result<Option<bool>, Error> {
+        let p = to_path(segs)?;
+        if let Some(found) = self.derived(&p) {
+            return Ok(found.map(|v| v.is_object()));
+        }
+        let derived_dirs = self.plugins.outputs().dirs_below(&p);
+        let st = self.db.read();
+        Ok(match st.store.lookup(p.key(), now_ms()) {
+            Lookup::Missing => (!derived_dirs.is_empty()).then_some(true),
+            Lookup::Leaf(r) => matches!(r.kind, store::Kind::Leaf(_)).then_some(false),
+            Lookup::Dir => Some(true),
+        })
+    }
+
     fn list(&self, segs: &Segments) -> Result<Vec<Child>, Error> {
         let p = to_path(segs)?;
         if let Some(found) = self.derived(&p) {
@@ -311,22 +325,44 @@ impl Backend for Local {
                 &self.runtime,
             );
         }
+        // Every change, in order. A burst larger than the live feed holds (a big batch or
+        // import) is caught up from the change log, so each changed path still reaches the
+        // mount (and its inotify replay); only a gap the log no longer holds is `Change::All`.
         let feed = async move {
-            let revision = db.read().revision;
-            let Ok(mut sub) = db.subscribe("", Some(revision)) else {
-                sink(Change::All);
-                return;
-            };
+            let mut since = db.read().revision;
             loop {
-                let event = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    e = sub.live.recv() => e,
+                let mut sub = match db.subscribe("", Some(since)) {
+                    Ok(sub) => sub,
+                    Err(_) => {
+                        sink(Change::All);
+                        since = db.read().revision;
+                        continue;
+                    }
                 };
-                match event {
-                    Ok(ev) if path::key_contains(INTERNAL, &ev.key) => {}
-                    Ok(ev) => sink(Change::Path(segments(&ev.key))),
-                    Err(RecvError::Lagged(_)) => sink(Change::All),
-                    Err(RecvError::Closed) => return,
+                let backlog = std::mem::take(&mut sub.backlog);
+                for ev in backlog {
+                    if !path::key_contains(INTERNAL, &ev.key) {
+                        sink(Change::Path(segments(&ev.key)));
+                    }
+                    // Resume from before this revision: a lag in its middle delivers it again
+                    // whole (a path delivered twice is replayed once).
+                    since = ev.revision.saturating_sub(1);
+                }
+                loop {
+                    let event = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        e = sub.live.recv() => e,
+                    };
+                    match event {
+                        Ok(ev) => {
+                            if !path::key_contains(INTERNAL, &ev.key) {
+                                sink(Change::Path(segments(&ev.key)));
+                            }
+                            since = since.max(ev.revision.saturating_sub(1));
+                        }
+                        Err(RecvError::Lagged(_)) => break,
+                        Err(RecvError::Closed) => return,
+                    }
                 }
             }
         };

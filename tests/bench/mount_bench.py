@@ -8,20 +8,31 @@ it, and measures in one run:
     (on tmpfs: the file rewritten, then the same read);
   - writes: open(O_TRUNC)/write/close of a small value through the mount against a REST PUT of
     the same value over a keep-alive HTTPS connection, both timed from this process;
-  - `ls` of a directory with 10,000 keys, cold (kernel caches dropped) and warm, against tmpfs.
+  - `ls` of a directory with 10,000 keys, cold (kernel caches dropped) and warm, against tmpfs;
+  - REST write -> inotify event on the mount of the same node: one write at a time (1,000
+    writes), and writes sent at a fixed rate (1,000/s) by several connections, each to its own
+    key; the time from sending the PUT to the file's IN_CLOSE_WRITE (and to its IN_MODIFY), and
+    how long after the PUT's answer the IN_CLOSE_WRITE came.
 Prints a markdown report.
 """
 
 import argparse
+import ctypes
+import http.client
 import json
 import os
+import select
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import herd_node
+
+IN_MODIFY, IN_CLOSE_WRITE = 0x2, 0x8
 
 
 def log(msg):
@@ -106,6 +117,111 @@ def writes(node, iters):
     return mount_us, rest_us
 
 
+class Inotify:
+    """An inotify watch on one directory; `events()` yields (time read, mask, name)."""
+
+    def __init__(self, directory, mask):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        self.fd = libc.inotify_init1(os.O_CLOEXEC)
+        if self.fd < 0 or libc.inotify_add_watch(self.fd, directory.encode(), mask) < 0:
+            sys.exit(f"inotify on {directory}: {os.strerror(ctypes.get_errno())}")
+
+    def read(self, timeout):
+        """The events available within `timeout` s: [(time, mask, name)]."""
+        if not select.select([self.fd], [], [], timeout)[0]:
+            return []
+        buf = os.read(self.fd, 1 << 16)
+        now = time.perf_counter()
+        out, i = [], 0
+        while i < len(buf):
+            _wd, mask, _cookie, length = struct.unpack_from("iIII", buf, i)
+            name = buf[i + 16:i + 16 + length].rstrip(b"\0").decode()
+            out.append((now, mask, name))
+            i += 16 + length
+        return out
+
+    def close(self):
+        os.close(self.fd)
+
+
+def inotify_one_at_a_time(node, iters):
+    """PUT a key, wait for its IN_CLOSE_WRITE on the mount, repeat."""
+    watch = Inotify(os.path.join(node.mnt, "ino"), IN_MODIFY | IN_CLOSE_WRITE)
+    to_close, to_modify, after_ack, lost = [], [], [], 0
+    for i in range(iters):
+        t0 = time.perf_counter()
+        node.call("PUT", "/v1/kv/ino/key", str(i))
+        acked = time.perf_counter()
+        modified, deadline = None, time.time() + 2
+        while time.time() < deadline:
+            done = None
+            for t, mask, name in watch.read(0.5):
+                if name == "key" and mask & IN_MODIFY and modified is None:
+                    modified = t
+                if name == "key" and mask & IN_CLOSE_WRITE:
+                    done = t
+            if done is not None:
+                break
+        else:
+            lost += 1
+            continue
+        to_close.append((done - t0) * 1e3)
+        to_modify.append(((modified or done) - t0) * 1e3)
+        after_ack.append(max(0.0, done - acked) * 1e3)
+    watch.close()
+    return to_close, to_modify, after_ack, lost
+
+
+def inotify_at_rate(node, rate, seconds, conns=8):
+    """PUTs sent at `rate`/s by `conns` connections, each to its own key (prepared); the
+    latency of each key's IN_CLOSE_WRITE from the moment its PUT was sent."""
+    total = int(rate * seconds)
+    watch = Inotify(os.path.join(node.mnt, "rate"), IN_CLOSE_WRITE)
+    sent, seen = {}, {}
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set() or len(seen) < len(sent):
+            events = watch.read(0.2)
+            if not events and stop.is_set():
+                break
+            for t, _mask, name in events:
+                seen.setdefault(name, t)
+
+    def writer(c):
+        conn = http.client.HTTPSConnection(node.host, node.port, context=node.ctx)
+        headers = {"Authorization": f"Bearer {node.token}", "Content-Type": "application/json"}
+        start = time.perf_counter() + 0.1
+        for i in range(c, total, conns):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            sent[f"k{i}"] = time.perf_counter()
+            conn.request("PUT", f"/v1/kv/rate/k{i}", body="1", headers=headers)
+            r = conn.getresponse()
+            r.read()
+            if r.status != 200:
+                sys.exit(f"PUT /rate/k{i}: {r.status}")
+        conn.close()
+
+    rd = threading.Thread(target=reader)
+    rd.start()
+    began = time.perf_counter()
+    writers = [threading.Thread(target=writer, args=(c,)) for c in range(conns)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    achieved = total / (time.perf_counter() - began - 0.1)
+    time.sleep(2)
+    stop.set()
+    rd.join()
+    watch.close()
+    lat = [(seen[k] - t) * 1e3 for k, t in sent.items() if k in seen]
+    return lat, total - len(lat), achieved
+
+
 def drop_caches():
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("2\n")
@@ -140,8 +256,10 @@ def main():
     p.add_argument("--out")
     a = p.parse_args()
     n_tmpfs, n_rw, n_ro, iters, runs = (200_000, 20_000, 200_000, 300, 5)
+    ino_iters, rate, rate_secs = 1000, 1000, 3
     if a.quick:
         n_tmpfs, n_rw, n_ro, iters, runs = (20_000, 2_000, 20_000, 30, 2)
+        ino_iters, rate, rate_secs = 100, 1000, 1
 
     work = tempfile.mkdtemp(prefix="herd-mount-bench.")
     data, mnt, tmpfs = (os.path.join(work, d) for d in ("data", "mnt", "tmpfs"))
@@ -174,6 +292,18 @@ def main():
         log("ls of 10,000 keys")
         ls_mount = ls_times(os.path.join(mnt, "many"), runs)
         ls_tmpfs = ls_times(os.path.join(tmpfs, "many"), runs)
+        log(f"REST write -> inotify event, {ino_iters} writes one at a time")
+        node.call("PUT", "/v1/kv/ino/key", "0")
+        os.listdir(os.path.join(mnt, "ino"))
+        time.sleep(0.5)
+        ino_close, ino_modify, ino_after_ack, ino_lost = inotify_one_at_a_time(node, ino_iters)
+        log(f"REST write -> inotify event at {rate}/s for {rate_secs} s")
+        ops = [{"op": "put", "path": f"/rate/k{i}", "value": 0}
+               for i in range(int(rate * rate_secs))]
+        node.call("POST", "/v1/batch", json.dumps({"ops": ops}))
+        os.listdir(os.path.join(mnt, "rate"))
+        time.sleep(1)  # the preparing batch's own replay is over before the watch starts
+        rate_lat, rate_lost, rate_achieved = inotify_at_rate(node, rate, rate_secs)
         node.stop()
 
         log("read-only mount: herd serve --mount --mount-read-only")
@@ -193,6 +323,8 @@ def main():
         subprocess.run(["umount", tmpfs], check=False)
 
     us = lambda xs: f"{statistics.median(xs):.0f} µs / {pct(xs, 0.99):.0f} µs"
+    ms = lambda xs: f"{statistics.median(xs):.2f} ms / {pct(xs, 0.99):.2f} ms"
+    p99_ok = lambda xs: "yes" if pct(xs, 0.99) < 5 else "**no**"
     lines = [
         "## File view benchmark",
         "",
@@ -220,6 +352,17 @@ def main():
         f"{us(w_rest)} | {statistics.median(w_mount) / statistics.median(w_rest):.2f}x | "
         f"≤ 2x REST: "
         f"{'yes' if statistics.median(w_mount) <= 2 * statistics.median(w_rest) else '**no**'} |",
+        "",
+        "| REST write -> inotify event on the same node's mount (writable) | p50 / p99 | "
+        "events lost | target |",
+        "|---|--:|--:|---|",
+        f"| one at a time ({ino_iters} writes): PUT sent -> IN_CLOSE_WRITE | {ms(ino_close)} | "
+        f"{ino_lost} | p99 < 5 ms: {p99_ok(ino_close)} |",
+        f"| same: PUT sent -> IN_MODIFY | {ms(ino_modify)} | | |",
+        f"| same: PUT answered -> IN_CLOSE_WRITE (0 if before) | {ms(ino_after_ack)} | | |",
+        f"| at {rate}/s ({rate_achieved:,.0f}/s achieved, {len(rate_lat) + rate_lost} writes, "
+        f"8 connections, a key each): PUT sent -> IN_CLOSE_WRITE | {ms(rate_lat)} | {rate_lost} | "
+        f"p99 < 5 ms: {p99_ok(rate_lat)} |",
         "",
         "| `ls` of 10,000 keys (median, incl. starting `ls`) | cold (caches dropped) | warm | "
         "target |",

@@ -13,9 +13,9 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::{child, lock, Errno, Found, Fs, Handle, Opened, Result, Stat};
+use super::{child, lock, Errno, Fs, Handle, Opened, Result, Stat};
 use crate::replay::Act;
-use crate::table::{Ino, Kind, Table};
+use crate::table::{Ino, Kind};
 
 /// Attributes of a name the store no longer has (or does not have yet), not to be cached.
 fn ghost(ino: Ino, kind: Kind) -> Stat {
@@ -26,7 +26,7 @@ fn ghost(ino: Ino, kind: Kind) -> Stat {
         size: 0,
         mtime: SystemTime::now(),
         perm: if dir { 0o755 } else { 0o644 },
-        nlink: if dir { 2 } else { 1 },
+        nlink: 1,
         volatile: true,
     }
 }
@@ -115,20 +115,10 @@ impl Fs {
         let found = self.resolve(&t, &path)?;
         let ino = t.intern(&path, kind);
         self.held(&mut t, ino, &path);
-        Ok(echoed(self.echo_stat(&t, ino, &path, found, kind)))
-    }
-
-    fn echo_stat(
-        &self,
-        t: &Table,
-        ino: Ino,
-        path: &[String],
-        found: Option<Found>,
-        kind: Kind,
-    ) -> Stat {
-        match found {
-            Some(found) if found.kind() == kind => self.stat(t, ino, path, &found),
+        let stat = match found {
+            Some(found) if found.kind() == kind => self.stat(&t, ino, &found),
             _ => ghost(ino, kind),
-        }
+        };
+        Ok(echoed(stat))
     }
 }

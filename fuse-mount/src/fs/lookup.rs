@@ -17,7 +17,7 @@ impl Fs {
         let found = self.resolve(&t, &path)?.ok_or(Errno(libc::ENOENT))?;
         let ino = t.intern(&path, found.kind());
         self.held(&mut t, ino, &path);
-        Ok(self.stat(&t, ino, &path, &found))
+        Ok(self.stat(&t, ino, &found))
     }
 
     /// `forget`: the kernel dropped `n` lookups of `ino`.
@@ -52,7 +52,7 @@ impl Fs {
             self.queue_entry(&t, &path);
             return Err(Errno(libc::ENOENT));
         }
-        Ok(self.stat(&t, ino, &path, &found))
+        Ok(self.stat(&t, ino, &found))
     }
 
     /// `opendir`: a snapshot of the directory's entries.
