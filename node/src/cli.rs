@@ -101,6 +101,14 @@ fn run_client(connection: &ConnectionArgs, command: ClientCommand) -> Result<(),
     if let ClientCommand::Plugin(PluginCommand::Test(args)) = &command {
         return plugin::test(args);
     }
+    if let ClientCommand::Watch(args) = &command {
+        let targets = discover::discover_all(connection, Path::new("."))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(Error::Runtime)?;
+        return runtime.block_on(watch::watch(&targets, args));
+    }
     let target = discover::discover(connection, Path::new("."))?;
     if let ClientCommand::Mount(args) = &command {
         return mount::run(&target, args);
@@ -116,7 +124,7 @@ fn run_client(connection: &ConnectionArgs, command: ClientCommand) -> Result<(),
             ClientCommand::Put(args) => kv::put(&api, &args).await,
             ClientCommand::Rm(args) => kv::rm(&api, &args).await,
             ClientCommand::Ls(args) => kv::ls(&api, &args).await,
-            ClientCommand::Watch(args) => watch::watch(&api, &args).await,
+            ClientCommand::Watch(_) => unreachable!("watch connects to its nodes itself"),
             ClientCommand::Export(args) => kv::export(&api, &args).await,
             ClientCommand::Import(args) => kv::import(&api, &args).await,
             ClientCommand::Mount(_) => unreachable!("mount runs on its own runtime"),

@@ -327,6 +327,13 @@ impl EventStream {
     /// The next event, `None` when the server ended the stream (an event cut off by the end is
     /// dropped, as the SSE specification says), or an error if the connection failed.
     pub async fn next(&mut self) -> Option<Result<SseEvent, Error>> {
+        self.next_within(None).await
+    }
+
+    /// As [`EventStream::next`], but a stream that brings nothing at all for `idle` (not even
+    /// the server's keep-alive comments, every 15 s) has failed: its node went away without
+    /// closing the connection.
+    pub async fn next_within(&mut self, idle: Option<Duration>) -> Option<Result<SseEvent, Error>> {
         loop {
             if let Some(event) = self.parser.next_event() {
                 return Some(Ok(event));
@@ -334,7 +341,20 @@ impl EventStream {
             if self.finished {
                 return None;
             }
-            match self.body.frame().await {
+            let frame = match idle {
+                Some(idle) => match tokio::time::timeout(idle, self.body.frame()).await {
+                    Ok(frame) => frame,
+                    Err(_) => {
+                        self.finished = true;
+                        return Some(Err(Error::Http {
+                            url: self.base_url.clone(),
+                            cause: format!("nothing came for {} s", idle.as_secs()),
+                        }));
+                    }
+                },
+                None => self.body.frame().await,
+            };
+            match frame {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         self.parser.feed(&data);

@@ -10,3 +10,4 @@ mod plugins;
 mod tidy;
 mod ttl;
 mod watch;
+mod watch_exec;

@@ -27,6 +27,14 @@ const SPAWNS_ALLOWED: &[(&str, &str)] = &[
         "a command-line client's connection tasks, on the command's own runtime",
     ),
     (
+        "node/src/cli/watch.rs",
+        "`herd watch`'s signal listener, on the command's own runtime, which ends with it",
+    ),
+    (
+        "node/src/cli/watch/exec.rs",
+        "writing a command's stdin, ended by the write or the command's exit, on the command's own runtime",
+    ),
+    (
         "node/src/cluster/mdns.rs",
         "the bridge task, whose handle Discovery::shutdown awaits",
     ),

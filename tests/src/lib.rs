@@ -163,9 +163,14 @@ impl ChildNode {
 
     /// Starts `herd serve ARGS` on `dir` and waits until its API answers.
     pub async fn start_with_args(dir: &Path, args: &[&str]) -> anyhow::Result<ChildNode> {
+        ChildNode::start_at(dir, "127.0.0.1:0", args).await
+    }
+
+    /// As [`ChildNode::start_with_args`], with the API on `addr` (to restart on one address).
+    pub async fn start_at(dir: &Path, addr: &str, args: &[&str]) -> anyhow::Result<ChildNode> {
         let _ = std::fs::remove_file(dir.join("node.json"));
         let child = Command::new(herd_bin())
-            .args(["serve", "--api-addr", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--api-addr", addr, "--data-dir"])
             .arg(dir)
             .args(args)
             .env("HERD_LOG", "warn")

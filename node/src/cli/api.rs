@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::discover::Target;
 use super::Error;
-use crate::client::{Client, EventStream};
+use crate::client::Client;
 
 pub use crate::client::paths::{KV, WATCH};
 
@@ -61,11 +61,6 @@ impl Api {
     /// `GET` without headers.
     pub async fn get(&self, path_and_query: &str) -> Result<Value, Error> {
         self.call(Method::GET, path_and_query, &[], None).await
-    }
-
-    /// Opens a server-sent event stream.
-    pub async fn events(&self, path_and_query: &str) -> Result<EventStream, Error> {
-        Ok(self.client.events(path_and_query, &[]).await?)
     }
 }
 

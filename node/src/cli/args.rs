@@ -36,9 +36,17 @@ pub struct Args {
 #[derive(Debug, Clone, Default, clap::Args)]
 #[command(next_help_heading = "Node options (every command)")]
 pub struct ConnectionArgs {
-    /// API URL of the node, e.g. https://10.0.0.5:7440 [default: the `api` of DATA/node.json]
-    #[arg(long, env = "HERD_NODE", value_name = "URL", global = true)]
-    pub node: Option<String>,
+    /// API URL of the node, e.g. https://10.0.0.5:7440 [default: the `api` of DATA/node.json];
+    /// `herd watch` takes several, to fail over from one to the next (comma-separated in
+    /// HERD_NODE)
+    #[arg(
+        long,
+        env = "HERD_NODE",
+        value_name = "URL",
+        global = true,
+        value_delimiter = ','
+    )]
+    pub node: Vec<String>,
 
     /// Access token [default: DATA/admin.token]
     #[arg(
@@ -366,6 +374,50 @@ pub struct WatchArgs {
     /// Replay the changes after this revision of the node first
     #[arg(long, value_name = "REV")]
     pub since: Option<u64>,
+    /// Run CMD (with `sh -c`) once the watch has the current state, and again after changes
+    /// under PATH settle; never two runs at once. CMD gets the revision and the changed paths
+    /// in HERD_REVISION, HERD_CHANGED (one per line), HERD_REASON (start, change or resync),
+    /// HERD_NODE and HERD_WATCH_PATH, and the same as JSON on stdin
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// With --exec: run after no change came for MIN, or MAX after the first change not run
+    /// yet, whichever is first (`0`: at once) [default: 200ms:2s]
+    #[arg(long, value_name = "MIN[:MAX]", value_parser = parse_wait, requires = "exec")]
+    pub wait: Option<Wait>,
+}
+
+/// `--wait MIN[:MAX]`: how long changes must settle before `--exec` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    pub min: std::time::Duration,
+    pub max: std::time::Duration,
+}
+
+impl Default for Wait {
+    fn default() -> Self {
+        Wait {
+            min: std::time::Duration::from_millis(200),
+            max: std::time::Duration::from_secs(2),
+        }
+    }
+}
+
+/// `200ms:2s`, `1s` (MAX four times MIN, as consul-template), `0`.
+fn parse_wait(s: &str) -> Result<Wait, String> {
+    let (min, max) = match s.split_once(':') {
+        Some((min, max)) => (
+            crate::config::parse_duration(min)?,
+            crate::config::parse_duration(max)?,
+        ),
+        None => {
+            let min = crate::config::parse_duration(s)?;
+            (min, min * 4)
+        }
+    };
+    if max < min {
+        return Err(format!("{s:?}: MAX is shorter than MIN"));
+    }
+    Ok(Wait { min, max })
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -459,7 +511,7 @@ mod tests {
     fn global_flags_go_before_or_after_the_command() {
         let args = parse(&["--data-dir", "/d", "get", "/a", "--node", "https://h:1"]).unwrap();
         assert_eq!(args.connection.data_dir, Some(PathBuf::from("/d")));
-        assert_eq!(args.connection.node.as_deref(), Some("https://h:1"));
+        assert_eq!(args.connection.node, ["https://h:1"]);
         let args = parse(&[
             "serve",
             "--data-dir",

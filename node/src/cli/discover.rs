@@ -29,16 +29,30 @@ pub struct Target {
 /// - URL: `--node`, else the `api` field of `DATA/node.json` (written by a running node).
 /// - token: `--token`, else the first line of `DATA/admin.token` if that file exists.
 /// - CA: `--ca-cert`, else `DATA/tls/ca.crt` if it exists; without either it is an error.
+///
+/// Only `herd watch` fails over between nodes: several `--node` are refused here.
 pub fn discover(args: &ConnectionArgs, cwd: &Path) -> Result<Target, Error> {
+    if args.node.len() > 1 {
+        return Err(Error::BadInput(
+            "several --node are only for `herd watch` (to fail over); give one".into(),
+        ));
+    }
+    let mut all = discover_all(args, cwd)?;
+    Ok(all.remove(0))
+}
+
+/// As [`discover`], one target per `--node` (at least one), all with the same token and CA.
+pub fn discover_all(args: &ConnectionArgs, cwd: &Path) -> Result<Vec<Target>, Error> {
     let data_dir = match &args.data_dir {
         Some(dir) => Some(cwd.join(dir)),
         None => Some(cwd.join(DEFAULT_DATA_DIR)).filter(|dir| dir.is_dir()),
     };
-    let url = match (&args.node, &data_dir) {
-        (Some(url), _) => url.clone(),
-        (None, Some(dir)) => node_url(dir)?,
-        (None, None) => return Err(Error::NoNode),
+    let urls = match (args.node.is_empty(), &data_dir) {
+        (false, _) => args.node.clone(),
+        (true, Some(dir)) => vec![node_url(dir)?],
+        (true, None) => return Err(Error::NoNode),
     };
+    let url = urls[0].clone();
     let token = match (&args.token, &data_dir) {
         (Some(token), _) => Some(token.clone()),
         (None, Some(dir)) => read_token(&dir.join("admin.token"))?,
@@ -52,7 +66,14 @@ pub fn discover(args: &ConnectionArgs, cwd: &Path) -> Result<Target, Error> {
         },
         (None, None) => return Err(Error::NoCa { url }),
     };
-    Ok(Target { url, token, ca_pem })
+    Ok(urls
+        .into_iter()
+        .map(|url| Target {
+            url,
+            token: token.clone(),
+            ca_pem: ca_pem.clone(),
+        })
+        .collect())
 }
 
 /// The `api` URL in `DIR/node.json`.
@@ -128,7 +149,7 @@ mod tests {
 
     fn args(node: Option<&str>, token: Option<&str>, ca: Option<&str>) -> ConnectionArgs {
         ConnectionArgs {
-            node: node.map(String::from),
+            node: node.map(String::from).into_iter().collect(),
             token: token.map(String::from),
             ca_cert: ca.map(PathBuf::from),
             data_dir: None,

@@ -1,37 +1,334 @@
-//! `herd watch`: one line per event of a node's watch stream, until Ctrl-C or stdout closes.
+//! `herd watch`: one line per event of a node's watch stream, or with `--exec` a command run
+//! once the watch has the current state and again after changes settle (`exec.rs`).
 //!
-//! Must not interpret events beyond printing them; a stream that fails or ends is an error.
+//! Either way it follows the node by itself, until Ctrl-C or SIGTERM (exit 0) or an error no
+//! retry can fix (a refused token, a bad path): a dropped stream resumes after the last
+//! complete revision (`since`); a revision the node no longer has (410 `compacted`, as after a
+//! restart) starts over from the current state; with several `--node`, a node that cannot be
+//! reached is left for the next one, which starts over too (revisions are per node).
+//!
+//! Must not interpret events beyond printing them or handing them to the command.
+
+use std::io::Write;
+use std::time::Duration;
 
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
-use super::api::{Api, WATCH};
+use super::api::WATCH;
 use super::args::WatchArgs;
+use super::discover::Target;
 use super::encoding::{api_path, printable};
 use super::{print, Error};
-use crate::client::SseEvent;
+use crate::client::{self, Client, EventStream, SseEvent};
 
-pub async fn watch(api: &Api, args: &WatchArgs) -> Result<(), Error> {
-    let mut url = api_path(WATCH, &args.path);
-    if let Some(since) = args.since {
-        url.push_str(&format!("?since={since}"));
+mod exec;
+
+use exec::{Exec, Reason};
+
+/// A stream that brings nothing, not even the node's keep-alive comments (every 15 s), for this
+/// long has failed.
+const IDLE: Duration = Duration::from_secs(45);
+/// The longest wait between attempts to reach a node.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A line on stderr about the watch itself.
+fn note(message: &str) {
+    let _ = writeln!(std::io::stderr(), "herd watch: {}", printable(message));
+}
+
+/// Notes a failure to reach a node, once per outage and then at most once a minute.
+#[derive(Default)]
+struct Outage {
+    since: Option<std::time::Instant>,
+    last: Option<std::time::Instant>,
+    failures: u64,
+}
+
+impl Outage {
+    fn failed(&mut self, message: &str) {
+        let now = std::time::Instant::now();
+        self.failures += 1;
+        let since = *self.since.get_or_insert(now);
+        if self.last.is_none_or(|l| now - l >= Duration::from_secs(60)) {
+            let more = match self.failures {
+                1 => String::new(),
+                n => format!(" ({n} attempts in {} s)", (now - since).as_secs()),
+            };
+            note(&format!("{message}{more}; retrying"));
+            self.last = Some(now);
+        }
     }
-    let mut stream = api.events(&url).await?;
-    let mut last_revision = args.since;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+
+    fn over(&mut self) {
+        *self = Outage::default();
+    }
+}
+
+pub async fn watch(targets: &[Target], args: &WatchArgs) -> Result<(), Error> {
+    let clients = targets
+        .iter()
+        .map(|t| Client::new(&t.url, t.token.clone(), &t.ca_pem))
+        .collect::<Result<Vec<_>, _>>()?;
+    let stop = CancellationToken::new();
+    tokio::spawn(stop_on_signal(stop.clone()));
+    let mut exec = args
+        .exec
+        .as_ref()
+        .map(|cmd| Exec::new(cmd, args.wait.unwrap_or_default(), &args.path));
+    let base = api_path(WATCH, &args.path);
+    let mut at = Follow {
+        node: 0,
+        since: args.since,
+        reason: Reason::Start,
+    };
+    let mut backoff = Duration::from_millis(100);
+    let mut reached = true;
+    let mut outage = Outage::default();
     loop {
-        let event = tokio::select! {
-            _ = &mut ctrl_c => return Ok(()),
-            event = stream.next() => event,
+        let url = match at.since {
+            Some(rev) => format!("{base}?since={rev}"),
+            None => base.clone(),
         };
-        let event = match event {
-            Some(Ok(event)) => event,
-            Some(Err(error)) => return Err(error.into()),
-            None => return Err(Error::StreamEnded { last_revision }),
+        let client = &clients[at.node];
+        let opened = tokio::select! {
+            _ = stop.cancelled() => return finish(exec).await,
+            opened = client.events(&url, &[]) => opened,
         };
-        print(&format!("{}\n", line(&event)))?;
-        last_revision = revision(&event).or(last_revision);
+        match opened {
+            Ok(stream) => {
+                backoff = Duration::from_millis(100);
+                reached = true;
+                outage.over();
+                let end = follow(stream, &mut at, exec.as_mut(), client.base_url(), &stop).await?;
+                match end {
+                    End::Stopped => return finish(exec).await,
+                    End::Dropped(why) => {
+                        note(&format!("{}: {why}; reconnecting", client.base_url()))
+                    }
+                    End::Compacted => {
+                        start_over(&mut at, client.base_url());
+                        continue;
+                    }
+                }
+            }
+            Err(e) if e.code() == Some("compacted") => {
+                start_over(&mut at, client.base_url());
+                continue;
+            }
+            Err(e) if fatal(&e) => return Err(e.into()),
+            Err(e) => {
+                outage.failed(&e.to_string());
+                if !reached && clients.len() > 1 {
+                    // Reached neither on the first try nor again: the next node.
+                    at.node = (at.node + 1) % clients.len();
+                    at.since = None;
+                    at.reason = Reason::Resync;
+                    note(&format!("failing over to {}", clients[at.node].base_url()));
+                    outage.over();
+                }
+                reached = false;
+            }
+        }
+        if reached {
+            // A dropped stream: try the same node again at once.
+            reached = false;
+            continue;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return finish(exec).await,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Where the watch is: the node, the revision to resume after, and what the next `synced`
+/// means for `--exec`.
+struct Follow {
+    node: usize,
+    since: Option<u64>,
+    reason: Reason,
+}
+
+fn start_over(at: &mut Follow, url: &str) {
+    match at.since {
+        Some(rev) => note(&format!(
+            "{url} no longer has revision {rev} (compacted, or restarted); starting over from the current state"
+        )),
+        None => note(&format!("{url}: starting over from the current state")),
+    }
+    at.since = None;
+    at.reason = Reason::Resync;
+}
+
+/// Errors that reconnecting cannot fix.
+fn fatal(e: &client::Error) -> bool {
+    match e {
+        client::Error::Status { status, .. } => {
+            matches!(status.as_u16(), 400 | 401 | 403 | 404 | 405)
+        }
+        client::Error::BadUrl { .. }
+        | client::Error::Ca(_)
+        | client::Error::BadPath { .. }
+        | client::Error::BadHeader { .. } => true,
+        _ => false,
+    }
+}
+
+/// How one stream ended.
+enum End {
+    /// Ctrl-C or SIGTERM.
+    Stopped,
+    /// The connection failed or the node closed it.
+    Dropped(String),
+    /// The node ended it because the watch fell behind its change log.
+    Compacted,
+}
+
+/// What woke the loop of [`follow`].
+enum Woke {
+    Stop,
+    Event(Option<Result<SseEvent, client::Error>>),
+    Due,
+    Ran(std::io::Result<std::process::ExitStatus>),
+}
+
+/// Follows one open stream until it ends.
+async fn follow(
+    mut stream: EventStream,
+    at: &mut Follow,
+    mut exec: Option<&mut Exec>,
+    url: &str,
+    stop: &CancellationToken,
+) -> Result<End, Error> {
+    // Before `synced`, a stream opened without `since` sends the current state.
+    let mut synced = at.since.is_some();
+    // The newest revision seen, and whether all its events are in (the next revision began).
+    let mut newest: Option<u64> = None;
+    loop {
+        let due = exec.as_ref().and_then(|e| e.due());
+        let running = exec.as_ref().is_some_and(|e| e.running());
+        let woke = tokio::select! {
+            _ = stop.cancelled() => Woke::Stop,
+            ev = stream.next_within(Some(IDLE)) => Woke::Event(ev),
+            _ = sleep_until(due), if due.is_some() && !running => Woke::Due,
+            status = wait_run(&mut exec), if running => Woke::Ran(status),
+        };
+        let event = match woke {
+            Woke::Stop => return Ok(End::Stopped),
+            Woke::Due => {
+                if let Some(e) = exec.as_mut() {
+                    e.run(url).await;
+                }
+                continue;
+            }
+            Woke::Ran(status) => {
+                if let Some(e) = exec.as_mut() {
+                    e.ran(status);
+                }
+                continue;
+            }
+            Woke::Event(None) => return Ok(End::Dropped("the node closed the stream".into())),
+            Woke::Event(Some(Err(e))) => return Ok(End::Dropped(e.to_string())),
+            Woke::Event(Some(Ok(event))) => event,
+        };
+        let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+        let kind = data
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or(&event.event)
+            .to_owned();
+        let revision = revision(&event);
+        match kind.as_str() {
+            "error" => {
+                let code = data.get("code").and_then(Value::as_str).unwrap_or_default();
+                let message = data.get("message").and_then(Value::as_str).unwrap_or(code);
+                return match code {
+                    "compacted" => Ok(End::Compacted),
+                    "invalid_token" => {
+                        Err(Error::BadInput(format!("{url} ended the watch: {message}")))
+                    }
+                    _ => Ok(End::Dropped(message.to_owned())),
+                };
+            }
+            "synced" => {
+                synced = true;
+                if let Some(rev) = revision {
+                    at.since = Some(rev);
+                    newest = Some(rev);
+                }
+                match exec.as_mut() {
+                    Some(e) if at.reason != Reason::Change => {
+                        e.start(at.reason, revision.unwrap_or(0));
+                        at.reason = Reason::Change;
+                    }
+                    Some(_) => {}
+                    None => print(&format!("{}\n", line(&event)))?,
+                }
+            }
+            _ => {
+                if synced {
+                    if let Some(rev) = revision {
+                        // A revision is complete once the next one begins: resume after it.
+                        if newest.is_some_and(|n| rev > n) {
+                            at.since = newest;
+                        }
+                        newest = Some(rev);
+                    }
+                }
+                match exec.as_mut() {
+                    Some(e) if synced => {
+                        let path = data.get("path").and_then(Value::as_str).unwrap_or("/");
+                        e.change(&kind, path, revision.unwrap_or(0));
+                    }
+                    Some(_) => {} // the current state: the start run covers it
+                    None => print(&format!("{}\n", line(&event)))?,
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_run(exec: &mut Option<&mut Exec>) -> std::io::Result<std::process::ExitStatus> {
+    match exec {
+        Some(e) => e.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Ctrl-C or SIGTERM: let a command that is running finish, then end.
+async fn finish(exec: Option<Exec>) -> Result<(), Error> {
+    if let Some(mut e) = exec {
+        if e.running() {
+            let status = e.wait().await;
+            e.ran(status);
+        }
+    }
+    Ok(())
+}
+
+async fn stop_on_signal(stop: CancellationToken) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    stop.cancel();
 }
 
 /// `<type> <path> <compact value>` (`put /app/port 5433`, `delete /app/x`), or
