@@ -258,6 +258,41 @@ impl Fs {
         }
     }
 
+    /// A local process renamed a directory holding `value` to `path` (its inodes, and the
+    /// listings the kernel holds, moved with it): those listings now show what the directory
+    /// holds, contents included, so the replay of the change announces nothing the process
+    /// did not do itself.
+    fn saw_object(&self, t: &mut Table, path: &[String], value: &serde_json::Value) {
+        for dir in t.listed_subtree(path) {
+            let node = dir[path.len()..]
+                .iter()
+                .try_fold(value, |node, name| node.get(name));
+            let Some(object) = node.and_then(|node| node.as_object()) else {
+                continue;
+            };
+            let listing: Listing = object
+                .iter()
+                .filter(|(name, _)| !self.hidden.contains(&child(&dir, name)))
+                .map(|(name, v)| {
+                    let seen = match v {
+                        serde_json::Value::Object(_) => Seen {
+                            kind: Kind::Dir,
+                            content: None,
+                        },
+                        leaf => Seen {
+                            kind: Kind::File,
+                            content: Some(fingerprint(&encode(leaf))),
+                        },
+                    };
+                    (name.clone(), seen)
+                })
+                .collect();
+            if let Some(ino) = t.ino(&dir) {
+                t.set_listing(ino, listing);
+            }
+        }
+    }
+
     /// True if `op` puts the value its key already holds (JSON equality: `8080` and `8080.0`
     /// differ, as they do in the store).
     fn holds(&self, op: &backend::Op) -> bool {

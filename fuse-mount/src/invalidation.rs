@@ -97,7 +97,7 @@ pub(crate) fn spawn(
                     send(&kernel, invals);
                 }
                 if let Some(replayer) = replayer.as_mut() {
-                    replayer.replay(&table, backend.as_ref(), &changes);
+                    replayer.replay(&table, backend.as_ref(), &kernel, &changes);
                 }
                 if stop {
                     break;

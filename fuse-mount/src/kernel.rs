@@ -43,7 +43,13 @@ impl Adapter {
             ctime: s.mtime,
             crtime: s.mtime,
             kind: file_type(s.kind),
-            perm: s.perm,
+            // A read-only mount shows no write permission, except to the replay and on
+            // `/.herd` (their answers are the volatile ones: see `fs/echo.rs`).
+            perm: if self.read_only && !s.volatile {
+                s.perm & !0o222
+            } else {
+                s.perm
+            },
             nlink: s.nlink,
             uid,
             gid,
@@ -67,6 +73,18 @@ impl Adapter {
     /// True if `req` would change a read-only mount (the replay may: it changes nothing).
     fn refused(&self, req: &Request<'_>) -> bool {
         self.read_only && !self.fs.is_echo(req.pid())
+    }
+
+    /// The errno for a change the replay never makes (rename, mknod): `EPERM` if the
+    /// replaying thread asks, `EROFS` on a read-only mount; `None` to go on.
+    fn never_echoed(&self, req: &Request<'_>) -> Option<i32> {
+        if self.fs.is_echo(req.pid()) {
+            Some(libc::EPERM)
+        } else if self.read_only {
+            Some(libc::EROFS)
+        } else {
+            None
+        }
     }
 
     fn reply_attr(&self, result: Result<Stat, Errno>, reply: ReplyAttr) {
@@ -192,8 +210,8 @@ impl Filesystem for Adapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        if self.refused(req) {
-            return reply.error(libc::EROFS);
+        if let Some(errno) = self.never_echoed(req) {
+            return reply.error(errno);
         }
         let result = utf8(name).and_then(|name| self.fs.mknod(parent, name, mode));
         self.entry(result, reply);
@@ -253,8 +271,8 @@ impl Filesystem for Adapter {
         flags: u32,
         reply: ReplyEmpty,
     ) {
-        if self.refused(req) {
-            return reply.error(libc::EROFS);
+        if let Some(errno) = self.never_echoed(req) {
+            return reply.error(errno);
         }
         let result = utf8(name).and_then(|name| {
             let newname = utf8(newname)?;

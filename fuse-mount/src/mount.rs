@@ -133,10 +133,13 @@ pub fn mount(backend: Arc<dyn Backend>, dir: &Path, opts: MountOptions) -> io::R
         }
     };
     let (done_tx, session_done) = mpsc::channel();
+    let session_echo = Arc::clone(&echo);
     let spawned = thread::Builder::new()
         .name("herd-fuse".to_owned())
         .spawn(move || {
             let result = session.run();
+            // Unmounted (perhaps from outside): nothing answers the replay any more.
+            session_echo.stop();
             drop(session); // runs `destroy` and releases the device before we say we are done
             let _ = done_tx.send(());
             result
@@ -158,6 +161,7 @@ pub fn mount(backend: Arc<dyn Backend>, dir: &Path, opts: MountOptions) -> io::R
             return Err(e);
         }
     }
+    let live = jobs.clone();
     let sink: ChangeSink = Arc::new(move |change: Change| {
         // Only queues: the sink may run inside `apply` on the request thread.
         let _ = jobs.send(Job::Change(change));
@@ -165,7 +169,12 @@ pub fn mount(backend: Arc<dyn Backend>, dir: &Path, opts: MountOptions) -> io::R
     backend.subscribe(sink);
     // The first request waits for the session's INIT: when it answers, the mount is live.
     match std::fs::metadata(dir) {
-        Ok(meta) => mount.dev = meta.dev(),
+        Ok(meta) => {
+            mount.dev = meta.dev();
+            // The replay may start; it compares whatever the kernel came to hold meanwhile.
+            mount.echo.live(meta.dev());
+            let _ = live.send(Job::Change(Change::All));
+        }
         Err(e) => {
             let _ = mount.shutdown();
             let message = format!("the new mount at {} does not answer: {e}", dir.display());

@@ -20,13 +20,16 @@
 
 use std::fs::{self, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::backend::{self, Backend, Change, Node};
 use crate::content::encode;
 use crate::fs::{control_path, fingerprint};
+use crate::invalidation::Kernel;
 use crate::table::{Kind, Seen, Table};
 
 /// One operation to re-enact on the mount.
@@ -50,7 +53,30 @@ impl Act {
             Act::Create { path, .. } | Act::Modify { path, .. } | Act::Delete { path, .. } => path,
         }
     }
+
+    /// What watchers are shown at its path once it is done.
+    fn shows(&self) -> Option<Seen> {
+        match self {
+            Act::Create { seen, .. } => Some(*seen),
+            Act::Modify { content, .. } => Some(Seen {
+                kind: Kind::File,
+                content: *content,
+            }),
+            Act::Delete { .. } => None,
+        }
+    }
 }
+
+/// An act with what watchers were shown at its path when it was planned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Planned {
+    pub act: Act,
+    pub was: Option<Seen>,
+}
+
+/// The name the replaying thread looks up in the mount's root when it starts, to learn that
+/// the request thread recognises it (`Echo::confirm`); never a key.
+pub(crate) const PROBE: &str = ".herd-replay-probe-";
 
 /// The replaying thread as the request thread sees it.
 #[derive(Debug, Default)]
@@ -61,6 +87,10 @@ pub(crate) struct Echo {
     act: Mutex<Option<Act>>,
     /// Set when the mount is going away: replay nothing more.
     stopping: AtomicBool,
+    /// The mounted filesystem's device number, once the mount is live (0 before).
+    dev: AtomicU64,
+    /// Set when the request thread answered the replaying thread's probe as its own.
+    confirmed: AtomicBool,
 }
 
 impl Echo {
@@ -84,6 +114,16 @@ impl Echo {
 
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// The mount is live, as device `dev`.
+    pub fn live(&self, dev: u64) {
+        self.dev.store(dev, Ordering::Relaxed);
+    }
+
+    /// The request thread recognised the replaying thread's probe.
+    pub fn confirm(&self) {
+        self.confirmed.store(true, Ordering::Relaxed);
     }
 
     fn set_act(&self, act: Option<Act>) {
@@ -135,7 +175,7 @@ fn own(t: &Table, path: &[String]) -> bool {
 }
 
 /// The acts that show `change` to watchers, in order.
-pub(crate) fn plan(table: &Mutex<Table>, backend: &dyn Backend, change: &Change) -> Vec<Act> {
+pub(crate) fn plan(table: &Mutex<Table>, backend: &dyn Backend, change: &Change) -> Vec<Planned> {
     let mut acts = Vec::new();
     match change {
         Change::All => resync(table, backend, &[], false, &mut acts),
@@ -146,7 +186,7 @@ pub(crate) fn plan(table: &Mutex<Table>, backend: &dyn Backend, change: &Change)
 
 /// Walks down from the root to the first level at which what watchers saw differs from the
 /// store.
-fn plan_path(table: &Mutex<Table>, backend: &dyn Backend, p: &[String], acts: &mut Vec<Act>) {
+fn plan_path(table: &Mutex<Table>, backend: &dyn Backend, p: &[String], acts: &mut Vec<Planned>) {
     if p.is_empty() {
         return resync(table, backend, p, true, acts);
     }
@@ -189,15 +229,18 @@ fn compare(
     old: Option<Seen>,
     new: Option<Seen>,
     unknown_changed: bool,
-    acts: &mut Vec<Act>,
+    acts: &mut Vec<Planned>,
 ) {
     match (old, new) {
         (None, None) => {}
-        (None, Some(seen)) => acts.push(Act::Create {
-            path: path.to_vec(),
-            seen,
+        (None, Some(seen)) => acts.push(Planned {
+            act: Act::Create {
+                path: path.to_vec(),
+                seen,
+            },
+            was: None,
         }),
-        (Some(o), None) => delete(&lock(table), path, o.kind, acts),
+        (Some(o), None) => delete(&lock(table), path, o, acts),
         (Some(o), Some(n)) if o.kind == Kind::Dir && n.kind == Kind::Dir => {}
         (Some(o), Some(n)) if o.kind == Kind::File && n.kind == Kind::File => {
             let changed = match o.content {
@@ -205,9 +248,12 @@ fn compare(
                 None => unknown_changed,
             };
             if changed {
-                acts.push(Act::Modify {
-                    path: path.to_vec(),
-                    content: n.content,
+                acts.push(Planned {
+                    act: Act::Modify {
+                        path: path.to_vec(),
+                        content: n.content,
+                    },
+                    was: old,
                 });
             } else if o.content.is_none() {
                 // Learn the content without announcing anything.
@@ -215,31 +261,37 @@ fn compare(
             }
         }
         (Some(o), Some(n)) => {
-            delete(&lock(table), path, o.kind, acts);
-            acts.push(Act::Create {
-                path: path.to_vec(),
-                seen: n,
+            delete(&lock(table), path, o, acts);
+            acts.push(Planned {
+                act: Act::Create {
+                    path: path.to_vec(),
+                    seen: n,
+                },
+                was: None,
             });
         }
     }
 }
 
 /// Deleting `path`: what watchers saw below it first, deepest first, then `path` itself.
-fn delete(t: &Table, path: &[String], kind: Kind, acts: &mut Vec<Act>) {
-    if kind == Kind::Dir {
+fn delete(t: &Table, path: &[String], was: Seen, acts: &mut Vec<Planned>) {
+    if was.kind == Kind::Dir {
         if let Some(listing) = t.listing(path) {
             for (name, seen) in listing {
                 let mut below = path.to_vec();
                 below.push(name.clone());
                 if !own(t, &below) {
-                    delete(t, &below, seen.kind, acts);
+                    delete(t, &below, *seen, acts);
                 }
             }
         }
     }
-    acts.push(Act::Delete {
-        path: path.to_vec(),
-        kind,
+    acts.push(Planned {
+        act: Act::Delete {
+            path: path.to_vec(),
+            kind: was.kind,
+        },
+        was: Some(was),
     });
 }
 
@@ -249,7 +301,7 @@ fn resync(
     backend: &dyn Backend,
     dir: &[String],
     unknown_changed: bool,
-    acts: &mut Vec<Act>,
+    acts: &mut Vec<Planned>,
 ) {
     let dirs = lock(table).listed_subtree(dir);
     let mut gone: Vec<Vec<String>> = Vec::new();
@@ -292,7 +344,7 @@ fn resync(
             compare(table, &path, old, new, unknown_changed, acts);
             if acts[before..]
                 .iter()
-                .any(|a| matches!(a, Act::Delete { path: p, .. } if p == &path))
+                .any(|a| matches!(&a.act, Act::Delete { path: p, .. } if p == &path))
             {
                 gone.push(path);
             }
@@ -303,67 +355,139 @@ fn resync(
 /// Carries out acts on the mount at `dir`, from the thread `Echo::is` recognises.
 pub(crate) struct Replayer {
     dir: PathBuf,
-    echo: std::sync::Arc<Echo>,
-    started: bool,
+    echo: Arc<Echo>,
+    state: Start,
+}
+
+/// Whether the replayer can act.
+enum Start {
+    /// Not yet: the mount is not live.
+    Waiting,
+    /// The mount's root, held open: every act goes through it (`/proc/self/fd/N/...`), so it
+    /// reaches this mount even if another is stacked on the mount point or it was detached.
+    Ready(fs::File),
+    /// Never: the mount point is not this mount, or the request thread does not know the
+    /// replaying thread (its acts would then change the store). Warned once.
+    Off,
 }
 
 impl Replayer {
-    pub fn new(dir: &Path, echo: std::sync::Arc<Echo>) -> Self {
+    pub fn new(dir: &Path, echo: Arc<Echo>) -> Self {
         Replayer {
             dir: dir.to_path_buf(),
             echo,
-            started: false,
+            state: Start::Waiting,
         }
     }
 
-    /// Plan and carry out what `changes` need, in order.
-    pub fn replay(&mut self, table: &Mutex<Table>, backend: &dyn Backend, changes: &[Change]) {
-        if !self.started {
-            self.echo
-                .tid
-                .store(crate::sys::thread_id(), Ordering::Relaxed);
-            self.started = true;
-        }
+    /// Plan and carry out what `changes` need, in order. `kernel` drops a stale entry that
+    /// stands in the way of a creation.
+    pub fn replay(
+        &mut self,
+        table: &Mutex<Table>,
+        backend: &dyn Backend,
+        kernel: &dyn Kernel,
+        changes: &[Change],
+    ) {
+        let root = match self.start() {
+            Some(root) => root,
+            None => return,
+        };
+        let root = format!("/proc/self/fd/{}", root.as_raw_fd());
         for change in changes {
             if self.echo.stopping() {
                 return;
             }
-            for act in plan(table, backend, change) {
+            for planned in plan(table, backend, change) {
                 if self.echo.stopping() {
                     return;
                 }
-                self.perform(table, act);
+                self.perform(table, kernel, Path::new(&root), planned);
             }
         }
     }
 
-    fn on_mount(&self, path: &[String]) -> PathBuf {
-        let mut p = self.dir.clone();
-        p.extend(path);
-        p
+    /// The mount's root once the mount is live and the request thread knows this thread.
+    fn start(&mut self) -> Option<&fs::File> {
+        if let Start::Waiting = self.state {
+            let dev = self.echo.dev.load(Ordering::Relaxed);
+            if dev == 0 {
+                return None; // not live yet: the kernel holds nothing anyone could watch
+            }
+            self.state = match self.open(dev) {
+                Ok(root) => Start::Ready(root),
+                Err(why) => {
+                    tracing::warn!(
+                        dir = %self.dir.display(),
+                        "inotify events for changes made elsewhere are off: {why}"
+                    );
+                    Start::Off
+                }
+            };
+        }
+        match &self.state {
+            Start::Ready(root) => Some(root),
+            _ => None,
+        }
     }
 
-    /// One act: the system calls, then the listing.
-    fn perform(&self, table: &Mutex<Table>, act: Act) {
-        let at = self.on_mount(act.path());
+    fn open(&self, dev: u64) -> Result<fs::File, String> {
+        let root = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(&self.dir)
+            .map_err(|e| format!("cannot open the mount point: {e}"))?;
+        let meta = root.metadata().map_err(|e| e.to_string())?;
+        if meta.dev() != dev {
+            return Err("the mount point is no longer this mount".to_owned());
+        }
+        self.echo
+            .tid
+            .store(crate::sys::thread_id(), Ordering::Relaxed);
+        static PROBES: AtomicU64 = AtomicU64::new(0);
+        let n = PROBES.fetch_add(1, Ordering::Relaxed);
+        let probe = format!(
+            "/proc/self/fd/{}/{PROBE}{}-{n}",
+            root.as_raw_fd(),
+            std::process::id()
+        );
+        let _ = fs::symlink_metadata(probe);
+        if !self.echo.confirmed.load(Ordering::Relaxed) {
+            self.echo.tid.store(0, Ordering::Relaxed);
+            return Err("the mount does not recognise its replaying thread".to_owned());
+        }
+        Ok(root)
+    }
+
+    /// One act: the system calls, then the listing (if watchers were still shown what the
+    /// plan saw: a local change applied meanwhile updated it itself).
+    fn perform(&self, table: &Mutex<Table>, kernel: &dyn Kernel, root: &Path, planned: Planned) {
+        let Planned { act, was } = planned;
+        let mut at = root.to_path_buf();
+        at.extend(act.path());
         self.echo.set_act(Some(act.clone()));
         let result = match &act {
             Act::Create { seen, .. } if seen.kind == Kind::Dir => match fs::create_dir(&at) {
+                // The kernel learnt of the directory before its creation got here (a lookup
+                // in between). Its entry is not dropped (a shell inside would lose its
+                // working directory): no IN_CREATE then, but the listing learns it.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
                 other => other,
             },
-            Act::Create { .. } => match OpenOptions::new().write(true).create_new(true).open(&at) {
-                Ok(file) => file.set_len(0),
-                // The kernel learnt of the file before its change got here (a lookup in
-                // between): show the change as a modification.
+            Act::Create { path, .. } => match create(&at) {
+                // The kernel learnt of the file before its creation got here (a lookup in
+                // between, answered from the store): drop that entry and create again.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    tracing::debug!(
-                        "{} was known before its creation was replayed",
-                        at.display()
-                    );
-                    touch(&at)
+                    let parent = lock(table).ino(&path[..path.len() - 1]);
+                    if let (Some(parent), Some(name)) = (parent, path.last()) {
+                        let _ = kernel.inval_entry(parent, name);
+                    }
+                    match create(&at) {
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => touch(&at),
+                        other => other,
+                    }
                 }
-                Err(e) => Err(e),
+                other => other,
             },
             Act::Modify { .. } => touch(&at),
             Act::Delete {
@@ -374,22 +498,39 @@ impl Replayer {
             } => fs::remove_dir(&at),
         };
         self.echo.set_act(None);
-        if let Err(e) = result {
-            tracing::debug!("replaying {act:?} on the mount failed: {e}");
-        }
-        let mut t = lock(table);
-        match act {
-            Act::Create { path, seen } => t.saw(&path, Some(seen)),
-            Act::Modify { path, content } => t.saw(
-                &path,
-                Some(Seen {
-                    kind: Kind::File,
-                    content,
-                }),
-            ),
-            Act::Delete { path, .. } => t.saw(&path, None),
+        let done = match result {
+            Ok(()) => true,
+            // Already gone: watchers were told when it went.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && matches!(act, Act::Delete { .. }) => {
+                true
+            }
+            Err(e) => {
+                // Watchers still see what they saw: a later change of the path tries again.
+                let path = act.path().join("/");
+                tracing::warn!("replaying a change of /{path} on the mount failed: {e}");
+                false
+            }
+        };
+        if done {
+            lock(table).saw_if(act.path(), was, act.shows());
         }
     }
+}
+
+impl Drop for Replayer {
+    fn drop(&mut self) {
+        // The thread's id may be reused by another process once it ends.
+        self.echo.tid.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Create a new file and close it.
+fn create(at: &Path) -> io::Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(at)?
+        .set_len(0)
 }
 
 /// Open for writing, truncate (the size is the daemon's, not the one asked) and close.
@@ -445,6 +586,9 @@ mod tests {
         let new = MemBackend::new();
         new.apply(vec![Op::Put(Vec::new(), after)]).unwrap();
         plan(&table, &new, &change)
+            .into_iter()
+            .map(|planned| planned.act)
+            .collect()
     }
 
     fn path(s: &str) -> Change {
@@ -577,7 +721,10 @@ mod tests {
         store
             .apply(vec![Op::Put(Vec::new(), json!({"a": 1, "c": 2}))])
             .unwrap();
-        let got = plan(&table, &store, &Change::All);
+        let got: Vec<Act> = plan(&table, &store, &Change::All)
+            .into_iter()
+            .map(|planned| planned.act)
+            .collect();
         assert_eq!(
             got,
             [

@@ -250,6 +250,21 @@ impl Table {
         };
     }
 
+    /// [`Table::saw`], if watchers were last shown `was` at `path`: a local change applied
+    /// since (which updated the listing itself) is not overwritten by an older replay.
+    pub fn saw_if(&mut self, path: &[String], was: Option<Seen>, seen: Option<Seen>) {
+        let Some((name, dir)) = path.split_last() else {
+            return;
+        };
+        let listed = self
+            .ino(dir)
+            .and_then(|ino| self.listings.get(&ino))
+            .map(|listing| listing.get(name).copied());
+        if listed == Some(was) {
+            self.saw(path, seen);
+        }
+    }
+
     /// The attached paths at `path` and below whose directories have listings, `path` first.
     pub fn listed_subtree(&self, path: &[String]) -> Vec<Vec<String>> {
         self.subtree(path)

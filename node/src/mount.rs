@@ -334,8 +334,10 @@ impl Backend for Local {
                 let mut sub = match db.subscribe("", Some(since)) {
                     Ok(sub) => sub,
                     Err(_) => {
-                        sink(Change::All);
+                        // The revision first: a change made while the mount resyncs is then
+                        // delivered again rather than missed.
                         since = db.read().revision;
+                        sink(Change::All);
                         continue;
                     }
                 };

@@ -464,6 +464,11 @@ async fn a_read_only_mount_serves_reads_follows_changes_and_refuses_writes() {
         || async { (m.ok("cat app/port") == "9090\n").then_some(()) },
     )
     .await;
+    let modes = m.ok("stat -c %a app app/port");
+    assert_eq!(
+        modes, "555\n444\n",
+        "a read-only mount shows no write permission"
+    );
     for script in [
         "echo 1 > app/port",
         "touch app/new",

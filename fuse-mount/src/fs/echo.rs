@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::{child, lock, Errno, Fs, Handle, Opened, Result, Stat};
-use crate::replay::Act;
-use crate::table::{Ino, Kind};
+use crate::replay::{Act, PROBE};
+use crate::table::{Ino, Kind, ROOT};
 
 /// Attributes of a name the store no longer has (or does not have yet), not to be cached.
 fn ghost(ino: Ino, kind: Kind) -> Stat {
@@ -48,6 +48,10 @@ impl Fs {
     pub fn echo_lookup(&mut self, parent: Ino, name: &str) -> Result<Stat> {
         let table = Arc::clone(&self.table);
         let mut t = lock(&table);
+        if parent == ROOT && name.starts_with(PROBE) {
+            self.echo.confirm();
+            return Err(Errno(libc::ENOENT));
+        }
         let path = child(t.path(parent).ok_or(Errno(libc::ENOENT))?, name);
         match self.echo.act() {
             Some(Act::Create { path: p, .. }) if p == path => Err(Errno(libc::ENOENT)),
@@ -99,10 +103,19 @@ impl Fs {
         self.echo_made(parent, name, Kind::Dir)
     }
 
-    /// `unlink` and `rmdir` by the replaying thread: the name goes from the table only.
+    /// `unlink` and `rmdir` by the replaying thread: the name goes from the table only. A
+    /// directory holding a file of the mount's own (one being written, an editor's scratch
+    /// file) stays, as a local disk would refuse to remove it: `ENOTEMPTY`.
     pub fn echo_remove(&mut self, parent: Ino, name: &str) -> Result<()> {
         let mut t = lock(&self.table);
         let path = child(t.path(parent).ok_or(Errno(libc::ENOENT))?, name);
+        let holds_local = t
+            .subtree(&path)
+            .iter()
+            .any(|(_, ino)| t.get(*ino).is_some_and(|i| i.local.is_some()));
+        if holds_local {
+            return Err(Errno(libc::ENOTEMPTY));
+        }
         t.detach(&path);
         Ok(())
     }

@@ -182,6 +182,7 @@ impl Fs {
                     Node::Dir { .. } => self.without_hidden(&from, value),
                     Node::Leaf { .. } => value,
                 };
+                let dir = matches!(node, Node::Dir { .. }).then(|| value.clone());
                 self.apply(
                     &mut t,
                     &to,
@@ -189,7 +190,11 @@ impl Fs {
                 )?;
                 self.hidden.retain(|h| !h.starts_with(&from));
                 self.hidden.remove(&to);
-                t.rename(&from, &to)
+                let replaced = t.rename(&from, &to);
+                if let Some(value) = dir {
+                    self.saw_object(&mut t, &to, &value);
+                }
+                replaced
             }
         };
         drop(t);

@@ -43,6 +43,37 @@ fn rename_is_one_update_for_keys_and_directories() {
 }
 
 #[test]
+fn a_directory_renamed_here_leaves_the_replay_nothing_to_announce() {
+    let mut c = Check::new(json!({"d": {"x": 1, "s": {"y": 2}}}));
+    c.ino("d/s/y").unwrap(); // the kernel holds d and d/s: their listings know no contents
+    c.rename("d", "e").unwrap();
+    c.fs.mkdir(ROOT, "m").unwrap();
+    for change in c.changes() {
+        let planned = crate::replay::plan(&c.fs.table, c.store.as_ref(), &Change::Path(change));
+        assert_eq!(
+            planned,
+            [],
+            "the process that renamed raised its own events"
+        );
+    }
+    // A change from elsewhere is still announced.
+    c.store.apply(vec![Op::Put(p("e/s/y"), json!(3))]).unwrap();
+    let planned = crate::replay::plan(&c.fs.table, c.store.as_ref(), &Change::Path(p("e/s/y")));
+    assert_eq!(planned.len(), 1);
+}
+
+#[test]
+fn the_replay_never_removes_a_directory_holding_a_file_being_written() {
+    let mut c = Check::new(json!({"d": {"x": 1}}));
+    let fh = c.open_write("d/new", O_WRITE).unwrap();
+    c.fs.write(fh, 0, b"2").unwrap();
+    c.store.apply(vec![Op::Delete(p("d"))]).unwrap();
+    assert_eq!(c.fs.echo_remove(ROOT, "d"), Err(Errno(libc::ENOTEMPTY)));
+    c.fs.release(fh).unwrap();
+    assert_eq!(c.value("d/new"), Some(json!(2)));
+}
+
+#[test]
 fn sed_in_place_never_shows_its_temp_file_to_the_store() {
     let mut c = Check::new(json!({"x": "abc"}));
     let fh = c
