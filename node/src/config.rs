@@ -97,10 +97,12 @@ pub struct Api {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Storage {
-    /// Events kept in memory for watchers to resume from (`?since=`). Default 10,000.
+    /// Events kept for watchers to resume from (`?since=`), in memory and in `changes.log` in
+    /// the data directory, so resuming works across restarts. Default 10,000.
     pub log_events: usize,
-    /// Bytes of events (paths and values) kept in memory for watchers to resume from, at most:
-    /// with `log_events`, whichever is reached first, this bounds the change log's memory.
+    /// Bytes of events (paths and values) kept for watchers to resume from, at most: with
+    /// `log_events`, whichever is reached first, this bounds the change log's memory (and
+    /// `changes.log` to about twice as much).
     /// Default 16 MiB.
     pub log_bytes: usize,
     /// How long deletions are remembered so that late replicas cannot bring deleted keys back,

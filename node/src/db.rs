@@ -20,6 +20,7 @@
 //!
 //! Must not know about HTTP, TLS or the CLI.
 
+mod journal;
 mod sync;
 mod writer;
 
@@ -132,6 +133,22 @@ pub struct State {
     /// The newest applied revision.
     pub revision: u64,
     pub log: ChangeLog,
+    /// The change log's file, so that watchers resume across restarts.
+    journal: journal::Journal,
+}
+
+impl State {
+    /// Logs an event: in the window watchers resume from, and in its file.
+    fn record(&mut self, ev: Arc<Event>) {
+        self.journal.append(&ev);
+        self.log.push(ev);
+    }
+
+    /// The node reached `revision`, every event of it recorded.
+    fn reach(&mut self, revision: u64) {
+        self.revision = revision;
+        self.journal.flush(&self.log, revision);
+    }
 }
 
 /// A watcher's starting point and its live feed.
@@ -250,10 +267,24 @@ impl Db {
             .unwrap_or(Version::ZERO);
         let clock = Hlc::new(node_id, loaded.high_water.max(max_version));
         let store = Store::from_registers(loaded.registers);
+        let log = ChangeLog::new(opts.log_events, opts.log_bytes, loaded.revision);
+        let dir = file.parent().unwrap_or(std::path::Path::new("."));
+        let (journal, log) = journal::Journal::open(dir, loaded.revision, log);
+        // Expiries the window already announced are not announced again.
+        let mut store = store;
+        for ev in log.iter().filter(|ev| ev.kind == EventKind::Expire) {
+            if store
+                .register(&ev.key)
+                .is_some_and(|r| r.version == ev.version)
+            {
+                store.announce_expiry(&ev.key);
+            }
+        }
         let state = State {
             store,
             revision: loaded.revision,
-            log: ChangeLog::new(opts.log_events, opts.log_bytes, loaded.revision),
+            log,
+            journal,
         };
         let (events, _) = broadcast::channel(4096);
         let (changes, _) = broadcast::channel(CHANGE_FEED);
@@ -532,6 +563,108 @@ mod tests {
         assert_eq!(db.read().revision, 201);
         let w2 = db.write(put("/k/1", json!(1))).await.unwrap();
         assert!(w2.version > w.version && w2.revision == 202);
+    }
+
+    /// The events after a revision, as a watcher resuming from it gets them.
+    fn resumed(db: &Db, since: u64) -> Result<Vec<String>, Compacted> {
+        let sub = db.subscribe("", Some(since))?;
+        Ok(sub
+            .backlog
+            .iter()
+            .map(|e| format!("{}/{} {}", e.revision, e.seq, e.to_json()))
+            .collect())
+    }
+
+    #[tokio::test]
+    async fn watches_resume_across_a_restart_within_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.redb");
+        let (db, h) = Db::open(&file, 1, opts()).unwrap();
+        for i in 0..150 {
+            db.write(put(&format!("/k/{}", i % 40), json!(i)))
+                .await
+                .unwrap();
+        }
+        db.write(WriteRequest {
+            ops: vec![Op::Delete {
+                path: Path::parse("/k/3").unwrap(),
+            }],
+            condition: Condition::None,
+        })
+        .await
+        .unwrap();
+        let peer = reg(Kind::Leaf("\"p\"".into()), now_ms() + 1000, 9);
+        db.merge(vec![("m".into(), peer)]).await.unwrap();
+        let floor = db.read().log.floor();
+        assert!(floor > 0, "the test log keeps 100 events: older ones left");
+        let before = resumed(&db, floor).unwrap();
+        let late = resumed(&db, 140).unwrap();
+        assert!(resumed(&db, floor - 1).is_err());
+        drop(db);
+        h.join();
+        let (db, h) = Db::open(&file, 1, opts()).unwrap();
+        assert_eq!(resumed(&db, floor).unwrap(), before);
+        assert_eq!(resumed(&db, 140).unwrap(), late);
+        assert!(
+            resumed(&db, floor - 1).is_err(),
+            "still compacted below the window"
+        );
+        // The window goes on from there, and again across the next restart.
+        let w = db.write(put("/after", json!(1))).await.unwrap();
+        let floor = db.read().log.floor();
+        let after = resumed(&db, floor).unwrap();
+        assert!(after
+            .last()
+            .unwrap()
+            .starts_with(&format!("{}/0 ", w.revision)));
+        drop(db);
+        h.join();
+        let (db, h) = Db::open(&file, 1, opts()).unwrap();
+        assert_eq!(resumed(&db, floor).unwrap(), after);
+        drop(db);
+        h.join();
+        // A file that stops short of the database's revision (a power cut) keeps nothing: a
+        // resume gets 410 rather than a gap.
+        let journal = dir.path().join(journal::FILE);
+        let text = std::fs::read_to_string(&journal).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[lines.len() - 2].contains(r#""k":"after""#));
+        std::fs::write(&journal, lines[..lines.len() - 2].join("\n")).unwrap();
+        let (db, _h) = Db::open(&file, 1, opts()).unwrap();
+        let now = db.read().revision;
+        assert_eq!(db.read().log.floor(), now);
+        assert!(resumed(&db, floor).is_err());
+        assert_eq!(resumed(&db, now).unwrap(), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn an_expiry_announced_before_a_restart_is_not_announced_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.redb");
+        let (db, h) = Db::open(&file, 1, opts()).unwrap();
+        let ttl = WriteRequest {
+            ops: vec![Op::put(Path::parse("/t").unwrap(), &json!(1), Some(50)).unwrap()],
+            condition: Condition::None,
+        };
+        let w = db.write(ttl).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        db.housekeeping().await;
+        let expired = loop {
+            let events = resumed(&db, w.revision).unwrap();
+            if !events.is_empty() {
+                break events;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(expired[0].contains(r#""type":"expire""#), "{expired:?}");
+        drop(db);
+        h.join();
+        let (db, _h) = Db::open(&file, 1, opts()).unwrap();
+        db.housekeeping().await;
+        db.write(put("/after", json!(1))).await.unwrap();
+        let events = resumed(&db, w.revision).unwrap();
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(events[1].contains(r#""path":"/after""#), "{events:?}");
     }
 
     #[tokio::test]

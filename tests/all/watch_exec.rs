@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use http::Method;
 use serde_json::Value;
 use tests::mount::put_json;
 use tests::{herd_bin, wait_for, ChildNode, Cli};
@@ -175,16 +176,15 @@ async fn watch_follows_its_node_through_a_restart() {
     put_json(&node.client(), "/app/b", "2").await;
     finished(&log, 2).await;
 
-    // Killed and started again on the same address: the watch comes back by itself. The
-    // node's change log starts empty, so it starts over (one `resync` run) and goes on.
+    // Killed and started again on the same address: the watch comes back by itself and
+    // resumes where it was (the node's change log survives the restart), so the write made
+    // just after the restart is the only thing that runs the command again.
     node.kill9();
-    tokio::time::sleep(Duration::from_millis(500)).await;
     node = ChildNode::start_at(&data, &addr, &[]).await.unwrap();
-    let starts = finished(&log, 3).await;
-    assert_eq!(reasons(&starts), ["start", "change", "resync"]);
     put_json(&node.client(), "/app/c", "3").await;
-    let starts = finished(&log, 4).await;
-    assert_eq!(starts[3]["changed"], "/app/c");
+    let starts = finished(&log, 3).await;
+    assert_eq!(reasons(&starts), ["start", "change", "change"]);
+    assert_eq!(starts[2]["changed"], "/app/c");
     let out = || std::fs::read_to_string(dir.path().join("watch.out")).unwrap_or_default();
     wait_for("the plain watch to print /app/c", T, || async {
         out().contains("put /app/c 3").then_some(())
@@ -194,12 +194,55 @@ async fn watch_follows_its_node_through_a_restart() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "put /app/a 1", "{text}");
     assert!(lines[1].starts_with("synced "), "{text}");
-    assert!(lines.contains(&"put /app/b 2"), "{text}");
-    // Starting over prints the current state again, then `synced`.
-    let again = lines.iter().rposition(|l| *l == "put /app/a 1").unwrap();
-    assert!(again > 1, "{text}");
-    assert!(lines[again..].contains(&"put /app/b 2"), "{text}");
+    // Nothing printed twice: the resume's `synced` line says it caught up.
+    let puts: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("put "))
+        .collect();
+    assert_eq!(
+        puts,
+        ["put /app/a 1", "put /app/b 2", "put /app/c 3"],
+        "{text}"
+    );
     let err = std::fs::read_to_string(exec_dir.join("watch.err")).unwrap();
+    assert!(!err.contains("starting over"), "{err}");
+
+    // Restarted with a window of two events after three more writes: a resume from before
+    // it gets 410 with what to do, and the watch starts over (one `resync` run).
+    drop(_plain);
+    node.stop();
+    let config = dir.path().join("small.toml");
+    std::fs::write(&config, "[storage]\nlog_events = 2\n").unwrap();
+    let small = ["--config", config.to_str().unwrap()];
+    node = ChildNode::start_at(&data, &addr, &small).await.unwrap();
+    let c = node.client();
+    let r = c.request(Method::GET, "/v1/kv/", &[], None).await.unwrap();
+    let before: u64 = r.headers["x-herd-revision"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for (k, v) in [("d", "4"), ("e", "5"), ("f", "6")] {
+        put_json(&c, &format!("/app/{k}"), v).await;
+    }
+    let path = format!("/v1/watch/app?since={before}");
+    let r = c.request(Method::GET, &path, &[], None).await.unwrap();
+    let body = String::from_utf8_lossy(&r.body);
+    assert_eq!(r.status, 410, "{body}");
+    assert!(body.contains("watch again without since"), "{body}");
+    // `herd watch --since` from there starts over: one `resync` run, then changes.
+    let again = dir.path().join("again");
+    std::fs::create_dir_all(&again).unwrap();
+    let since = before.to_string();
+    let args = ["/app", "--since", &since, "--exec", CMD, "--wait", "0"];
+    let _w2 = spawn_watch(&data, &[], &args, &again);
+    let starts = finished(&again.join("runs.log"), 1).await;
+    assert_eq!(reasons(&starts), ["resync"]);
+    put_json(&c, "/app/g", "7").await;
+    let starts = finished(&again.join("runs.log"), 2).await;
+    assert_eq!(reasons(&starts), ["resync", "change"]);
+    let err = std::fs::read_to_string(again.join("watch.err")).unwrap();
     assert!(
         err.contains("starting over from the current state"),
         "{err}"

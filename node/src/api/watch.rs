@@ -16,7 +16,7 @@ use crate::db;
 use crate::store::log::event_bytes;
 use crate::store::path::key_contains;
 use crate::store::{value, Event, EventKind, Path, INTERNAL};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,9 +28,12 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub const SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
 /// The unit of `App::snapshots`: one permit is this many bytes.
 pub const SNAPSHOT_UNIT: usize = 1024;
-/// Events handed to a connection and not yet taken by it: with the event hyper is writing, this
-/// bounds what one connection holds beyond its socket's buffers.
+/// Events (or backlog chunks) handed to a connection and not yet taken by it: with the one
+/// hyper is writing, this bounds what one connection holds beyond its socket's buffers.
 const QUEUED_EVENTS: usize = 4;
+/// The backlog (a replay or the initial state) is sent in chunks of about this many bytes, so
+/// a slow watcher holds at most a few of them beyond its socket's buffers.
+const BACKLOG_CHUNK: usize = 16 << 10;
 
 pub async fn watch<B>(
     app: &Arc<App>,
@@ -196,7 +199,10 @@ async fn stream(
     }
     // Each event is dropped once sent; the room held shrinks with what is left to send (a state
     // larger than the whole room holds all of it until only that much is left).
+    // The backlog goes out in chunks of many events (one TLS record and write each, not one
+    // per event).
     let mut left: usize = sub.backlog.iter().map(|ev| event_bytes(ev)).sum();
+    let mut chunk = BytesMut::new();
     for ev in std::mem::take(&mut sub.backlog) {
         if reloads.has_changed().unwrap_or(true) {
             reloads.borrow_and_update();
@@ -205,8 +211,11 @@ async fn stream(
                 return;
             }
         }
-        if visible_to(key, &ev) && tx.send(frame(&cut(grant, key, &ev))).await.is_err() {
-            return;
+        if visible_to(key, &ev) {
+            chunk.extend_from_slice(&frame(&cut(grant, key, &ev)));
+            if chunk.len() >= BACKLOG_CHUNK && tx.send(chunk.split().freeze()).await.is_err() {
+                return;
+            }
         }
         left -= event_bytes(&ev);
         if let Some(room) = room.as_mut() {
@@ -219,7 +228,8 @@ async fn stream(
     let synced = format!(
         "event: synced\nid: {cutoff}\ndata: {{\"type\":\"synced\",\"revision\":{cutoff}}}\n\n"
     );
-    if tx.send(Bytes::from(synced)).await.is_err() {
+    chunk.extend_from_slice(synced.as_bytes());
+    if tx.send(chunk.freeze()).await.is_err() {
         return;
     }
     // The newest (revision, seq) handled; everything at the cutoff came with the backlog.

@@ -80,6 +80,7 @@ pub async fn watch(targets: &[Target], args: &WatchArgs) -> Result<(), Error> {
     let mut at = Follow {
         node: 0,
         since: args.since,
+        delivered: None,
         reason: Reason::Start,
     };
     let mut backoff = Duration::from_millis(100);
@@ -122,8 +123,7 @@ pub async fn watch(targets: &[Target], args: &WatchArgs) -> Result<(), Error> {
                 if !reached && clients.len() > 1 {
                     // Reached neither on the first try nor again: the next node.
                     at.node = (at.node + 1) % clients.len();
-                    at.since = None;
-                    at.reason = Reason::Resync;
+                    at.restart(Reason::Resync);
                     note(&format!("failing over to {}", clients[at.node].base_url()));
                     outage.over();
                 }
@@ -148,7 +148,19 @@ pub async fn watch(targets: &[Target], args: &WatchArgs) -> Result<(), Error> {
 struct Follow {
     node: usize,
     since: Option<u64>,
+    /// The newest revision whose events were handed on, and how many of them: a resume after
+    /// `since` sends that revision again, and those are skipped.
+    delivered: Option<(u64, usize)>,
     reason: Reason,
+}
+
+impl Follow {
+    /// From the node's current state: nothing to resume or skip.
+    fn restart(&mut self, reason: Reason) {
+        self.since = None;
+        self.delivered = None;
+        self.reason = reason;
+    }
 }
 
 fn start_over(at: &mut Follow, url: &str) {
@@ -158,8 +170,7 @@ fn start_over(at: &mut Follow, url: &str) {
         )),
         None => note(&format!("{url}: starting over from the current state")),
     }
-    at.since = None;
-    at.reason = Reason::Resync;
+    at.restart(Reason::Resync);
 }
 
 /// Errors that reconnecting cannot fix.
@@ -206,6 +217,10 @@ async fn follow(
     let mut synced = at.since.is_some();
     // The newest revision seen, and whether all its events are in (the next revision began).
     let mut newest: Option<u64> = None;
+    // Events of a revision handed on before the stream dropped, sent again by the resume.
+    let mut skip = at
+        .delivered
+        .filter(|(rev, _)| at.since.is_some_and(|since| *rev > since));
     loop {
         let due = exec.as_ref().and_then(|e| e.due());
         let running = exec.as_ref().is_some_and(|e| e.running());
@@ -270,11 +285,23 @@ async fn follow(
             _ => {
                 if synced {
                     if let Some(rev) = revision {
+                        if let Some((r, n)) = skip.as_mut() {
+                            if *r == rev && *n > 0 {
+                                *n -= 1;
+                                newest = Some(rev);
+                                continue; // handed on before the stream dropped
+                            }
+                        }
+                        skip = None;
                         // A revision is complete once the next one begins: resume after it.
                         if newest.is_some_and(|n| rev > n) {
                             at.since = newest;
                         }
                         newest = Some(rev);
+                        at.delivered = match at.delivered {
+                            Some((r, n)) if r == rev => Some((r, n + 1)),
+                            _ => Some((rev, 1)),
+                        };
                     }
                 }
                 match exec.as_mut() {

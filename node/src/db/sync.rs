@@ -49,7 +49,7 @@ pub(super) fn sync_loop(inner: &Inner, rx: std::sync::mpsc::Receiver<Synced>) {
                     for p in s.planned {
                         apply(inner, &mut st, p, feed, &mut replies);
                     }
-                    st.revision = s.last_revision;
+                    st.reach(s.last_revision);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "group commit failed; its writes are refused");
@@ -164,7 +164,7 @@ fn apply(inner: &Inner, st: &mut State, p: Planned, feed: bool, replies: &mut Re
         }
     }
     for ev in events {
-        st.log.push(ev.clone());
+        st.record(ev.clone());
         let _ = inner.events.send(ev);
     }
     replies.push((origin, Ok((written, applied))));

@@ -412,9 +412,9 @@ impl Writer {
             value: None,
             version: self.clock.high_water(),
         });
-        st.log.push(ev.clone());
+        st.record(ev.clone());
         let _ = self.inner.events.send(ev);
-        st.revision = revision;
+        st.reach(revision);
         Ok(keys.len())
     }
 
@@ -464,11 +464,11 @@ impl Writer {
                     version,
                 });
                 seq += 1;
-                st.log.push(ev.clone());
+                st.record(ev.clone());
                 let _ = self.inner.events.send(ev);
             }
         }
-        st.revision = revision;
+        st.reach(revision);
         if !old.is_empty() {
             tracing::debug!(
                 collected = old.len(),

@@ -146,6 +146,21 @@ impl ChangeLog {
         self.floor
     }
 
+    /// The most events and bytes it keeps.
+    pub fn limits(&self) -> (usize, usize) {
+        (self.capacity, self.max_bytes)
+    }
+
+    /// The events held, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Event>> {
+        self.events.iter()
+    }
+
+    /// An empty log with the same limits whose history starts after `floor`.
+    pub fn restarted(&self, floor: u64) -> ChangeLog {
+        ChangeLog::new(self.capacity, self.max_bytes, floor)
+    }
+
     pub fn len(&self) -> usize {
         self.events.len()
     }

@@ -1,0 +1,319 @@
+//! The change log on disk, so that watchers resume across restarts: `changes.log` beside the
+//! database holds the events of the retained window, one JSON line each, appended after the
+//! commit they belong to is durable and applied, and a line for every revision reached without
+//! an event (so that a missing tail can be told from a quiet one).
+//!
+//! It is not the source of truth and is not synced per commit: the write-ahead log is. A
+//! restart keeps the window only if the file reaches exactly the revision the database
+//! recovered (after `kill -9` it does: the lines are in the page cache before the next commit).
+//! Otherwise (a power cut, a torn or damaged file, a disk that refused a write) the window
+//! starts again at the recovered revision, so a resume from before it gets `410` and never a
+//! silent gap.
+//!
+//! The file grows by appending; once it holds twice the window (by events or bytes), it is
+//! rewritten from the in-memory log (a temporary file, synced, renamed over it), which also
+//! happens at every start. So its size stays within about twice the configured window.
+
+use crate::store::{ChangeLog, Event, EventKind, Version};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The file's name in the data directory.
+pub const FILE: &str = "changes.log";
+/// The first line's format tag.
+const FORMAT: u32 = 1;
+/// After a failed write, how long until the file is rewritten from memory again.
+const RETRY: Duration = Duration::from_secs(10);
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    herd_change_log: u32,
+    /// Every event with a revision above this follows.
+    floor: u64,
+}
+
+/// One line after the header: an event, or (without `t`) a revision reached with no event.
+#[derive(Serialize, Deserialize)]
+struct Line<'a> {
+    r: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    s: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    t: Option<&'a str>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    k: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ver: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    v: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl<'a> Line<'a> {
+    fn of(ev: &'a Event) -> Line<'a> {
+        Line {
+            r: ev.revision,
+            s: ev.seq,
+            t: Some(ev.kind.as_str()),
+            k: Some((&*ev.key).into()),
+            ver: Some(ev.version.to_string()),
+            v: ev.value.as_deref().map(Into::into),
+        }
+    }
+
+    fn event(self) -> Result<Option<Event>, String> {
+        let Some(t) = self.t else {
+            return Ok(None);
+        };
+        let kind = match t {
+            "put" => EventKind::Put,
+            "delete" => EventKind::Delete,
+            "expire" => EventKind::Expire,
+            other => return Err(format!("unknown event type {other:?}")),
+        };
+        let version: Version = self
+            .ver
+            .ok_or("an event without a version")?
+            .parse()
+            .map_err(|e| format!("{e:?}"))?;
+        Ok(Some(Event {
+            revision: self.r,
+            seq: self.s,
+            kind,
+            key: self.k.ok_or("an event without a key")?.into(),
+            value: self.v.map(Into::into),
+            version,
+        }))
+    }
+}
+
+/// The open file, appended to under the state lock.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    /// `None` after a failed write, until a rewrite succeeds.
+    out: Option<BufWriter<File>>,
+    /// The last revision written.
+    last: u64,
+    /// Event lines and bytes in the file, to know when to rewrite it.
+    lines: usize,
+    bytes: u64,
+    /// Rewrite once the file holds this many event lines or bytes.
+    max_lines: usize,
+    max_bytes: u64,
+    /// When a write last failed.
+    failed: Option<Instant>,
+}
+
+impl Journal {
+    /// Reads the window kept in `dir` for a database recovered at `revision` and starts the
+    /// file again from it. Never fails: a window that cannot be read or written is lost (and
+    /// said so), which only costs resuming watchers a `410`.
+    pub fn open(dir: &Path, revision: u64, mut log: ChangeLog) -> (Journal, ChangeLog) {
+        let path = dir.join(FILE);
+        match read(&path, revision, &mut log) {
+            Ok(Some(n)) => tracing::info!(
+                events = n,
+                oldest_resumable_revision = log.floor(),
+                "change log loaded: watchers resume across the restart"
+            ),
+            Ok(None) => {}
+            Err(why) => tracing::warn!(
+                file = %path.display(),
+                "change log not kept across the restart ({why}): watchers resuming from before revision {revision} must watch again"
+            ),
+        }
+        let (max_lines, max_bytes) = log.limits();
+        let mut journal = Journal {
+            path,
+            out: None,
+            last: revision,
+            lines: 0,
+            bytes: 0,
+            max_lines: max_lines.saturating_mul(2),
+            max_bytes: (max_bytes as u64).saturating_mul(2),
+            failed: None,
+        };
+        journal.rewrite(&log, revision);
+        (journal, log)
+    }
+
+    /// Appends an event (buffered until [`Journal::flush`]).
+    pub fn append(&mut self, ev: &Event) {
+        let Some(out) = self.out.as_mut() else {
+            return;
+        };
+        let line = Line::of(ev);
+        let written = serde_json::to_writer(&mut *out, &line)
+            .map_err(io::Error::from)
+            .and_then(|()| out.write_all(b"\n"));
+        self.lines += 1;
+        self.bytes += crate::store::log::event_bytes(ev) as u64;
+        self.last = ev.revision;
+        if let Err(e) = written {
+            self.fail(&e);
+        }
+    }
+
+    /// The node reached `revision`; writes a line for it if no event did. Then hands the lines
+    /// to the kernel, and rewrites the file from `log` once it has grown past twice the window
+    /// (or to recover from a failed write).
+    pub fn flush(&mut self, log: &ChangeLog, revision: u64) {
+        if revision > self.last {
+            if let Some(out) = self.out.as_mut() {
+                let line = Line {
+                    r: revision,
+                    s: 0,
+                    t: None,
+                    k: None,
+                    ver: None,
+                    v: None,
+                };
+                let written = serde_json::to_writer(&mut *out, &line)
+                    .map_err(io::Error::from)
+                    .and_then(|()| out.write_all(b"\n"));
+                if let Err(e) = written {
+                    self.fail(&e);
+                }
+            }
+            self.last = revision;
+        }
+        if let Some(out) = self.out.as_mut() {
+            if let Err(e) = out.flush() {
+                self.fail(&e);
+            }
+        }
+        let grown = self.lines > self.max_lines || self.bytes > self.max_bytes;
+        let retry = self.out.is_none() && self.failed.is_none_or(|at| at.elapsed() >= RETRY);
+        if grown || retry {
+            self.rewrite(log, revision);
+        }
+    }
+
+    fn fail(&mut self, e: &io::Error) {
+        if self.out.is_some() {
+            tracing::warn!(
+                file = %self.path.display(),
+                "cannot write the change log ({e}); a restart before it is rewritten loses the resumable window"
+            );
+        }
+        self.out = None;
+        self.failed = Some(Instant::now());
+    }
+
+    /// Writes the window held in memory to a new file, synced, and renames it over the old.
+    fn rewrite(&mut self, log: &ChangeLog, revision: u64) {
+        self.out = None;
+        let tmp = self.path.with_extension("log.new");
+        let result = (|| -> io::Result<BufWriter<File>> {
+            let mut out = BufWriter::with_capacity(1 << 16, File::create(&tmp)?);
+            let header = Header {
+                herd_change_log: FORMAT,
+                floor: log.floor(),
+            };
+            serde_json::to_writer(&mut out, &header)?;
+            out.write_all(b"\n")?;
+            for ev in log.iter() {
+                serde_json::to_writer(&mut out, &Line::of(ev))?;
+                out.write_all(b"\n")?;
+            }
+            let marker = Line {
+                r: revision,
+                s: 0,
+                t: None,
+                k: None,
+                ver: None,
+                v: None,
+            };
+            serde_json::to_writer(&mut out, &marker)?;
+            out.write_all(b"\n")?;
+            out.flush()?;
+            out.get_ref().sync_data()?;
+            fs::rename(&tmp, &self.path)?;
+            if let Some(dir) = self.path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            Ok(out)
+        })();
+        match result {
+            Ok(out) => {
+                self.out = Some(out);
+                self.failed = None;
+                self.lines = log.len();
+                self.bytes = log.bytes() as u64;
+                self.last = revision;
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                self.fail(&e);
+            }
+        }
+    }
+}
+
+/// Loads the window in `path` into `log` (empty, starting at `revision`) if the file reaches
+/// exactly `revision`. `Ok(None)`: no file (a new node, or one from before this file existed).
+fn read(path: &Path, revision: u64, log: &mut ChangeLog) -> Result<Option<usize>, String> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut lines = BufReader::with_capacity(1 << 16, file).lines();
+    let header: Header = match lines.next() {
+        Some(Ok(line)) => serde_json::from_str(&line).map_err(|e| format!("bad header: {e}"))?,
+        Some(Err(e)) => return Err(e.to_string()),
+        None => return Err("empty file".into()),
+    };
+    if header.herd_change_log != FORMAT {
+        return Err(format!("unknown format {}", header.herd_change_log));
+    }
+    if header.floor > revision {
+        return Err(format!(
+            "it starts after revision {}, beyond the database's {revision}",
+            header.floor
+        ));
+    }
+    let mut events = Vec::new();
+    let mut last = header.floor;
+    for (i, line) in lines.enumerate() {
+        // A torn or damaged line ends what can be trusted; the check below decides.
+        let Ok(line) = line else { break };
+        let Ok(parsed) = serde_json::from_str::<Line<'_>>(&line) else {
+            tracing::debug!(
+                line = i + 2,
+                "change log line unreadable; reading stops there"
+            );
+            break;
+        };
+        if parsed.r < last {
+            return Err(format!("revision {} after {last}", parsed.r));
+        }
+        last = parsed.r;
+        match parsed.event() {
+            Ok(Some(ev)) => events.push(ev),
+            Ok(None) => {}
+            Err(why) => return Err(why),
+        }
+    }
+    if last != revision {
+        return Err(format!(
+            "it ends at revision {last} but the database recovered revision {revision} (a power cut, or a disk that refused a write)"
+        ));
+    }
+    let n = events.len();
+    *log = log.restarted(header.floor);
+    for ev in events {
+        if ev.revision > header.floor {
+            log.push(Arc::new(ev));
+        }
+    }
+    Ok(Some(n))
+}
