@@ -6,7 +6,8 @@
 # Used by each Python plugin's build.sh. The component is built from the plugin's app.py and the
 # other .py files beside it (not test_*.py), against the world WORLD of wit/ (set HERD_WIT_DIR to
 # use another WIT folder). It is rebuilt only when an input changed: the sources, the WIT, this
-# script or the componentize-py version (their digest is kept in OUTDIR/.build/<name>.inputs).
+# script, the bundled packages (vendor.txt) or the componentize-py version (their digest is kept
+# in OUTDIR/.build/<name>.inputs).
 set -euo pipefail
 
 if [ $# -ne 3 ]; then
@@ -35,12 +36,30 @@ for file in "$plugin_dir"/*.py; do
     sources+=("$file")
 done
 
+# Pure-Python packages a plugin bundles (its vendor.txt, one import name per line), taken from
+# this machine's Python: pip installs them when missing.
+vendored=()
+if [ -f "$plugin_dir/vendor.txt" ]; then
+    while read -r module; do
+        [ -n "$module" ] || continue
+        if ! python3 -c "import $module" 2>/dev/null; then
+            echo "$name: installing $module (pip) to bundle it"
+            python3 -m pip install -q "$module" 2>/dev/null ||
+                python3 -m pip install -q --break-system-packages "$module"
+        fi
+        vendored+=("$(python3 -c "import $module, os; print(os.path.dirname($module.__file__))")")
+    done <"$plugin_dir/vendor.txt"
+fi
+
 out=$outdir/$name.wasm
 mkdir -p "$outdir/.build"
 stamp=$outdir/.build/$name.inputs
 digest=$(
     {
         echo "$version $world"
+        for package in "${vendored[@]}"; do
+            find "$package" -name '*.py' -type f | sort | xargs sha256sum | sed 's|  .*/|  |'
+        done
         sha256sum "${sources[@]}" "${BASH_SOURCE[0]}" | sed 's|  .*/|  |'
         find "$wit_dir" -name '*.wit' -type f | sort | xargs sha256sum | sed 's|  .*/|  |'
     } | sha256sum | cut -d' ' -f1
@@ -55,6 +74,11 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir "$work/src"
 cp "${sources[@]}" "$work/src/"
+for package in "${vendored[@]}"; do
+    # The Python sources only: no compiled speedups (they are not WebAssembly), no caches.
+    (cd "$(dirname "$package")" && find "$(basename "$package")" -name '*.py' -print0 |
+        tar --null -T - -cf -) | tar -C "$work/src" -xf -
+done
 
 echo "$name: componentize-py -d $wit_dir -w $world componentize app -p src -o $out"
 start=$(date +%s.%N)

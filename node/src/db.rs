@@ -172,6 +172,11 @@ enum Command {
     Housekeeping,
     /// Forget every register (a node away longer than the tombstone grace period).
     Reset(oneshot::Sender<Result<usize, Error>>),
+    /// Derived keys changed (key, new compact JSON or `None` for gone): events, no registers.
+    Derived(
+        Vec<(Box<str>, Option<Box<str>>)>,
+        oneshot::Sender<Result<u64, Error>>,
+    ),
 }
 
 /// Counters of the write path, for `/metrics`.
@@ -379,6 +384,13 @@ impl Db {
     /// `delete` of the root.
     pub async fn reset(&self) -> Result<usize, Error> {
         self.ask(Command::Reset).await
+    }
+
+    /// Announces changes of derived keys (key, new compact JSON or `None` for gone) to
+    /// watchers as one revision; the store is not touched and nothing is replicated. Answers
+    /// the revision.
+    pub async fn derived(&self, changes: Vec<(Box<str>, Option<Box<str>>)>) -> Result<u64, Error> {
+        self.ask(|reply| Command::Derived(changes, reply)).await
     }
 
     /// The feed of local writes' registers, once each is durable and applied. A reader that

@@ -95,7 +95,20 @@ struct Inner {
 
 /// What a loaded program depends on: the name (its log lines), the file, the hooks and limits.
 fn program_key(m: &Manifest) -> String {
-    format!("{}:{}:{:?}:{:?}", m.name, m.sha256, m.hooks, m.limits)
+    format!(
+        "{}:{}:{:?}:{:?}:{:?}",
+        m.name, m.sha256, m.hooks, m.limits, m.output
+    )
+}
+
+/// A plugin's environment: its name, and where a derive plugin's outputs go (the same on every
+/// node, so every node computes the same).
+pub fn environment(name: &str, output: Option<&str>) -> Vec<(String, String)> {
+    let mut env = vec![("HERD_PLUGIN".to_owned(), name.to_owned())];
+    if let Some(o) = output {
+        env.push(("HERD_OUTPUT".to_owned(), o.to_owned()));
+    }
+    env
 }
 
 /// The plugin side of a node. Cheap to clone.
@@ -233,9 +246,10 @@ impl Plugins {
         let host = self.inner.host.clone();
         let (name, sha, hooks, limits) =
             (m.name.clone(), m.sha256.clone(), m.hooks.clone(), m.limits);
+        let env = environment(&m.name, m.output.as_deref());
         let program = tokio::task::spawn_blocking(move || {
             let p = host
-                .load(&name, &sha, &path, &hooks, limits)
+                .load(&name, &sha, &path, &hooks, limits, env)
                 .map_err(|e| Error::Load(format!("{e:#}")))?;
             p.warm_up()
                 .map_err(|e| Error::Load(format!("its start {e}")))?;
@@ -327,8 +341,9 @@ impl Plugins {
             .registry
             .write()
             .unwrap_or_else(|e| e.into_inner()) = new.clone();
-        self.inner.outputs.retain(&new);
+        let gone = self.inner.outputs.retain(&new);
         derive::reconcile(self, &new);
+        derive::announce(self, gone).await;
     }
 
     /// Follows `/.herd/plugins` and reloads on every change; returns when `cancel` fires.

@@ -355,21 +355,23 @@ async fn herd_mount_raises_events_and_entr_reruns_on_each_change() {
     // A read-only mount with a read-only token: the replay still raises events.
     let mnt: PathBuf = dir.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    let mut mount = Command::new(tests::herd_bin())
-        .args([
-            "--data-dir",
-            &data,
-            "--token",
-            &token,
-            "mount",
-            "--read-only",
-        ])
-        .arg(&mnt)
-        .env("HERD_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("herd mount");
+    let mut mount = KillOnDrop(
+        Command::new(tests::herd_bin())
+            .args([
+                "--data-dir",
+                &data,
+                "--token",
+                &token,
+                "mount",
+                "--read-only",
+            ])
+            .arg(&mnt)
+            .env("HERD_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("herd mount"),
+    );
     wait_for("the mount", T, || async {
         (sh_in(&mnt, "cat app/port").stdout == "8000\n").then_some(())
     })
@@ -407,10 +409,57 @@ async fn herd_mount_raises_events_and_entr_reruns_on_each_change() {
         after.iter().all(|l| l == "./port CLOSE_WRITE,CLOSE"),
         "{after:?}"
     );
-    drop((w, entr));
+    // A plugin's derived output on the node: in the remote mount, followed through the watch
+    // stream (derived keys are events too).
+    tests::plugins::installed(
+        &client,
+        "nginx-upstream",
+        &tests::plugins::shipped("nginx-upstream"),
+        serde_json::json!({"prefixes": ["/services"], "hooks": ["derive"], "output": "/rendered/nginx", "limits": {"memory": 33554432}}),
+    )
+    .await;
+    put_json(
+        &client,
+        "/services/web/a",
+        r#"{"address": "10.0.0.5", "port": 8080}"#,
+    )
+    .await;
+    wait_for(
+        "the rendered file on the remote mount",
+        Duration::from_secs(30),
+        || async {
+            sh_in(&mnt, "cat rendered/nginx/web.conf")
+                .stdout
+                .contains("10.0.0.5")
+                .then_some(())
+        },
+    )
+    .await;
+    let rendered = Lines::inotifywait(&mnt.join("rendered/nginx"));
+    put_json(
+        &client,
+        "/services/web/b",
+        r#"{"address": "10.0.0.6", "port": 8080}"#,
+    )
+    .await;
+    rendered.expect(0, &strs(&modified("web.conf"))).await;
+    assert!(sh_in(&mnt, "cat rendered/nginx/web.conf")
+        .stdout
+        .contains("10.0.0.6"));
+    drop((w, entr, rendered));
     let _ = Command::new("kill")
-        .args(["-TERM", &mount.id().to_string()])
+        .args(["-TERM", &mount.0.id().to_string()])
         .status();
-    assert!(mount.wait().unwrap().success());
+    assert!(mount.0.wait().unwrap().success());
     assert!(!is_mounted(&mnt));
+}
+
+/// A child process killed (and reaped) when the test ends, also by a panic.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -4,12 +4,12 @@
 
 use bytes::Bytes;
 use http::Method;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tests::plugins::{hostile, install, installed, shipped};
-use tests::{wait_for, TestNode};
+use tests::{next_json, wait_for, Cli, TestNode};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -180,6 +180,9 @@ async fn derive_renders_an_nginx_upstream_as_read_only_keys() {
         json!({"prefixes": ["/services"], "hooks": ["derive"], "output": "/rendered/nginx", "limits": {"memory": 32 << 20}}),
     )
     .await;
+    // A watcher of the rendered directory, from before anything is rendered.
+    let mut watch = n.client.events("/v1/watch/rendered", &[]).await.unwrap();
+    assert_eq!(next_json(&mut watch).await.0, "synced");
     let batch = json!({"ops": [
         {"op": "put", "path": "/services/web/a", "value": {"address": "10.0.0.5", "port": 8080, "weight": 2}},
         {"op": "put", "path": "/services/web/b", "value": {"address": "10.0.0.6", "port": 8080, "down": true}},
@@ -188,6 +191,7 @@ async fn derive_renders_an_nginx_upstream_as_read_only_keys() {
         .send(Method::POST, "/v1/batch", &[], Some(&batch.to_string()))
         .await;
     assert_eq!(r.status, 200);
+    let before = tests::header_u64(&r, "x-herd-revision") - 1;
     let want =
         "upstream web {\n    server 10.0.0.5:8080 weight=2;\n    server 10.0.0.6:8080 down;\n}\n";
     wait_for("the rendered upstream", T, || async {
@@ -195,6 +199,64 @@ async fn derive_renders_an_nginx_upstream_as_read_only_keys() {
         (r.status == 200 && r.json().ok()? == want).then_some(())
     })
     .await;
+    // The derive run is a put event in the stream, and in a replay from before it.
+    let (kind, ev) = next_json(&mut watch).await;
+    assert_eq!(
+        (kind.as_str(), &ev["path"], &ev["value"]),
+        ("put", &json!("/rendered/nginx/web.conf"), &json!(want))
+    );
+    let mut replay = n
+        .client
+        .events(&format!("/v1/watch/?since={before}"), &[])
+        .await
+        .unwrap();
+    let mut paths = Vec::new();
+    loop {
+        let (kind, ev) = next_json(&mut replay).await;
+        if kind == "synced" {
+            break;
+        }
+        paths.push(ev["path"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        paths,
+        [
+            "/services/web/a",
+            "/services/web/b",
+            "/rendered/nginx/web.conf"
+        ]
+    );
+    // A fresh watch's state, a read and an export of a directory above show them too.
+    let mut fresh = n.client.events("/v1/watch/rendered", &[]).await.unwrap();
+    let (kind, ev) = next_json(&mut fresh).await;
+    assert_eq!(
+        (kind.as_str(), &ev["path"]),
+        ("put", &json!("/rendered/nginx/web.conf"))
+    );
+    let doc = n.get("/v1/kv/").await.json().unwrap();
+    assert_eq!(doc["rendered"]["nginx"]["web.conf"], want, "{doc}");
+    assert_eq!(doc["services"]["web"]["a"]["port"], 8080, "{doc}");
+    let data = n.dir.path().display().to_string();
+    let exported = Cli::new(["--data-dir", &data, "export", "/"]).run();
+    assert_eq!(exported.code, 0, "{exported:?}");
+    let exported: Value = serde_json::from_str(&exported.stdout).unwrap();
+    assert_eq!(exported["rendered"]["nginx"]["web.conf"], want);
+    // Imported back, the derived part is skipped (it is the node's to compute), the rest lands.
+    let file = n.dir.path().join("export.json");
+    std::fs::write(&file, exported.to_string()).unwrap();
+    let imported = Cli::new(["--data-dir", &data, "import", file.to_str().unwrap()]).run();
+    assert_eq!(imported.code, 0, "{imported:?}");
+    assert!(
+        imported.stderr.contains("skipped /rendered/nginx"),
+        "{imported:?}"
+    );
+    let (kind, ev) = next_json(&mut watch).await;
+    assert_eq!(
+        (kind.as_str(), &ev["path"], &ev["value"]),
+        ("put", &json!("/rendered"), &json!({}))
+    );
+    let r = n.get("/v1/kv/rendered/nginx/web.conf").await;
+    assert_eq!(r.json().unwrap(), want);
     // Listed next to the stored keys, and read-only to everybody.
     let keys = n.get("/v1/kv/?keys").await.json().unwrap();
     assert!(
@@ -219,12 +281,110 @@ async fn derive_renders_an_nginx_upstream_as_read_only_keys() {
         (r.json().ok()? == want).then_some(())
     })
     .await;
-    // Removing the plugin removes its outputs.
+    let (kind, ev) = next_json(&mut watch).await;
+    assert_eq!((kind.as_str(), &ev["value"]), ("put", &json!(want)));
+    // Removing the plugin removes its outputs, and says so to watchers.
     let r = n
         .send(Method::DELETE, "/v1/plugins/nginx-upstream", &[], None)
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(n.get("/v1/kv/rendered/nginx/web.conf").await.status, 404);
+    let (kind, ev) = next_json(&mut watch).await;
+    assert_eq!(
+        (kind.as_str(), &ev["path"]),
+        ("delete", &json!("/rendered/nginx"))
+    );
+    n.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_render_from_plain_keys_and_a_broken_one_keeps_its_last_output() {
+    let n = TestNode::start().await;
+    installed(
+        &n.client,
+        "template",
+        &shipped("template"),
+        json!({"prefixes": ["/templates", "/services"], "hooks": ["derive"], "output": "/rendered", "limits": {"memory": 32 << 20}}),
+    )
+    .await;
+    let data = n.dir.path().display().to_string();
+    let herd = |args: &[&str]| {
+        let mut all = vec!["--data-dir", data.as_str()];
+        all.extend_from_slice(args);
+        let out = Cli::new(all).run();
+        assert_eq!(out.code, 0, "herd {args:?}: {out:?}");
+        out.stdout
+    };
+    herd(&[
+        "put",
+        "/services/web",
+        r#"{"address": "10.0.0.5", "port": 8080}"#,
+    ]);
+    herd(&["put", "/services/api", r#"{"address": "10.0.0.6"}"#]);
+    // Installing a template is one put: a directory with the template and where it goes.
+    let template = "upstream backend {\n{% for name, s in children('/services') %}\n    server {{ s.address }}:{{ s.port | default(80) }};\n{% endfor %}\n}\n";
+    let value = json!({"template": template, "output": "nginx/upstream.conf"}).to_string();
+    herd(&["put", "/templates/upstream", &value]);
+    let want = |servers: &str| format!("upstream backend {{\n{servers}}}\n");
+    let rendered = || async {
+        n.get("/v1/kv/rendered/nginx/upstream.conf")
+            .await
+            .json()
+            .ok()
+    };
+    let first = want("    server 10.0.0.6:80;\n    server 10.0.0.5:8080;\n");
+    wait_for("the rendered upstream", T, || async {
+        (rendered().await? == first).then_some(())
+    })
+    .await;
+    let mut watch = n.client.events("/v1/watch/rendered", &[]).await.unwrap();
+    assert_eq!(
+        next_json(&mut watch).await.1["path"],
+        "/rendered/nginx/upstream.conf"
+    );
+    assert_eq!(next_json(&mut watch).await.0, "synced");
+    // A broken template keeps its last good output, and says why: a key beside the outputs
+    // (in the watch stream), and the plugin's last error.
+    herd(&["put", "/templates/upstream/template", "{% for x in %}"]);
+    let (kind, ev) = next_json(&mut watch).await;
+    // A new subtree is one put, as the store announces one.
+    assert_eq!(
+        (kind.as_str(), &ev["path"]),
+        ("put", &json!("/rendered/.errors"))
+    );
+    let why = ev["value"]["upstream"].as_str().unwrap();
+    assert!(why.starts_with("line 1:"), "{ev}");
+    herd(&[
+        "put",
+        "/services/db",
+        r#"{"address": "10.0.0.7", "port": 5432}"#,
+    ]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        rendered().await.unwrap(),
+        first,
+        "the last good output stays"
+    );
+    let ls = herd(&["plugin", "ls"]);
+    assert!(ls.contains("/templates/upstream: line 1:"), "{ls}");
+    // Fixed: rendered again with what changed meanwhile, and the error goes.
+    herd(&["put", "/templates/upstream/template", template]);
+    let (kind, ev) = next_json(&mut watch).await;
+    let (kind2, ev2) = next_json(&mut watch).await;
+    let mut got = [(kind, ev["path"].clone()), (kind2, ev2["path"].clone())];
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        [
+            ("delete".to_owned(), json!("/rendered/.errors")),
+            ("put".to_owned(), json!("/rendered/nginx/upstream.conf"))
+        ]
+    );
+    let second =
+        want("    server 10.0.0.6:80;\n    server 10.0.0.7:5432;\n    server 10.0.0.5:8080;\n");
+    assert_eq!(rendered().await.unwrap(), second);
+    let ls = herd(&["plugin", "ls"]);
+    assert!(!ls.contains("line 1:"), "{ls}");
     n.shutdown().await;
 }
 

@@ -34,7 +34,10 @@ pub fn get<B>(
     let st = app.db.read();
     let key = path.key();
     if query_param(req.uri().query(), "keys").is_some() {
+        let derived_dirs = app.plugins.outputs().dirs_below(path);
         let kids = match st.store.children(key, now) {
+            // Nothing stored here, but an output prefix below: a directory of derived keys.
+            None if !derived_dirs.is_empty() => Vec::new(),
             None => return Err(not_found(path)),
             Some(Err(())) => {
                 return Err(ApiError::new(
@@ -46,7 +49,7 @@ pub fn get<B>(
             Some(Ok(k)) => k,
         };
         let mut kids = kids;
-        for d in app.plugins.outputs().dirs_below(path) {
+        for d in derived_dirs {
             if !kids.iter().any(|(n, _)| *n == d) {
                 kids.push((d, true));
             }
@@ -68,15 +71,34 @@ pub fn get<B>(
         return Ok(with_revision(json_response(StatusCode::OK, s), st.revision));
     }
     let mut s = String::new();
-    if !st.store.render(key, now, &mut s) {
-        return Err(not_found(path));
-    }
+    let found = st.store.render(key, now, &mut s);
     // render() found something there, so the newest version is its ETag.
-    let etag = st.store.newest_version(key);
+    let etag = found.then(|| st.store.newest_version(key));
     let revision = st.revision;
     drop(st);
+    // Derived keys below show where they go. Their content has no version: no ETag then.
+    let outputs = app.plugins.outputs();
+    if outputs.has_below(path) {
+        let mut overlaid = match found {
+            true => serde_json::from_str(&s).unwrap_or(serde_json::Value::Null),
+            false => serde_json::Value::Null,
+        };
+        outputs.overlay(path, &mut overlaid);
+        let mut resp = with_revision(
+            json_response(StatusCode::OK, overlaid.to_string()),
+            revision,
+        );
+        resp.headers_mut()
+            .insert("x-herd-derived", HeaderValue::from_static("partly"));
+        return Ok(resp);
+    }
+    if !found {
+        return Err(not_found(path));
+    }
     let mut resp = with_revision(json_response(StatusCode::OK, s), revision);
-    set_etag(resp.headers_mut(), etag);
+    if let Some(etag) = etag {
+        set_etag(resp.headers_mut(), etag);
+    }
     Ok(resp)
 }
 
@@ -222,10 +244,13 @@ fn derived<B>(path: &Path, v: serde_json::Value, req: &Request<B>) -> Response<B
             .into_response();
         }
         let names = crate::plugin::view::child_names(&v);
-        return json_response(
+        let mut resp = json_response(
             StatusCode::OK,
             serde_json::json!({ "keys": names }).to_string(),
         );
+        resp.headers_mut()
+            .insert("x-herd-derived", HeaderValue::from_static("true"));
+        return resp;
     }
     let mut resp = json_response(StatusCode::OK, value::to_text(&v).to_string());
     resp.headers_mut()

@@ -105,10 +105,31 @@ pub async fn watch<B>(
             }
         }
     };
-    let sub = app
+    let mut sub = app
         .db
         .subscribe(&key, since)
         .map_err(|e| ApiError::new(StatusCode::GONE, "compacted", e.to_string()))?;
+    if since.is_none() {
+        // The current state includes the derived keys (in the place of anything the store
+        // still holds under their prefixes, as a read shows them).
+        let outputs = app.plugins.outputs();
+        let derived = outputs.leaves(path);
+        if !derived.is_empty() {
+            sub.backlog
+                .retain(|ev| !outputs.covers(&Path::from_key(&ev.key)));
+            let first = sub.backlog.len();
+            for (i, (p, v)) in derived.into_iter().enumerate() {
+                sub.backlog.push(Arc::new(Event {
+                    revision: sub.revision,
+                    seq: (first + i) as u32,
+                    kind: EventKind::Put,
+                    key: p.key().into(),
+                    value: Some(v.to_string().into()),
+                    version: crate::store::Version::ZERO,
+                }));
+            }
+        }
+    }
     let (tx, rx) = mpsc::channel::<Bytes>(QUEUED_EVENTS);
     let app2 = app.clone();
     let grant = grant.clone();

@@ -173,6 +173,9 @@ pub struct PluginTestArgs {
     /// is laid over it) [default: an empty store]
     #[arg(long, value_name = "FILE")]
     pub store: Option<PathBuf>,
+    /// A derive plugin's output prefix, as installed (its `HERD_OUTPUT`)
+    #[arg(long, value_name = "PATH")]
+    pub output: Option<String>,
     /// Limits over the defaults: memory=16MiB,time=100ms
     #[arg(long, value_name = "LIMITS")]
     pub limits: Option<String>,

@@ -88,11 +88,19 @@ pub async fn import(api: &Api, args: &ImportArgs) -> Result<(), Error> {
     let text = read_input(&args.file)?;
     let document: Value = serde_json::from_str(&text)
         .map_err(|e| Error::BadInput(format!("{name} is not json: {e}")))?;
-    let Value::Object(document) = document else {
+    let Value::Object(mut document) = document else {
         return Err(Error::BadInput(format!(
             "{name} must hold a json object: its keys become the top-level keys"
         )));
     };
+    // An export holds the derived keys too; they are the node's to compute, not to write.
+    for prefix in derived_prefixes(api).await {
+        if strip(&mut document, &prefix) {
+            note(&format!(
+                "skipped {prefix}: derived by a plugin, not imported"
+            ));
+        }
+    }
     let mut ops = Vec::new();
     for (key, value) in &document {
         // A `/` would turn one key into a nested path: a different write than the file says.
@@ -123,6 +131,37 @@ pub async fn import(api: &Api, args: &ImportArgs) -> Result<(), Error> {
         note(&format!("removed {removed} keys"));
     }
     Ok(())
+}
+
+/// The output prefixes of derive plugins, as `/` + segments; empty if the token may not list
+/// plugins (an import with derived keys is then refused by the node, saying which).
+async fn derived_prefixes(api: &Api) -> Vec<String> {
+    let Ok(answer) = api.get("/v1/plugins").await else {
+        return Vec::new();
+    };
+    answer
+        .get("outputs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get("prefix").and_then(Value::as_str).map(str::to_owned))
+        .collect()
+}
+
+/// Removes `prefix` (`/a/b`) from `document` (the root's object); true if it was there.
+fn strip(document: &mut serde_json::Map<String, Value>, prefix: &str) -> bool {
+    let segments: Vec<&str> = prefix.trim_start_matches('/').split('/').collect();
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut at = document;
+    for segment in parents {
+        match at.get_mut(*segment).and_then(Value::as_object_mut) {
+            Some(next) => at = next,
+            None => return false,
+        }
+    }
+    at.remove(*last).is_some()
 }
 
 /// The children of a directory, as `?keys` lists them.

@@ -187,7 +187,14 @@ pub fn test(args: &PluginTestArgs) -> Result<(), Error> {
     let cache = std::env::temp_dir().join("herd-plugin-test-cache");
     let host = Host::new(cache).map_err(|e| bad(format!("cannot start the plugin host: {e:#}")))?;
     let program = host
-        .load("test", &sha, &args.file, &[], limits)
+        .load(
+            "test",
+            &sha,
+            &args.file,
+            &[],
+            limits,
+            crate::plugin::environment("test", args.output.as_deref()),
+        )
         .map_err(|e| bad(format!("cannot load {}: {e:#}", args.file.display())))?;
     let hook = match &args.hook {
         Some(h) => Hook::parse(h).map_err(bad)?,
@@ -214,8 +221,12 @@ pub fn test(args: &PluginTestArgs) -> Result<(), Error> {
     };
     let outcome = if hook == Hook::Derive {
         let view: Arc<dyn StoreView> = Arc::new(Doc(doc));
-        program.derive(view, &[]).map(|outs| {
-            let m: Map<String, Value> = outs
+        program.derive(view, &[]).map(|run| {
+            for problem in &run.problems {
+                note(&format!("the plugin reported: {problem}"));
+            }
+            let m: Map<String, Value> = run
+                .outputs
                 .into_iter()
                 .map(|o| {
                     let v = serde_json::from_str(&o.value).unwrap_or(Value::String(o.value));

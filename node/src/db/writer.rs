@@ -176,6 +176,11 @@ impl Writer {
                         self.wait_for_inflight(|_| true);
                         let _ = reply.send(self.reset());
                     }
+                    Command::Derived(changes, reply) => {
+                        self.flush(std::mem::take(&mut group));
+                        self.wait_for_inflight(|_| true);
+                        let _ = reply.send(self.derived(changes));
+                    }
                 }
             }
             self.flush(group);
@@ -416,6 +421,40 @@ impl Writer {
         let _ = self.inner.events.send(ev);
         st.reach(revision);
         Ok(keys.len())
+    }
+
+    /// Announces changes of derived keys as one revision: the revision is committed (so it is
+    /// never handed out twice), the registers are untouched (derived keys are not stored).
+    fn derived(&mut self, changes: Vec<(Box<str>, Option<Box<str>>)>) -> Result<u64, Error> {
+        let revision = self.revision + 1;
+        let version = self.clock.tick(now_ms());
+        let commit = storage::Commit {
+            removes: Vec::new(),
+            puts: Vec::new(),
+            revision,
+            high_water: self.clock.high_water(),
+        };
+        self.storage.commit(&commit)?;
+        self.revision = revision;
+        let mut st = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
+        for (seq, (key, value)) in changes.into_iter().enumerate() {
+            let kind = match value {
+                Some(_) => EventKind::Put,
+                None => EventKind::Delete,
+            };
+            let ev = Arc::new(Event {
+                revision,
+                seq: seq as u32,
+                kind,
+                key,
+                value,
+                version,
+            });
+            st.record(ev.clone());
+            let _ = self.inner.events.send(ev);
+        }
+        st.reach(revision);
+        Ok(revision)
     }
 
     /// Announces expiries that are due and collects tombstones past the grace period.

@@ -97,6 +97,13 @@ fn etag_millis(resp: &Response) -> u64 {
         .unwrap_or(0)
 }
 
+/// True if the answer is a derived key (computed by a plugin on the node, read-only).
+fn derived(resp: &Response) -> bool {
+    resp.headers
+        .get("x-herd-derived")
+        .is_some_and(|v| v.as_bytes() == b"true")
+}
+
 /// The file-view error for a client error.
 fn error(e: client::Error) -> Error {
     let kind = match &e {
@@ -124,7 +131,7 @@ impl Backend for Remote {
             Ok(resp) => {
                 return Ok(Some(Node::Dir {
                     mtime_ms: etag_millis(&resp),
-                    read_only: false,
+                    read_only: derived(&resp),
                 }))
             }
             Err(e) if e.kind == ErrorKind::NotFound => return Ok(None),
@@ -138,7 +145,7 @@ impl Backend for Remote {
                 Ok(Some(Node::Leaf {
                     value,
                     mtime_ms: etag_millis(&resp),
-                    read_only: false,
+                    read_only: derived(&resp),
                 }))
             }
             Err(e) if e.kind == ErrorKind::NotFound => Ok(None),

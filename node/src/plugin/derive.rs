@@ -104,9 +104,11 @@ impl Outputs {
             .collect()
     }
 
-    /// Drops the outputs of plugins no longer installed (or moved to another prefix).
-    pub(super) fn retain(&self, reg: &Registry) {
+    /// Drops the outputs of plugins no longer installed (or moved to another prefix); answers
+    /// the deletions watchers are to be told of.
+    pub(super) fn retain(&self, reg: &Registry) -> Vec<(Path, Option<Value>)> {
         let mut gone = Vec::new();
+        let mut changes = Vec::new();
         self.sets
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -117,14 +119,69 @@ impl Outputs {
                 });
                 if !keep {
                     gone.push(set.prefix.clone());
+                    diff(&set.prefix, set.tree.as_ref(), None, &mut changes);
                 }
                 keep
             });
         for p in gone {
             let _ = self.changed.send(p);
         }
+        changes
     }
 
+    /// True if `p` is at or below an output prefix.
+    pub fn covers(&self, p: &Path) -> bool {
+        let sets = self.sets.read().unwrap_or_else(|e| e.into_inner());
+        sets.values().any(|set| relative(&set.prefix, p).is_some())
+    }
+
+    /// Every derived leaf at or below `p`, and at the output prefixes below it, with its
+    /// value (for a watch's initial state).
+    pub fn leaves(&self, p: &Path) -> Vec<(Path, Value)> {
+        let sets = self.sets.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for set in sets.values() {
+            let Some(tree) = &set.tree else { continue };
+            if let Some(rel) = relative(&set.prefix, p) {
+                if let Some(v) = at(tree, &rel) {
+                    flatten(p, v, &mut out);
+                }
+            } else if relative(p, &set.prefix).is_some() {
+                flatten(&set.prefix, tree, &mut out);
+            }
+        }
+        out
+    }
+
+    /// True if an output prefix with outputs is strictly below `p`.
+    pub fn has_below(&self, p: &Path) -> bool {
+        let sets = self.sets.read().unwrap_or_else(|e| e.into_inner());
+        sets.values().any(|set| {
+            set.tree.is_some() && relative(p, &set.prefix).is_some_and(|r| !r.is_empty())
+        })
+    }
+
+    /// The outputs under prefixes strictly below `p`, laid into `doc` (what `p` holds in the
+    /// store) where they go: a read of a directory above an output prefix shows them.
+    /// Answers whether anything was laid in.
+    pub fn overlay(&self, p: &Path, doc: &mut Value) -> bool {
+        let sets = self.sets.read().unwrap_or_else(|e| e.into_inner());
+        let mut laid = false;
+        for set in sets.values() {
+            let Some(tree) = &set.tree else { continue };
+            let Some(rel) = relative(p, &set.prefix).filter(|r| !r.is_empty()) else {
+                continue;
+            };
+            if !doc.is_object() {
+                *doc = Value::Object(Map::new());
+            }
+            set_at(doc, &rel, Some(tree.clone()));
+            laid = true;
+        }
+        laid
+    }
+
+    /// Records a derive run's result; answers what changed for watchers (empty if nothing).
     fn record(
         &self,
         plugin: &str,
@@ -132,7 +189,7 @@ impl Outputs {
         prefix: &Path,
         result: Result<Value, String>,
         count: usize,
-    ) {
+    ) -> Vec<(Path, Option<Value>)> {
         let mut sets = self.sets.write().unwrap_or_else(|e| e.into_inner());
         let set = sets
             .entry(prefix.key().to_owned())
@@ -149,18 +206,83 @@ impl Outputs {
         set.sha256 = sha256.to_owned();
         match result {
             Ok(tree) => {
-                let changed = set.tree.as_ref() != Some(&tree);
+                let mut changes = Vec::new();
+                let empty = Value::Object(Map::new());
+                let old = set.tree.as_ref().unwrap_or(&empty);
+                diff(prefix, Some(old), Some(&tree), &mut changes);
                 set.tree = Some(tree);
                 set.count = count;
                 set.updated_ms = now_ms();
                 set.last_error = None;
                 drop(sets);
-                if changed {
+                if !changes.is_empty() {
                     let _ = self.changed.send(prefix.clone());
                 }
+                changes
             }
-            Err(e) => set.last_error = Some(e),
+            Err(e) => {
+                set.last_error = Some(e);
+                Vec::new()
+            }
         }
+    }
+}
+
+/// The changes from `old` to `new` at `p`, as the store would announce them: objects on both
+/// sides are compared name by name; anything else that differs is a put of the new value (a
+/// whole new subtree in one event) or a delete (a whole subtree gone in one event).
+pub fn diff(
+    p: &Path,
+    old: Option<&Value>,
+    new: Option<&Value>,
+    out: &mut Vec<(Path, Option<Value>)>,
+) {
+    match (old, new) {
+        (Some(Value::Object(o)), Some(Value::Object(n))) => {
+            for (name, ov) in o {
+                if !n.contains_key(name) {
+                    if let Ok(child) = p.child(name) {
+                        diff(&child, Some(ov), None, out);
+                    }
+                }
+            }
+            for (name, nv) in n {
+                if let Ok(child) = p.child(name) {
+                    diff(&child, o.get(name), Some(nv), out);
+                }
+            }
+        }
+        (Some(_), None) => out.push((p.clone(), None)),
+        (old, Some(new)) if old != Some(new) => out.push((p.clone(), Some(new.clone()))),
+        _ => {}
+    }
+}
+
+/// The leaves of `v` (at `p`), with their paths; an empty object counts as a leaf.
+fn flatten(p: &Path, v: &Value, out: &mut Vec<(Path, Value)>) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (name, child) in m {
+                if let Ok(c) = p.child(name) {
+                    flatten(&c, child, out);
+                }
+            }
+        }
+        leaf => out.push((p.clone(), leaf.clone())),
+    }
+}
+
+/// Tells watchers of derived keys that changed (one revision for the lot).
+pub async fn announce(plugins: &Plugins, changes: Vec<(Path, Option<Value>)>) {
+    if changes.is_empty() {
+        return;
+    }
+    let events = changes
+        .into_iter()
+        .map(|(p, v)| (p.key().into(), v.map(|v| v.to_string().into())))
+        .collect();
+    if let Err(e) = plugins.db().derived(events).await {
+        tracing::warn!(error = %e, "derived keys changed but watchers could not be told");
     }
 }
 
@@ -263,7 +385,8 @@ async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationTok
                 match ev {
                     Ok(ev) => {
                         let p = Path::from_key(&ev.key);
-                        if entry.guards(&p) {
+                        // Derived keys are not inputs (plugins read the store).
+                        if entry.guards(&p) && !plugins.outputs().covers(&p) {
                             changed.push(p.to_string());
                             break;
                         }
@@ -278,7 +401,7 @@ async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationTok
             }
             while let Ok(ev) = sub.live.try_recv() {
                 let p = Path::from_key(&ev.key);
-                if entry.guards(&p) {
+                if entry.guards(&p) && !plugins.outputs().covers(&p) {
                     changed.push(p.to_string());
                 }
             }
@@ -291,7 +414,8 @@ async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationTok
         let p2 = program.clone();
         let result = tokio::task::spawn_blocking(move || p2.derive(view, &args)).await;
         let result = match result {
-            Ok(Ok(outs)) => build_tree(&prefix, &outs, limit).map(|t| (t, outs.len())),
+            Ok(Ok(run)) => build_tree(&prefix, &run.outputs, limit)
+                .map(|t| (t, run.outputs.len(), run.problems)),
             Ok(Err(CallError::Refused(m))) => Err(format!("refused: {m}")),
             Ok(Err(CallError::Failed(m))) => Err(m),
             Err(e) => Err(format!("derive task failed: {e}")),
@@ -300,9 +424,14 @@ async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationTok
             return;
         }
         match result {
-            Ok((tree, n)) => {
+            Ok((tree, n, problems)) => {
                 entry.health.ok();
-                plugins.outputs().record(&name, &sha, &prefix, Ok(tree), n);
+                // Problems the plugin worked around (it logged them as errors): its last
+                // error until a run without any.
+                let report = (!problems.is_empty()).then(|| problems.join("; "));
+                entry.health.reported(report.as_deref());
+                let changes = plugins.outputs().record(&name, &sha, &prefix, Ok(tree), n);
+                announce(&plugins, changes).await;
             }
             Err(e) => {
                 tracing::warn!(
@@ -327,6 +456,30 @@ mod tests {
             path: path.into(),
             value: value.into(),
         }
+    }
+
+    #[test]
+    fn a_diff_is_what_the_store_would_announce() {
+        let p = Path::parse("/r").unwrap();
+        let old = json!({"a": 1, "b": {"c": 2, "d": 3}, "gone": {"x": 1}, "same": "s"});
+        let new = json!({"a": 2, "b": {"c": 2, "e": 4}, "new": {"y": {"z": 1}}, "same": "s"});
+        let mut out = Vec::new();
+        diff(&p, Some(&old), Some(&new), &mut out);
+        let got: Vec<(String, Option<Value>)> =
+            out.into_iter().map(|(p, v)| (p.to_string(), v)).collect();
+        assert_eq!(
+            got,
+            [
+                ("/r/gone".to_owned(), None),
+                ("/r/a".to_owned(), Some(json!(2))),
+                ("/r/b/d".to_owned(), None),
+                ("/r/b/e".to_owned(), Some(json!(4))),
+                ("/r/new".to_owned(), Some(json!({"y": {"z": 1}}))),
+            ]
+        );
+        let mut none = Vec::new();
+        diff(&p, Some(&new), Some(&new), &mut none);
+        assert!(none.is_empty());
     }
 
     #[test]

@@ -58,7 +58,12 @@ pub struct HostState {
     limits: StoreLimits,
     view: Arc<dyn StoreView>,
     plugin: Arc<str>,
+    /// The `error` lines logged during the call in progress (a derive run reports them).
+    errors: Vec<String>,
 }
+
+/// Most `error` lines a call keeps for its report.
+const MAX_REPORTED: usize = 16;
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -89,7 +94,12 @@ impl herd::plugin::log::Host for HostState {
             Level::Debug => tracing::debug!(target: "plugin", plugin, "{message}"),
             Level::Info => tracing::info!(target: "plugin", plugin, "{message}"),
             Level::Warn => tracing::warn!(target: "plugin", plugin, "{message}"),
-            Level::Error => tracing::error!(target: "plugin", plugin, "{message}"),
+            Level::Error => {
+                tracing::error!(target: "plugin", plugin, "{message}");
+                if self.errors.len() < MAX_REPORTED {
+                    self.errors.push(message);
+                }
+            }
         }
     }
 }
@@ -142,8 +152,9 @@ impl wasmtime_wasi::clocks::HostMonotonicClock for Frozen {
 
 /// WASI with nothing in it: no preopened directories, no sockets, no environment, closed
 /// stdio, a frozen clock and a fixed-seed random source.
-fn empty_wasi() -> WasiCtx {
+fn empty_wasi(env: &[(String, String)]) -> WasiCtx {
     WasiCtx::builder()
+        .envs(env)
         .secure_random(Fixed(0x6865_7264))
         .insecure_random(Fixed(0x7769_6e64))
         .insecure_random_seed(0)
@@ -379,6 +390,7 @@ impl Host {
         wasm: &FsPath,
         hooks: &[Hook],
         limits: Limits,
+        env: Vec<(String, String)>,
     ) -> wasmtime::Result<Program> {
         let rt = self.runtime(limits.stack)?;
         let (component, cached) = self.component(&rt.engine, sha256, wasm)?;
@@ -411,6 +423,7 @@ impl Host {
         }
         Ok(Program {
             name: name.into(),
+            env,
             engine: rt.engine.clone(),
             pre,
             indices: Indices {
@@ -458,6 +471,8 @@ struct Slot {
 /// A loaded plugin, ready to call.
 pub struct Program {
     name: Arc<str>,
+    /// The plugin's environment (`HERD_PLUGIN`, `HERD_OUTPUT`).
+    env: Vec<(String, String)>,
     engine: Engine,
     pre: InstancePre<HostState>,
     indices: Indices,
@@ -481,10 +496,11 @@ impl Program {
             .trap_on_grow_failure(true)
             .build();
         let state = HostState {
-            wasi: empty_wasi(),
+            wasi: empty_wasi(&self.env),
             table: ResourceTable::new(),
             limits,
             view: Arc::new(EmptyView),
+            errors: Vec::new(),
             plugin: self.name.clone(),
         };
         let mut store = Store::new(&self.engine, state);
@@ -548,6 +564,7 @@ impl Program {
         let _running = self.ticker.enter();
         let mut slot = self.take().map_err(|e| self.failure(e))?;
         slot.store.data_mut().view = view;
+        slot.store.data_mut().errors.clear();
         slot.store.set_epoch_deadline(self.ticks());
         let r = f(&mut slot);
         slot.store.data_mut().view = Arc::new(EmptyView);
@@ -600,14 +617,20 @@ impl Program {
         })
     }
 
+    /// A derive run: the outputs, and the `error` lines the plugin logged while computing
+    /// them (problems it worked around, such as one template that did not render).
     pub fn derive(
         &self,
         view: Arc<dyn StoreView>,
         changed: &[String],
-    ) -> Result<Vec<Output>, CallError> {
-        self.call(view, |slot| match &slot.derive {
-            Some(g) => g.call_derive(&mut slot.store, changed),
-            None => Ok(Ok(Vec::new())),
+    ) -> Result<Derived, CallError> {
+        self.call(view, |slot| {
+            let outputs = match &slot.derive {
+                Some(g) => g.call_derive(&mut slot.store, changed)?,
+                None => Ok(Vec::new()),
+            };
+            let problems = std::mem::take(&mut slot.store.data_mut().errors);
+            Ok(outputs.map(|outputs| Derived { outputs, problems }))
         })
     }
 
@@ -618,6 +641,14 @@ impl Program {
             Hook::Derive => self.indices.derive.is_some(),
         }
     }
+}
+
+/// What a derive run returned.
+#[derive(Debug, Default)]
+pub struct Derived {
+    pub outputs: Vec<Output>,
+    /// The `error` lines logged during the run.
+    pub problems: Vec<String>,
 }
 
 /// The longest message from a plugin passed on to a writer.

@@ -211,7 +211,7 @@ fn changes_for(db: &Db, e: &Entry, w: &Write, token: &str) -> Vec<(Path, Change)
 mod tests {
     use super::*;
     use crate::db::{Condition, WriteRequest};
-    use crate::plugin::host::Output;
+    use crate::plugin::host::Derived;
     use crate::plugin::manifest::Manifest;
     use crate::plugin::registry::Health;
     use crate::store::Op;
@@ -252,8 +252,8 @@ mod tests {
             })
         }
 
-        fn derive(&self, _: Arc<dyn StoreView>, _: &[String]) -> Result<Vec<Output>, CallError> {
-            Ok(Vec::new())
+        fn derive(&self, _: Arc<dyn StoreView>, _: &[String]) -> Result<Derived, CallError> {
+            Ok(Derived::default())
         }
     }
 

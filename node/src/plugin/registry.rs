@@ -2,7 +2,7 @@
 //! loaded program behind the `Hooks` trait, its health), in hook order. The registry is a
 //! snapshot: a reload builds a new one, writes in flight keep the one they started with.
 
-use super::host::{CallError, Change, Output, Program, StoreView};
+use super::host::{CallError, Change, Derived, Program, StoreView};
 use super::manifest::{Checked, Hook};
 use crate::clock::now_ms;
 use crate::store::Path;
@@ -18,11 +18,7 @@ const UNHEALTHY_AFTER: u64 = 3;
 pub trait Hooks: Send + Sync {
     fn validate(&self, view: Arc<dyn StoreView>, change: &Change) -> Result<(), CallError>;
     fn transform(&self, view: Arc<dyn StoreView>, change: &Change) -> Result<String, CallError>;
-    fn derive(
-        &self,
-        view: Arc<dyn StoreView>,
-        changed: &[String],
-    ) -> Result<Vec<Output>, CallError>;
+    fn derive(&self, view: Arc<dyn StoreView>, changed: &[String]) -> Result<Derived, CallError>;
 }
 
 impl Hooks for Program {
@@ -34,11 +30,7 @@ impl Hooks for Program {
         Program::transform(self, view, change)
     }
 
-    fn derive(
-        &self,
-        view: Arc<dyn StoreView>,
-        changed: &[String],
-    ) -> Result<Vec<Output>, CallError> {
+    fn derive(&self, view: Arc<dyn StoreView>, changed: &[String]) -> Result<Derived, CallError> {
         Program::derive(self, view, changed)
     }
 }
@@ -50,12 +42,28 @@ pub struct Health {
     failures: AtomicU64,
     in_a_row: AtomicU64,
     last_error: Mutex<Option<(u64, String)>>,
+    /// True if `last_error` is a successful run's report, not a failure.
+    reported: std::sync::atomic::AtomicBool,
 }
 
 impl Health {
     pub(super) fn ok(&self) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.in_a_row.store(0, Ordering::Relaxed);
+    }
+
+    /// A run that succeeded but reported problems (`Some`: its `error` lines), or none
+    /// (`None`: a report from an earlier run is cleared; a failure stays).
+    pub(super) fn reported(&self, problems: Option<&str>) {
+        let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        match problems {
+            Some(p) => {
+                *last = Some((now_ms(), p.to_owned()));
+                self.reported.store(true, Ordering::Relaxed);
+            }
+            None if self.reported.swap(false, Ordering::Relaxed) => *last = None,
+            None => {}
+        }
     }
 
     pub(super) fn failed(&self, message: &str) {
