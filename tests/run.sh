@@ -72,7 +72,8 @@ log "cargo test"
 cargo test --workspace --locked
 
 # The multi-host tests in network namespaces (tests/lab/): the lab's self-test, mDNS discovery,
-# and the cluster end to end. Exit 77 means skipped (not root, no netns); under
+# the cluster end to end, and the configuration loop (a write on node 1 -> programs on node 3,
+# through a template, the mount, entr and herd watch --exec). Exit 77 means skipped (not root, no netns); under
 # HERD_TEST_STRICT=1 that is a failure. Each runs in the background so that a signal to this
 # script is passed on as SIGTERM (background jobs of a script ignore SIGINT), which makes the
 # test tear its lab down; whatever a test leaves behind anyway (it was SIGKILLed) is removed by
@@ -106,7 +107,7 @@ trap 'lab_signal HUP' HUP
 
 lab_failed=()
 lab_skipped=()
-for t in selftest.py mdns_test.py cluster_test.py; do
+for t in selftest.py mdns_test.py cluster_test.py loop_test.py; do
   log "tests/lab/$t"
   python3 "tests/lab/$t" &
   lab_pid=$!
