@@ -534,6 +534,15 @@ fn cluster_init_writes_a_private_secret_once() {
     .run());
     assert_eq!(out, format!("{}\n", path.display()));
     assert_ne!(std::fs::read_to_string(&path).unwrap(), first);
+
+    // A bare file name is a file of the current directory.
+    let out = ok(Cli::new(["cluster", "init", "--out", "bare.secret"])
+        .cwd(dir.path())
+        .run());
+    assert_eq!(out, "bare.secret\n");
+    assert!(std::fs::read_to_string(dir.path().join("bare.secret"))
+        .unwrap()
+        .starts_with("herd-cluster-secret-v1:"));
 }
 
 #[tokio::test]

@@ -237,7 +237,7 @@ impl Journal {
             out.flush()?;
             out.get_ref().sync_data()?;
             fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent() {
+            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 File::open(dir)?.sync_all()?;
             }
             Ok(out)
