@@ -450,7 +450,11 @@ impl Fs {
 /// still shows a file: the replay of the change then shows it becoming a directory.
 fn shown(t: &Table, op: &backend::Op) -> Option<(Vec<String>, Option<Seen>)> {
     match op {
-        backend::Op::Put(path, serde_json::Value::Object(_)) => {
+        backend::Op::Put(path, serde_json::Value::Object(_))
+            if !path
+                .last()
+                .is_some_and(|n| crate::documents::is_document(n)) =>
+        {
             let (name, dir) = path.split_last()?;
             let listed = t.listing(dir).and_then(|l| l.get(name));
             if listed.is_some_and(|s| s.kind == Kind::File) {

@@ -10,6 +10,7 @@
 //! - [`content`]: how a value is shown as file bytes and how written bytes become a value.
 //! - [`scratch`]: which new file names are scratch files (hidden files, editors' and tools'
 //!   temporaries), kept in memory only ([`SCRATCH_RULES`]).
+//! - `documents`: keys named `*.json` are files whatever they hold (an object included).
 //! - `table`: inode numbers for paths, and the mount's local files.
 //! - `fs`: the filesystem's logic without FUSE types (handles, the write path, rename and the
 //!   deferred deletion of keys renamed to backups, `/.herd`), tested without a mount.
@@ -51,6 +52,7 @@
 
 pub mod backend;
 pub mod content;
+mod documents;
 mod fs;
 mod invalidation;
 pub mod json;

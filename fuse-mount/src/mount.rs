@@ -89,6 +89,8 @@ impl std::fmt::Debug for Mount {
 /// not connected") is detected and lazily unmounted first. Returns when the mount is live.
 pub fn mount(backend: Arc<dyn Backend>, dir: &Path, opts: MountOptions) -> io::Result<Mount> {
     clear_stale(dir)?;
+    // `*.json` keys are files whatever they hold (see `documents`).
+    let backend: Arc<dyn Backend> = Arc::new(crate::documents::Documents(backend));
     let at = std::path::absolute(dir)?;
     let (uid, gid) = sys::identity();
     let table = Arc::new(Mutex::new(Table::new()));

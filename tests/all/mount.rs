@@ -168,20 +168,29 @@ async fn hidden_temporaries_and_unchanged_rewrites_change_nothing() {
     let s = src.path().display();
     sh_in(
         src.path(),
-        "mkdir -p app && echo 8080 > app/port && echo web > app/name && echo '\"8080\"' > app/quoted",
+        "mkdir -p app && echo 8080 > app/port && echo web > app/name && echo '\"8080\"' > app/quoted \
+         && printf '{\\n  \"db\": {\"port\": 5432}\\n}\\n' > app/app.json",
     );
     let before = revision(&m).await;
     m.ok(&format!("rsync -a {s}/ ./"));
     let after_first = revision(&m).await;
     assert_eq!(
         after_first - before,
-        4,
+        5,
         "one write per directory and file, none for temporaries"
     );
     assert_eq!(
         m.get("/app").await,
-        Some(json!({"port": 8080, "name": "web", "quoted": "8080"}))
+        Some(
+            json!({"port": 8080, "name": "web", "quoted": "8080", "app.json": {"db": {"port": 5432}}})
+        )
     );
+    // A *.json file holding an object stays a file on the mount (its object is a subtree for
+    // REST and watchers), so tools that copy files keep finding a file.
+    assert_eq!(m.ok("cat app/app.json"), "{\"db\":{\"port\":5432}}\n");
+    assert_eq!(m.get("/app/app.json/db/port").await, Some(json!(5432)));
+    let out = m.sh("mkdir app/new.json");
+    assert_ne!(out.code, 0, "{out:?}");
     m.ok(&format!(
         "rsync -a {s}/ ./ && rsync -a --checksum {s}/ ./ && touch -d 2001-01-01 app/port"
     ));
@@ -199,7 +208,8 @@ async fn hidden_temporaries_and_unchanged_rewrites_change_nothing() {
         "one write of the final key"
     );
     assert_eq!(m.get("/app/port").await, Some(json!(9090)));
-    assert_eq!(m.ok("ls -A app"), "name\nport\nquoted\n");
+    assert_eq!(m.ok("ls -A app"), "app.json\nname\nport\nquoted\n");
+    assert_eq!(m.ok("test -f app/app.json && echo file"), "file\n");
 }
 
 #[tokio::test]

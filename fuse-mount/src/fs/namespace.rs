@@ -29,6 +29,10 @@ impl Fs {
         if self.resolve(&t, &path)?.is_some() {
             return Err(Errno(libc::EEXIST));
         }
+        if crate::documents::is_document(name) {
+            let why = "a *.json key is a file (a JSON document), not a directory";
+            return Err(self.reject(&path, libc::EPERM, why));
+        }
         self.apply(
             &mut t,
             &path,
@@ -182,6 +186,14 @@ impl Fs {
                     Node::Dir { .. } => self.without_hidden(&from, value),
                     Node::Leaf { .. } => value,
                 };
+                // A *.json file holds its object whole; under another name an object is a
+                // directory (and a directory under a *.json name a file): the kind would
+                // change under the kernel's feet.
+                let doc = crate::documents::is_document;
+                if value.is_object() && doc(name) != doc(new_name) {
+                    let why = "renaming would turn a JSON document into a directory or back";
+                    return Err(self.reject(&to, libc::EPERM, why));
+                }
                 let dir = matches!(node, Node::Dir { .. }).then(|| value.clone());
                 self.apply(
                     &mut t,
