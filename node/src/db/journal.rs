@@ -1,7 +1,7 @@
 //! The change log on disk, so that watchers resume across restarts: `changes.log` beside the
 //! database holds the events of the retained window, one JSON line each, appended after the
-//! commit they belong to is durable and applied, and a line for every revision reached without
-//! an event (so that a missing tail can be told from a quiet one).
+//! commit they belong to is durable and applied, then a line marking the revision complete
+//! (events after the last mark are a revision cut short, and are not trusted).
 //!
 //! It is not the source of truth and is not synced per commit: the write-ahead log is. A
 //! restart keeps the window only if the file reaches exactly the revision the database
@@ -100,8 +100,10 @@ pub struct Journal {
     path: PathBuf,
     /// `None` after a failed write, until a rewrite succeeds.
     out: Option<BufWriter<File>>,
-    /// The last revision written.
+    /// The last revision written (an event's or a mark's).
     last: u64,
+    /// The last revision marked complete.
+    marked: u64,
     /// Event lines and bytes in the file, to know when to rewrite it.
     lines: usize,
     bytes: u64,
@@ -125,16 +127,22 @@ impl Journal {
                 "change log loaded: watchers resume across the restart"
             ),
             Ok(None) => {}
-            Err(why) => tracing::warn!(
-                file = %path.display(),
-                "change log not kept across the restart ({why}): watchers resuming from before revision {revision} must watch again"
-            ),
+            Err(why) => {
+                tracing::warn!(
+                    file = %path.display(),
+                    "change log not kept across the restart ({why}): watchers resuming from before revision {revision} must watch again"
+                );
+                // Never read again, even if the rewrite below fails and a later start
+                // recovers the revision it happens to end at.
+                let _ = fs::remove_file(&path);
+            }
         }
         let (max_lines, max_bytes) = log.limits();
         let mut journal = Journal {
             path,
             out: None,
             last: revision,
+            marked: revision,
             lines: 0,
             bytes: 0,
             max_lines: max_lines.saturating_mul(2),
@@ -162,11 +170,11 @@ impl Journal {
         }
     }
 
-    /// The node reached `revision`; writes a line for it if no event did. Then hands the lines
-    /// to the kernel, and rewrites the file from `log` once it has grown past twice the window
-    /// (or to recover from a failed write).
+    /// The node reached `revision`, every event of it appended: marks it complete. Then hands
+    /// the lines to the kernel, and rewrites the file from `log` once it has grown past twice
+    /// the window (or to recover from a failed write).
     pub fn flush(&mut self, log: &ChangeLog, revision: u64) {
-        if revision > self.last {
+        if revision > self.marked {
             if let Some(out) = self.out.as_mut() {
                 let line = Line {
                     r: revision,
@@ -184,6 +192,7 @@ impl Journal {
                 }
             }
             self.last = revision;
+            self.marked = revision;
         }
         if let Some(out) = self.out.as_mut() {
             if let Err(e) = out.flush() {
@@ -249,6 +258,7 @@ impl Journal {
                 self.lines = log.len();
                 self.bytes = log.bytes() as u64;
                 self.last = revision;
+                self.marked = revision;
             }
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
@@ -283,6 +293,8 @@ fn read(path: &Path, revision: u64, log: &mut ChangeLog) -> Result<Option<usize>
     }
     let mut events = Vec::new();
     let mut last = header.floor;
+    // The last revision marked complete, and how many events precede its mark.
+    let (mut marked, mut complete) = (header.floor, 0);
     for (i, line) in lines.enumerate() {
         // A torn or damaged line ends what can be trusted; the check below decides.
         let Ok(line) = line else { break };
@@ -297,12 +309,16 @@ fn read(path: &Path, revision: u64, log: &mut ChangeLog) -> Result<Option<usize>
             return Err(format!("revision {} after {last}", parsed.r));
         }
         last = parsed.r;
+        let r = parsed.r;
         match parsed.event() {
             Ok(Some(ev)) => events.push(ev),
-            Ok(None) => {}
+            Ok(None) => (marked, complete) = (r, events.len()),
             Err(why) => return Err(why),
         }
     }
+    // Events after the last mark belong to a revision whose mark never made it: cut short.
+    events.truncate(complete);
+    let last = marked;
     if last != revision {
         return Err(format!(
             "it ends at revision {last} but the database recovered revision {revision} (a power cut, or a disk that refused a write)"

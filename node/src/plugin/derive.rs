@@ -37,7 +37,7 @@ pub struct Outputs {
     sets: RwLock<BTreeMap<String, OutputSet>>,
     /// Output prefixes whose content changed, for the file view's cache invalidation.
     changed: broadcast::Sender<Path>,
-    /// The running derive tasks, by plugin name: (sha256, cancel).
+    /// The running derive tasks, by plugin name: (what they run: sha256 and output, cancel).
     tasks: Mutex<HashMap<String, (String, CancellationToken)>>,
 }
 
@@ -181,7 +181,8 @@ impl Outputs {
         laid
     }
 
-    /// Records a derive run's result; answers what changed for watchers (empty if nothing).
+    /// Records a derive run's result; answers what changed for watchers (empty if nothing),
+    /// and whether these are the set's first outputs since the node started.
     fn record(
         &self,
         plugin: &str,
@@ -189,7 +190,7 @@ impl Outputs {
         prefix: &Path,
         result: Result<Value, String>,
         count: usize,
-    ) -> Vec<(Path, Option<Value>)> {
+    ) -> (Vec<(Path, Option<Value>)>, bool) {
         let mut sets = self.sets.write().unwrap_or_else(|e| e.into_inner());
         let set = sets
             .entry(prefix.key().to_owned())
@@ -206,6 +207,7 @@ impl Outputs {
         set.sha256 = sha256.to_owned();
         match result {
             Ok(tree) => {
+                let first = set.tree.is_none();
                 let mut changes = Vec::new();
                 let empty = Value::Object(Map::new());
                 let old = set.tree.as_ref().unwrap_or(&empty);
@@ -218,11 +220,11 @@ impl Outputs {
                 if !changes.is_empty() {
                     let _ = self.changed.send(prefix.clone());
                 }
-                changes
+                (changes, first)
             }
             Err(e) => {
                 set.last_error = Some(e);
-                Vec::new()
+                (Vec::new(), false)
             }
         }
     }
@@ -319,10 +321,12 @@ pub fn build_tree(prefix: &Path, outputs: &[Output], limit: u64) -> Result<Value
 pub(super) fn reconcile(plugins: &Plugins, reg: &Registry) {
     let outputs = plugins.outputs();
     let mut tasks = outputs.tasks.lock().unwrap_or_else(|e| e.into_inner());
-    tasks.retain(|name, (sha, cancel)| {
+    // A task runs one file for one output prefix: either changing ends it.
+    let runs = |m: &super::manifest::Manifest| format!("{}:{:?}", m.sha256, m.output);
+    tasks.retain(|name, (what, cancel)| {
         let keep = reg.entries.iter().any(|e| {
             &e.checked.manifest.name == name
-                && &e.checked.manifest.sha256 == sha
+                && &runs(&e.checked.manifest) == what
                 && e.program.is_some()
         });
         if !keep {
@@ -341,7 +345,7 @@ pub(super) fn reconcile(plugins: &Plugins, reg: &Registry) {
         }
         // A child of the node's token: a task started while the node shuts down ends at once.
         let cancel = plugins.cancel().child_token();
-        tasks.insert(m.name.clone(), (m.sha256.clone(), cancel.clone()));
+        tasks.insert(m.name.clone(), (runs(m), cancel.clone()));
         plugins
             .tracker()
             .spawn_on(run(plugins.clone(), e.clone(), cancel), &rt);
@@ -430,7 +434,19 @@ async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationTok
                 // error until a run without any.
                 let report = (!problems.is_empty()).then(|| problems.join("; "));
                 entry.health.reported(report.as_deref());
-                let changes = plugins.outputs().record(&name, &sha, &prefix, Ok(tree), n);
+                let (mut changes, first) =
+                    plugins.outputs().record(&name, &sha, &prefix, Ok(tree), n);
+                // The first outputs since the node started replace whatever the change log
+                // (kept across restarts) last said was there, which may since have gone.
+                let said = || {
+                    db.read()
+                        .log
+                        .iter()
+                        .any(|e| relative(&prefix, &Path::from_key(&e.key)).is_some())
+                };
+                if first && said() {
+                    changes.insert(0, (prefix.clone(), None));
+                }
                 announce(&plugins, changes).await;
             }
             Err(e) => {

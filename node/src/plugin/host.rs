@@ -378,7 +378,13 @@ impl Host {
         let tmp = file.with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&tmp, component.serialize()?)?;
         std::fs::rename(&tmp, &file)?;
-        Ok((component, false))
+        // Used from the file, as a cached one is: wasmtime then maps the initial memory
+        // straight from it. Built in memory it would copy it into a sealed memfd, and sealing
+        // fails (EBUSY) now and then while the kernel still holds the freshly written pages.
+        match deserialize(engine, &file) {
+            Ok(from_file) => Ok((from_file, false)),
+            Err(_) => Ok((component, false)),
+        }
     }
 
     /// Loads a plugin: compiles (or takes from the cache), checks its imports against the

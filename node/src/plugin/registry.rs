@@ -67,6 +67,7 @@ impl Health {
     }
 
     pub(super) fn failed(&self, message: &str) {
+        self.reported.store(false, Ordering::Relaxed);
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.failures.fetch_add(1, Ordering::Relaxed);
         self.in_a_row.fetch_add(1, Ordering::Relaxed);
