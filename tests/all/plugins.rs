@@ -255,6 +255,25 @@ async fn derive_renders_an_nginx_upstream_as_read_only_keys() {
         (kind.as_str(), &ev["path"], &ev["value"]),
         ("put", &json!("/rendered"), &json!({}))
     );
+    // A write above the output prefix replaces all below it for a watcher: the outputs are
+    // announced again, so watchers and reads keep agreeing.
+    let (kind, ev) = next_json(&mut watch).await;
+    assert_eq!(
+        (kind.as_str(), &ev["path"], &ev["value"]),
+        ("put", &json!("/rendered/nginx/web.conf"), &json!(want))
+    );
+    let r = n.send(Method::DELETE, "/v1/kv/rendered", &[], None).await;
+    assert_eq!(r.status, 200);
+    let (kind, ev) = next_json(&mut watch).await;
+    assert_eq!(
+        (kind.as_str(), &ev["path"]),
+        ("delete", &json!("/rendered"))
+    );
+    let (kind, ev) = next_json(&mut watch).await;
+    assert_eq!(
+        (kind.as_str(), &ev["path"]),
+        ("put", &json!("/rendered/nginx/web.conf"))
+    );
     let r = n.get("/v1/kv/rendered/nginx/web.conf").await;
     assert_eq!(r.json().unwrap(), want);
     // Listed next to the stored keys, and read-only to everybody.

@@ -143,10 +143,16 @@ impl Outputs {
         for set in sets.values() {
             let Some(tree) = &set.tree else { continue };
             if let Some(rel) = relative(&set.prefix, p) {
-                if let Some(v) = at(tree, &rel) {
-                    flatten(p, v, &mut out);
+                match at(tree, &rel) {
+                    Some(v) if rel.is_empty() && v.as_object().is_some_and(|m| m.is_empty()) => {}
+                    Some(v) => flatten(p, v, &mut out),
+                    None => {}
                 }
             } else if relative(p, &set.prefix).is_some() {
+                // No outputs at all is nothing, not an empty directory.
+                if tree.as_object().is_some_and(|m| m.is_empty()) {
+                    continue;
+                }
                 flatten(&set.prefix, tree, &mut out);
             }
         }
@@ -378,6 +384,11 @@ async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationTok
     };
     let mut changed: Vec<String> = Vec::new();
     let mut first = true;
+    // A store event at or above the output prefix (a delete or put of a parent, a reset)
+    // tells watchers that everything below it changed, derived keys included: the outputs
+    // are then announced again whole.
+    let above = |p: &Path| relative(p, &prefix).is_some();
+    let mut shadowed = false;
     loop {
         if !first {
             // Wait for an input change, then for the burst to settle.
@@ -389,9 +400,15 @@ async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationTok
                 match ev {
                     Ok(ev) => {
                         let p = Path::from_key(&ev.key);
+                        if above(&p) {
+                            shadowed = true;
+                        }
                         // Derived keys are not inputs (plugins read the store).
                         if entry.guards(&p) && !plugins.outputs().covers(&p) {
                             changed.push(p.to_string());
+                            break;
+                        }
+                        if shadowed {
                             break;
                         }
                     }
@@ -405,6 +422,7 @@ async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationTok
             }
             while let Ok(ev) = sub.live.try_recv() {
                 let p = Path::from_key(&ev.key);
+                shadowed |= above(&p);
                 if entry.guards(&p) && !plugins.outputs().covers(&p) {
                     changed.push(p.to_string());
                 }
@@ -446,6 +464,13 @@ async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationTok
                 };
                 if first && said() {
                     changes.insert(0, (prefix.clone(), None));
+                }
+                if std::mem::take(&mut shadowed) {
+                    if let Found::Value(tree) = plugins.outputs().get(&prefix) {
+                        changes.clear();
+                        let empty = Value::Object(Map::new());
+                        diff(&prefix, Some(&empty), Some(&tree), &mut changes);
+                    }
                 }
                 announce(&plugins, changes).await;
             }
