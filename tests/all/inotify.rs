@@ -435,6 +435,9 @@ async fn herd_mount_raises_events_and_entr_reruns_on_each_change() {
         },
     )
     .await;
+    // `cat` can see the file before the mount has re-enacted its creation (the lookup asks
+    // the node); let that re-enactment pass before watching, or its IN_CREATE comes first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let rendered = Lines::inotifywait(&mnt.join("rendered/nginx"));
     put_json(
         &client,
