@@ -56,7 +56,25 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+/// Writes one line of JSON.
+fn write_line(out: &mut impl Write, line: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, line)?;
+    out.write_all(b"\n")
+}
+
 impl<'a> Line<'a> {
+    /// The mark of a revision complete.
+    fn mark(revision: u64) -> Line<'a> {
+        Line {
+            r: revision,
+            s: 0,
+            t: None,
+            k: None,
+            ver: None,
+            v: None,
+        }
+    }
+
     fn of(ev: &'a Event) -> Line<'a> {
         Line {
             r: ev.revision,
@@ -158,10 +176,7 @@ impl Journal {
         let Some(out) = self.out.as_mut() else {
             return;
         };
-        let line = Line::of(ev);
-        let written = serde_json::to_writer(&mut *out, &line)
-            .map_err(io::Error::from)
-            .and_then(|()| out.write_all(b"\n"));
+        let written = write_line(out, &Line::of(ev));
         self.lines += 1;
         self.bytes += crate::store::log::event_bytes(ev) as u64;
         self.last = ev.revision;
@@ -176,18 +191,7 @@ impl Journal {
     pub fn flush(&mut self, log: &ChangeLog, revision: u64) {
         if revision > self.marked {
             if let Some(out) = self.out.as_mut() {
-                let line = Line {
-                    r: revision,
-                    s: 0,
-                    t: None,
-                    k: None,
-                    ver: None,
-                    v: None,
-                };
-                let written = serde_json::to_writer(&mut *out, &line)
-                    .map_err(io::Error::from)
-                    .and_then(|()| out.write_all(b"\n"));
-                if let Err(e) = written {
+                if let Err(e) = write_line(out, &Line::mark(revision)) {
                     self.fail(&e);
                 }
             }
@@ -227,22 +231,11 @@ impl Journal {
                 herd_change_log: FORMAT,
                 floor: log.floor(),
             };
-            serde_json::to_writer(&mut out, &header)?;
-            out.write_all(b"\n")?;
+            write_line(&mut out, &header)?;
             for ev in log.iter() {
-                serde_json::to_writer(&mut out, &Line::of(ev))?;
-                out.write_all(b"\n")?;
+                write_line(&mut out, &Line::of(ev))?;
             }
-            let marker = Line {
-                r: revision,
-                s: 0,
-                t: None,
-                k: None,
-                ver: None,
-                v: None,
-            };
-            serde_json::to_writer(&mut out, &marker)?;
-            out.write_all(b"\n")?;
+            write_line(&mut out, &Line::mark(revision))?;
             out.flush()?;
             out.get_ref().sync_data()?;
             fs::rename(&tmp, &self.path)?;
