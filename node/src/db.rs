@@ -173,8 +173,11 @@ enum Command {
     /// Forget every register (a node away longer than the tombstone grace period).
     Reset(oneshot::Sender<Result<usize, Error>>),
     /// Derived keys changed (key, new compact JSON or `None` for gone): events, no registers.
+    /// The function makes the change visible; it runs under the state lock, once the revision
+    /// is committed.
     Derived(
         Vec<(Box<str>, Option<Box<str>>)>,
+        Box<dyn FnOnce() + Send>,
         oneshot::Sender<Result<u64, Error>>,
     ),
 }
@@ -387,10 +390,17 @@ impl Db {
     }
 
     /// Announces changes of derived keys (key, new compact JSON or `None` for gone) to
-    /// watchers as one revision; the store is not touched and nothing is replicated. Answers
-    /// the revision.
-    pub async fn derived(&self, changes: Vec<(Box<str>, Option<Box<str>>)>) -> Result<u64, Error> {
-        self.ask(|reply| Command::Derived(changes, reply)).await
+    /// watchers as one revision; the store is not touched and nothing is replicated. `apply`
+    /// makes the change visible to reads (it runs under the state lock, so a watch started
+    /// before the revision never sees its change, and one started after always does; it does
+    /// not run if the revision cannot be committed). Answers the revision.
+    pub async fn derived(
+        &self,
+        changes: Vec<(Box<str>, Option<Box<str>>)>,
+        apply: Box<dyn FnOnce() + Send>,
+    ) -> Result<u64, Error> {
+        self.ask(|reply| Command::Derived(changes, apply, reply))
+            .await
     }
 
     /// The feed of local writes' registers, once each is durable and applied. A reader that
@@ -417,6 +427,17 @@ impl Db {
 
     /// Starts a watch of `key`: a replay after `since`, or the current state, plus live events.
     pub fn subscribe(&self, key: &str, since: Option<u64>) -> Result<Subscription, Compacted> {
+        self.subscribe_with(key, since, |_, _| {})
+    }
+
+    /// [`Db::subscribe`], with `more` adding to the current state (not to a replay) at its
+    /// revision, under the same lock: what a read at that revision also shows (derived keys).
+    pub fn subscribe_with(
+        &self,
+        key: &str,
+        since: Option<u64>,
+        more: impl FnOnce(u64, &mut Vec<Arc<Event>>),
+    ) -> Result<Subscription, Compacted> {
         let st = self.read();
         let live = self.inner.events.subscribe();
         let backlog = match since {
@@ -453,6 +474,10 @@ impl Db {
                     .collect()
             }
         };
+        let mut backlog = backlog;
+        if since.is_none() {
+            more(st.revision, &mut backlog);
+        }
         Ok(Subscription {
             backlog,
             revision: st.revision,
@@ -649,6 +674,38 @@ mod tests {
         assert_eq!(db.read().log.floor(), now);
         assert!(resumed(&db, floor).is_err());
         assert_eq!(resumed(&db, now).unwrap(), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn the_window_survives_the_file_being_rewritten_while_writes_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.redb");
+        let journal = dir.path().join(journal::FILE);
+        let (db, h) = Db::open(&file, 1, opts()).unwrap();
+        // The test window is 100 events: the file is rewritten (in a thread, swapped in by a
+        // later commit) every 100 or so of these.
+        let mut sizes = Vec::new();
+        for i in 0..1000 {
+            db.write(put(&format!("/k/{}", i % 70), json!(i)))
+                .await
+                .unwrap();
+            if i % 50 == 0 {
+                sizes.push(std::fs::metadata(&journal).unwrap().len());
+            }
+        }
+        let biggest = *sizes.iter().max().unwrap();
+        assert!(
+            biggest < 4 * sizes[3],
+            "the file is rewritten as it grows: {sizes:?}"
+        );
+        let floor = db.read().log.floor();
+        let before = resumed(&db, floor).unwrap();
+        assert_eq!(before.len(), 100);
+        drop(db);
+        h.join();
+        let (db, _h) = Db::open(&file, 1, opts()).unwrap();
+        assert_eq!(resumed(&db, floor).unwrap(), before);
+        assert!(!dir.path().join("changes.log.new").exists());
     }
 
     #[tokio::test]

@@ -191,6 +191,11 @@ impl Plugins {
             .clone()
     }
 
+    /// The plugins' directory in the data directory.
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        &self.inner.dir
+    }
+
     pub fn outputs(&self) -> &derive::Outputs {
         &self.inner.outputs
     }
@@ -342,8 +347,25 @@ impl Plugins {
             .write()
             .unwrap_or_else(|e| e.into_inner()) = new.clone();
         let gone = self.inner.outputs.retain(&new);
+        let derivers: Vec<&str> = new
+            .entries
+            .iter()
+            .filter(|e| e.checked.has(Hook::Derive))
+            .map(|e| e.checked.manifest.name.as_str())
+            .collect();
+        derive::forget_saved(self, &derivers);
         derive::reconcile(self, &new);
-        derive::announce(self, gone).await;
+        // Already gone from reads: a watch started meanwhile is told of a delete of what it
+        // never saw, which changes nothing for it.
+        let nothing = Box::new(|| {});
+        if gone.is_empty() {
+            return;
+        }
+        if let Err(e) = derive::announce(self, gone, nothing).await {
+            // Not retried: a watcher that missed these deletes still sees reads and a fresh
+            // watch without the removed plugin's outputs.
+            tracing::warn!(error = %e, "a removed plugin's outputs are gone but watchers could not be told");
+        }
     }
 
     /// Follows `/.herd/plugins` and reloads on every change; returns when `cancel` fires.

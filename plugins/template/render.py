@@ -12,8 +12,8 @@ they see:
   - `keys(path)`: the names in a directory;
   - filters `tojson` (plain JSON, not HTML-escaped; `indent=` and `sort_keys=` as json.dumps)
     and `fromjson`.
-A template that does not render keeps its last good output (while the plugin instance lives)
-and is reported: an `error` log line (the plugin's last error in `herd plugin ls`) and the key
+A template that does not render keeps its last good output (remembered by the instance, or read
+back from the plugin's own output prefix, which the node keeps across restarts) and is reported: an `error` log line (the plugin's last error in `herd plugin ls`) and the key
 <output prefix>/.errors/<template name> holding the message, gone once the template renders.
 
 No WebAssembly here: the module runs under plain CPython for its tests (test_template.py).
@@ -172,19 +172,25 @@ def render_all(backend, output_prefix, report):
     errors = {}
     names = store.names(TEMPLATES)
     for name in names:
+        path = None
         try:
             source, path = where(output_prefix, name, store.get(join(TEMPLATES, name)))
             text = env.from_string(source).render()
-            if path in outputs:
+            clash = clashing(outputs, path)
+            if clash == path:
                 raise ValueError(f"output {path} is also the output of another template")
+            if clash:
+                raise ValueError(
+                    f"output {path} and the output {clash} of another template nest inside each other"
+                )
             outputs[path] = text
             _last_good[name] = (path, text)
         except Exception as e:  # noqa: BLE001 - every failure of one template is reported
             message = describe(e)
             errors[name] = message
             report(f"template {join(TEMPLATES, name)}: {message}")
-            good = _last_good.get(name)
-            if good and good[0] not in outputs:
+            good = _last_good.get(name) or previous(backend, path)
+            if good and not clashing(outputs, good[0]):
                 outputs[good[0]] = good[1]
     for gone in set(_last_good) - set(names):
         del _last_good[gone]
@@ -193,6 +199,25 @@ def render_all(backend, output_prefix, report):
     for name, message in sorted(errors.items()):
         result.append((f"{prefix}/{ERRORS}/{name}", json.dumps(message)))
     return result
+
+
+def clashing(outputs, path):
+    """An output path already taken that is `path`, or above or below it (a file cannot also
+    be a directory), or None."""
+    for taken in outputs:
+        if taken == path or taken.startswith(path + "/") or path.startswith(taken + "/"):
+            return taken
+    return None
+
+
+def previous(backend, path):
+    """The output at `path` from before (a plugin reads its own output prefix as its current
+    outputs, which the node keeps across restarts): (path, text), or None."""
+    if path is None:
+        return None
+    text = backend.get(path)
+    value = None if text is None else json.loads(text)
+    return (path, value) if isinstance(value, str) else None
 
 
 def preload():

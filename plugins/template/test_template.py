@@ -99,6 +99,18 @@ class Rendering(unittest.TestCase):
         self.assertEqual(out, {"/rendered/a": "2", "/rendered/b": "ok"}, "fixed: the error goes")
         self.assertEqual(reports, [])
 
+    def test_after_a_restart_the_last_good_output_is_read_back(self):
+        # A new instance (the node restarted) remembers nothing, but reads its own output
+        # prefix as the outputs the node kept.
+        tree = {
+            "templates": {"a": "{{ nope( }}"},
+            "rendered": {"a": "kept from before", "other": "not mine"},
+        }
+        out, reports = run(tree)
+        self.assertEqual(out["/rendered/a"], "kept from before")
+        self.assertNotIn("/rendered/other", out, "only a broken template's own output is kept")
+        self.assertEqual(len(reports), 1)
+
     def test_undefined_names_and_bad_outputs_are_errors(self):
         tree = {
             "templates": {
@@ -120,6 +132,14 @@ class Rendering(unittest.TestCase):
         out, reports = run(tree)
         self.assertEqual(out["/rendered/x"], "1")
         self.assertIn("another template", out["/rendered/.errors/b"])
+
+    def test_outputs_that_nest_inside_each_other_are_an_error(self):
+        tree = {"templates": {"a": {"template": "1", "output": "x"}, "b": {"template": "2", "output": "x/y"}}}
+        out, reports = run(tree)
+        self.assertEqual(out["/rendered/x"], "1")
+        self.assertNotIn("/rendered/x/y", out)
+        self.assertIn("nest inside each other", out["/rendered/.errors/b"])
+        self.assertEqual(len(reports), 1)
 
 
 if __name__ == "__main__":

@@ -407,6 +407,121 @@ async fn templates_render_from_plain_keys_and_a_broken_one_keeps_its_last_output
     n.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_template_keeps_its_last_output_across_a_restart_and_a_clean_restart_says_nothing()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let start = || async {
+        let cfg = tests::test_config(dir.path());
+        let h = node::node::start(cfg).await.expect("start");
+        let url = node::node::local_url(h.api_addr);
+        (h, tests::admin_client(dir.path(), &url))
+    };
+    let (h, client) = start().await;
+    installed(
+        &client,
+        "template",
+        &shipped("template"),
+        json!({"prefixes": ["/templates", "/services"], "hooks": ["derive"], "output": "/rendered", "limits": {"memory": 32 << 20}}),
+    )
+    .await;
+    let put = |c: &node::client::Client, p: &str, v: &str| {
+        let (c, p, v) = (c.clone(), p.to_owned(), v.to_owned());
+        async move {
+            let r = c
+                .request(Method::PUT, &p, &[], Some(Bytes::from(v)))
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200, "{}", body(&r));
+            tests::header_u64(&r, "x-herd-revision")
+        }
+    };
+    let rendered = |c: &node::client::Client| {
+        let c = c.clone();
+        async move {
+            let r = call(&c, Method::GET, "/v1/kv/rendered/web", None).await;
+            (r.status == 200).then(|| r.json().ok()).flatten()
+        }
+    };
+    put(&client, "/v1/kv/services/web", r#"{"port": 8080}"#).await;
+    put(
+        &client,
+        "/v1/kv/templates/web",
+        r#""port {{ store.services.web.port }}""#,
+    )
+    .await;
+    wait_for("the first rendering", T, || async {
+        (rendered(&client).await? == json!("port 8080")).then_some(())
+    })
+    .await;
+    // A clean restart: the outputs are there from the start, and a watcher resuming from
+    // before the restart is told nothing about them (nothing changed).
+    let before = put(&client, "/v1/kv/other", "1").await;
+    h.shutdown().await;
+    let (h, client) = start().await;
+    assert_eq!(
+        rendered(&client).await,
+        Some(json!("port 8080")),
+        "served at once after the restart"
+    );
+    // Let the plugin's first run after the start happen, then make one more change.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    put(&client, "/v1/kv/other", "2").await;
+    let mut watch = client
+        .events(&format!("/v1/watch/?since={before}"), &[])
+        .await
+        .unwrap();
+    let (kind, ev) = next_json(&mut watch).await;
+    assert_eq!(
+        (kind.as_str(), &ev["path"]),
+        ("put", &json!("/other")),
+        "{ev}"
+    );
+    drop(watch);
+    // Broken, then restarted: the last good output stays, and the error is reported.
+    put(&client, "/v1/kv/services/web/port", "9090").await;
+    wait_for("the second rendering", T, || async {
+        (rendered(&client).await? == json!("port 9090")).then_some(())
+    })
+    .await;
+    put(
+        &client,
+        "/v1/kv/templates/web",
+        r#""port {{ store.services.web.port ""#,
+    )
+    .await;
+    let errors = |c: &node::client::Client| {
+        let c = c.clone();
+        async move {
+            let r = call(&c, Method::GET, "/v1/kv/rendered/.errors/web", None).await;
+            (r.status == 200).then_some(())
+        }
+    };
+    wait_for("the error reported", T, || errors(&client)).await;
+    h.shutdown().await;
+    let (h, client) = start().await;
+    // Once the plugin has run again (and found the template still broken):
+    wait_for("the error reported after the restart", T, || async {
+        let r = call(&client, Method::GET, "/v1/plugins", None).await;
+        body(&r).contains("/templates/web: line 1").then_some(())
+    })
+    .await;
+    errors(&client).await.expect("the error key is still there");
+    assert_eq!(
+        rendered(&client).await,
+        Some(json!("port 9090")),
+        "the last good output outlives the restart"
+    );
+    // Removing the plugin forgets what it saved.
+    let r = call(&client, Method::DELETE, "/v1/plugins/template", None).await;
+    assert_eq!(r.status, 200);
+    wait_for("the saved outputs forgotten", T, || async {
+        (!dir.path().join("plugins/outputs/template.json").exists()).then_some(())
+    })
+    .await;
+    h.shutdown().await;
+}
+
 /// Writes to `/busy/<i>` in a loop until stopped; counts successes and failures.
 fn background_writer(n: &TestNode, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, u64)> {
     let client = n.client.clone();

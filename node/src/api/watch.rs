@@ -83,9 +83,16 @@ pub async fn watch<B>(
         Some(_) => None,
         None => {
             let total = app.config.api.watch_snapshot_bytes.div_ceil(SNAPSHOT_UNIT);
-            let units = app
-                .db
-                .snapshot_bytes(&key)
+            // The derived keys shown with the state count too (an estimate: they are taken
+            // again once subscribed).
+            let derived: usize = app
+                .plugins
+                .outputs()
+                .leaves(path)
+                .iter()
+                .map(|(p, v)| p.key().len() + v.to_string().len())
+                .sum();
+            let units = (app.db.snapshot_bytes(&key) + derived)
                 .div_ceil(SNAPSHOT_UNIT)
                 .min(total);
             let wait = app.snapshots.clone().acquire_many_owned(units as u32);
@@ -105,31 +112,31 @@ pub async fn watch<B>(
             }
         }
     };
-    let mut sub = app
-        .db
-        .subscribe(&key, since)
-        .map_err(|e| ApiError::new(StatusCode::GONE, "compacted", e.to_string()))?;
-    if since.is_none() {
-        // The current state includes the derived keys (in the place of anything the store
-        // still holds under their prefixes, as a read shows them).
-        let outputs = app.plugins.outputs();
+    // The current state includes the derived keys (in the place of anything the store still
+    // holds under their prefixes, as a read shows them), as they are at its revision.
+    let outputs = app.plugins.outputs();
+    let with_derived = |revision: u64, backlog: &mut Vec<Arc<Event>>| {
         let derived = outputs.leaves(path);
-        if !derived.is_empty() {
-            sub.backlog
-                .retain(|ev| !outputs.covers(&Path::from_key(&ev.key)));
-            let first = sub.backlog.len();
-            for (i, (p, v)) in derived.into_iter().enumerate() {
-                sub.backlog.push(Arc::new(Event {
-                    revision: sub.revision,
-                    seq: (first + i) as u32,
-                    kind: EventKind::Put,
-                    key: p.key().into(),
-                    value: Some(v.to_string().into()),
-                    version: crate::store::Version::ZERO,
-                }));
-            }
+        if derived.is_empty() {
+            return;
         }
-    }
+        backlog.retain(|ev| !outputs.covers(&Path::from_key(&ev.key)));
+        let first = backlog.len();
+        for (i, (p, v)) in derived.into_iter().enumerate() {
+            backlog.push(Arc::new(Event {
+                revision,
+                seq: (first + i) as u32,
+                kind: EventKind::Put,
+                key: p.key().into(),
+                value: Some(v.to_string().into()),
+                version: crate::store::Version::ZERO,
+            }));
+        }
+    };
+    let sub = app
+        .db
+        .subscribe_with(&key, since, with_derived)
+        .map_err(|e| ApiError::new(StatusCode::GONE, "compacted", e.to_string()))?;
     let (tx, rx) = mpsc::channel::<Bytes>(QUEUED_EVENTS);
     let app2 = app.clone();
     let grant = grant.clone();
@@ -218,11 +225,12 @@ async fn stream(
         let _ = tx.send(revoked()).await;
         return;
     }
-    // Each event is dropped once sent; the room held shrinks with what is left to send (a state
-    // larger than the whole room holds all of it until only that much is left).
     // The backlog goes out in chunks of many events (one TLS record and write each, not one
-    // per event).
+    // per event). Each event is dropped once in a chunk; the room held shrinks, as each chunk
+    // is handed on, with what is left to send (a state larger than the whole room holds all of
+    // it until only that much is left).
     let mut left: usize = sub.backlog.iter().map(|ev| event_bytes(ev)).sum();
+    let mut chunked = 0;
     let mut chunk = BytesMut::new();
     for ev in std::mem::take(&mut sub.backlog) {
         if reloads.has_changed().unwrap_or(true) {
@@ -234,14 +242,18 @@ async fn stream(
         }
         if visible_to(key, &ev) {
             chunk.extend_from_slice(&frame(&cut(grant, key, &ev)));
-            if chunk.len() >= BACKLOG_CHUNK && tx.send(chunk.split().freeze()).await.is_err() {
+        }
+        chunked += event_bytes(&ev);
+        drop(ev);
+        if chunk.len() >= BACKLOG_CHUNK {
+            if tx.send(chunk.split().freeze()).await.is_err() {
                 return;
             }
-        }
-        left -= event_bytes(&ev);
-        if let Some(room) = room.as_mut() {
-            let keep = left.div_ceil(SNAPSHOT_UNIT);
-            drop(room.split(room.num_permits().saturating_sub(keep)));
+            left -= std::mem::take(&mut chunked);
+            if let Some(room) = room.as_mut() {
+                let keep = left.div_ceil(SNAPSHOT_UNIT);
+                drop(room.split(room.num_permits().saturating_sub(keep)));
+            }
         }
     }
     drop(room);

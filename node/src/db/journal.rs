@@ -11,8 +11,12 @@
 //! silent gap.
 //!
 //! The file grows by appending; once it holds twice the window (by events or bytes), it is
-//! rewritten from the in-memory log (a temporary file, synced, renamed over it), which also
-//! happens at every start. So its size stays within about twice the configured window.
+//! rewritten from the in-memory log: a thread writes the window as it was then to a temporary
+//! file and syncs it, while appends go on to the old file; the next commit after the thread is
+//! done appends the events since to the new file and renames it over the old. Only that last
+//! step runs under the state lock, so readers and writers never wait for a whole window to be
+//! written. The same rewrite (done in place) happens at every start. So the file's size stays
+//! within about twice the configured window.
 
 use crate::store::{ChangeLog, Event, EventKind, Version};
 use serde::{Deserialize, Serialize};
@@ -20,6 +24,7 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The file's name in the data directory.
@@ -130,6 +135,25 @@ pub struct Journal {
     max_bytes: u64,
     /// When a write last failed.
     failed: Option<Instant>,
+    /// A rewrite under way in its thread.
+    rewriting: Option<Rewrite>,
+}
+
+/// A rewrite under way: the thread answers the new file, holding the window up to `upto`.
+#[derive(Debug)]
+struct Rewrite {
+    upto: u64,
+    thread: Option<JoinHandle<io::Result<BufWriter<File>>>>,
+}
+
+impl Drop for Journal {
+    /// Waits for a rewrite under way, so that a database opened again in this process never
+    /// shares the temporary file with it.
+    fn drop(&mut self) {
+        if let Some(t) = self.rewriting.as_mut().and_then(|r| r.thread.take()) {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Journal {
@@ -166,8 +190,16 @@ impl Journal {
             max_lines: max_lines.saturating_mul(2),
             max_bytes: (max_bytes as u64).saturating_mul(2),
             failed: None,
+            rewriting: None,
         };
-        journal.rewrite(&log, revision);
+        let _ = fs::remove_file(journal.tmp());
+        let window: Vec<Arc<Event>> = log.iter().cloned().collect();
+        let written = write_window(&journal.path, log.floor(), &window, revision)
+            .and_then(|out| journal.swap(out, &log, revision));
+        match written {
+            Ok(()) => {}
+            Err(e) => journal.fail(&e),
+        }
         (journal, log)
     }
 
@@ -203,11 +235,41 @@ impl Journal {
                 self.fail(&e);
             }
         }
+        if let Some(r) = self.rewriting.as_mut() {
+            let Some(thread) = r.thread.take_if(|t| t.is_finished()) else {
+                return;
+            };
+            let upto = r.upto;
+            match thread.join() {
+                // The window moved past the new file's end while it was written (more than a
+                // window of events meanwhile): it would have a gap. The old file is whole;
+                // another rewrite starts below.
+                Ok(Ok(_)) if log.floor() > upto => {
+                    let _ = fs::remove_file(self.tmp());
+                    self.rewriting = None;
+                }
+                Ok(Ok(out)) => {
+                    if let Err(e) = self.swap(out, log, revision) {
+                        self.fail(&e);
+                    }
+                }
+                Ok(Err(e)) => self.fail(&e),
+                Err(_) => self.fail(&io::Error::other("the rewriting thread panicked")),
+            }
+            if self.rewriting.take().is_some() {
+                return;
+            }
+        }
         let grown = self.lines > self.max_lines || self.bytes > self.max_bytes;
         let retry = self.out.is_none() && self.failed.is_none_or(|at| at.elapsed() >= RETRY);
         if grown || retry {
             self.rewrite(log, revision);
         }
+    }
+
+    /// The temporary file a rewrite writes.
+    fn tmp(&self) -> PathBuf {
+        self.path.with_extension("log.new")
     }
 
     fn fail(&mut self, e: &io::Error) {
@@ -221,44 +283,82 @@ impl Journal {
         self.failed = Some(Instant::now());
     }
 
-    /// Writes the window held in memory to a new file, synced, and renames it over the old.
+    /// Starts writing the window held in memory (up to `revision`) to a new file, in a
+    /// thread; [`Journal::flush`] swaps it in once written.
     fn rewrite(&mut self, log: &ChangeLog, revision: u64) {
-        self.out = None;
-        let tmp = self.path.with_extension("log.new");
-        let result = (|| -> io::Result<BufWriter<File>> {
-            let mut out = BufWriter::with_capacity(1 << 16, File::create(&tmp)?);
-            let header = Header {
-                herd_change_log: FORMAT,
-                floor: log.floor(),
-            };
-            write_line(&mut out, &header)?;
-            for ev in log.iter() {
+        // The events are shared, not copied: this holds the lock for a few pointers each.
+        let window: Vec<Arc<Event>> = log.iter().cloned().collect();
+        let (floor, path) = (log.floor(), self.path.clone());
+        let spawned = std::thread::Builder::new()
+            .name("herd-changes-log".into())
+            .spawn(move || write_window(&path, floor, &window, revision));
+        match spawned {
+            Ok(thread) => {
+                self.rewriting = Some(Rewrite {
+                    upto: revision,
+                    thread: Some(thread),
+                })
+            }
+            Err(e) => self.fail(&e),
+        }
+    }
+
+    /// Finishes a rewrite: appends to `out` (the window up to the rewrite's revision, or to
+    /// `revision` at a start) what was logged since, marks `revision`, and renames the new
+    /// file over the old.
+    fn swap(&mut self, mut out: BufWriter<File>, log: &ChangeLog, revision: u64) -> io::Result<()> {
+        let upto = self.rewriting.as_ref().map_or(revision, |r| r.upto);
+        if revision > upto {
+            for ev in log.iter().filter(|ev| ev.revision > upto) {
                 write_line(&mut out, &Line::of(ev))?;
             }
             write_line(&mut out, &Line::mark(revision))?;
-            out.flush()?;
-            out.get_ref().sync_data()?;
-            fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                File::open(dir)?.sync_all()?;
-            }
-            Ok(out)
-        })();
-        match result {
-            Ok(out) => {
-                self.out = Some(out);
-                self.failed = None;
-                self.lines = log.len();
-                self.bytes = log.bytes() as u64;
-                self.last = revision;
-                self.marked = revision;
-            }
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                self.fail(&e);
-            }
         }
+        out.flush()?;
+        fs::rename(self.tmp(), &self.path)?;
+        self.out = Some(out);
+        self.failed = None;
+        self.lines = log.len();
+        self.bytes = log.bytes() as u64;
+        self.last = revision;
+        self.marked = revision;
+        Ok(())
     }
+}
+
+/// Writes the events of `window` (above `floor`, ending at `revision`) to the temporary file
+/// beside `path`, synced, and answers it open for appending.
+fn write_window(
+    path: &Path,
+    floor: u64,
+    window: &[Arc<Event>],
+    revision: u64,
+) -> io::Result<BufWriter<File>> {
+    let tmp = path.with_extension("log.new");
+    let result = (|| {
+        let mut out = BufWriter::with_capacity(1 << 16, File::create(&tmp)?);
+        write_line(
+            &mut out,
+            &Header {
+                herd_change_log: FORMAT,
+                floor,
+            },
+        )?;
+        for ev in window {
+            write_line(&mut out, &Line::of(ev))?;
+        }
+        write_line(&mut out, &Line::mark(revision))?;
+        out.flush()?;
+        // Synced before the rename so that a power cut leaves the old file or the whole new
+        // one; the rename itself need not be durable (the file is never trusted beyond what
+        // its marks prove, and a lost rename only costs the window).
+        out.get_ref().sync_data()?;
+        Ok(out)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Loads the window in `path` into `log` (empty, starting at `revision`) if the file reaches

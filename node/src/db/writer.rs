@@ -176,10 +176,10 @@ impl Writer {
                         self.wait_for_inflight(|_| true);
                         let _ = reply.send(self.reset());
                     }
-                    Command::Derived(changes, reply) => {
+                    Command::Derived(changes, apply, reply) => {
                         self.flush(std::mem::take(&mut group));
                         self.wait_for_inflight(|_| true);
-                        let _ = reply.send(self.derived(changes));
+                        let _ = reply.send(self.derived(changes, apply));
                     }
                 }
             }
@@ -425,7 +425,11 @@ impl Writer {
 
     /// Announces changes of derived keys as one revision: the revision is committed (so it is
     /// never handed out twice), the registers are untouched (derived keys are not stored).
-    fn derived(&mut self, changes: Vec<(Box<str>, Option<Box<str>>)>) -> Result<u64, Error> {
+    fn derived(
+        &mut self,
+        changes: Vec<(Box<str>, Option<Box<str>>)>,
+        apply: Box<dyn FnOnce() + Send>,
+    ) -> Result<u64, Error> {
         let revision = self.revision + 1;
         let version = self.clock.tick(now_ms());
         let commit = storage::Commit {
@@ -437,6 +441,7 @@ impl Writer {
         self.storage.commit(&commit)?;
         self.revision = revision;
         let mut st = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
+        apply();
         for (seq, (key, value)) in changes.into_iter().enumerate() {
             let kind = match value {
                 Some(_) => EventKind::Put,

@@ -2,14 +2,21 @@
 //! `derive` (debounced) and keeps the outputs it returns under the plugin's output prefix.
 //! Outputs live in memory on each node ([`Outputs`]), are served read-only by the API and the
 //! file view, and are never replicated; a derive that fails keeps the last good outputs.
+//!
+//! Each plugin's outputs are also saved in the data directory (`plugins/outputs/<name>.json`,
+//! with the revision that announced them) after each announced change, so that a node starts
+//! with the outputs it had: a plugin whose first run after a restart fails (a broken template)
+//! still has its last good outputs, and reads them (its own output prefix, in its store view).
 
 use super::host::{CallError, Output};
 use super::view::{at, relative, set_at, Committed};
 use super::{Plugins, Registry};
 use crate::clock::now_ms;
 use crate::store::Path;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -187,17 +194,46 @@ impl Outputs {
         laid
     }
 
-    /// Records a derive run's result; answers what changed for watchers (empty if nothing),
-    /// and whether these are the set's first outputs since the node started.
-    fn record(
-        &self,
+    /// Starts a set with outputs saved before a restart (nothing is announced: watchers were
+    /// told of them then).
+    fn seed(&self, plugin: &str, sha256: &str, prefix: &Path, tree: Value) {
+        let mut sets = self.sets.write().unwrap_or_else(|e| e.into_inner());
+        sets.insert(
+            prefix.key().to_owned(),
+            OutputSet {
+                plugin: plugin.to_owned(),
+                sha256: sha256.to_owned(),
+                prefix: prefix.clone(),
+                count: count(&tree),
+                tree: Some(tree),
+                updated_ms: now_ms(),
+                last_error: None,
+            },
+        );
+        drop(sets);
+        let _ = self.changed.send(prefix.clone());
+    }
+
+    /// The changes from the current outputs under `prefix` to `tree`, for watchers.
+    fn changes(&self, prefix: &Path, tree: &Value) -> Vec<(Path, Option<Value>)> {
+        let sets = self.sets.read().unwrap_or_else(|e| e.into_inner());
+        let empty = Value::Object(Map::new());
+        let old = sets
+            .get(prefix.key())
+            .and_then(|s| s.tree.as_ref())
+            .unwrap_or(&empty);
+        let mut changes = Vec::new();
+        diff(prefix, Some(old), Some(tree), &mut changes);
+        changes
+    }
+
+    /// The entry of `prefix`, made if missing.
+    fn entry<'a>(
+        sets: &'a mut BTreeMap<String, OutputSet>,
         plugin: &str,
         sha256: &str,
         prefix: &Path,
-        result: Result<Value, String>,
-        count: usize,
-    ) -> (Vec<(Path, Option<Value>)>, bool) {
-        let mut sets = self.sets.write().unwrap_or_else(|e| e.into_inner());
+    ) -> &'a mut OutputSet {
         let set = sets
             .entry(prefix.key().to_owned())
             .or_insert_with(|| OutputSet {
@@ -211,29 +247,123 @@ impl Outputs {
             });
         set.plugin = plugin.to_owned();
         set.sha256 = sha256.to_owned();
-        match result {
-            Ok(tree) => {
-                let first = set.tree.is_none();
-                let mut changes = Vec::new();
-                let empty = Value::Object(Map::new());
-                let old = set.tree.as_ref().unwrap_or(&empty);
-                diff(prefix, Some(old), Some(&tree), &mut changes);
-                set.tree = Some(tree);
-                set.count = count;
-                set.updated_ms = now_ms();
-                set.last_error = None;
-                drop(sets);
-                if !changes.is_empty() {
-                    let _ = self.changed.send(prefix.clone());
-                }
-                (changes, first)
-            }
-            Err(e) => {
-                set.last_error = Some(e);
-                (Vec::new(), false)
-            }
+        set
+    }
+
+    /// Records a derive run's outputs (`count` of them, laid out as `tree`).
+    fn set(&self, plugin: &str, sha256: &str, prefix: &Path, tree: Value, count: usize) {
+        let mut sets = self.sets.write().unwrap_or_else(|e| e.into_inner());
+        let set = Outputs::entry(&mut sets, plugin, sha256, prefix);
+        let changed = set.tree.as_ref() != Some(&tree);
+        set.tree = Some(tree);
+        set.count = count;
+        set.updated_ms = now_ms();
+        set.last_error = None;
+        drop(sets);
+        if changed {
+            let _ = self.changed.send(prefix.clone());
         }
     }
+
+    /// Records a failed derive run: the outputs stay.
+    fn failed(&self, plugin: &str, sha256: &str, prefix: &Path, error: String) {
+        let mut sets = self.sets.write().unwrap_or_else(|e| e.into_inner());
+        Outputs::entry(&mut sets, plugin, sha256, prefix).last_error = Some(error);
+    }
+}
+
+/// A plugin's outputs as saved in the data directory.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    plugin: String,
+    prefix: String,
+    /// The revision that announced them to watchers.
+    revision: u64,
+    tree: Value,
+}
+
+/// Where `plugin`'s outputs are saved.
+fn saved_file(plugins: &Plugins, plugin: &str) -> PathBuf {
+    plugins.dir().join("outputs").join(format!("{plugin}.json"))
+}
+
+/// The saved outputs of `plugin` for `prefix` (none if saved for another prefix, or
+/// unreadable: the plugin's first run then starts from nothing, as on a new node).
+fn load_saved(plugins: &Plugins, plugin: &str, prefix: &Path) -> Option<Saved> {
+    let file = saved_file(plugins, plugin);
+    let text = match std::fs::read(&file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(plugin, file = %file.display(), error = %e, "saved outputs unreadable");
+            return None;
+        }
+    };
+    match serde_json::from_slice::<Saved>(&text) {
+        Ok(s) if s.plugin == plugin && s.prefix == prefix.to_string() && s.tree.is_object() => {
+            Some(s)
+        }
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(plugin, file = %file.display(), error = %e, "saved outputs unreadable");
+            None
+        }
+    }
+}
+
+/// Saves `plugin`'s current outputs, announced at `revision`.
+async fn save(plugins: &Plugins, plugin: &str, prefix: &Path, revision: u64) {
+    let Found::Value(tree) = plugins.outputs().get(prefix) else {
+        return;
+    };
+    let file = saved_file(plugins, plugin);
+    let saved = Saved {
+        plugin: plugin.to_owned(),
+        prefix: prefix.to_string(),
+        revision,
+        tree,
+    };
+    let written = tokio::task::spawn_blocking(move || {
+        let text = serde_json::to_vec(&saved).map_err(std::io::Error::other)?;
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        crate::tls::write_atomic(&file, &text, 0o600).map_err(std::io::Error::other)
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(
+            plugin,
+            error = %e,
+            "could not save the outputs; after a restart they are rendered anew"
+        ),
+        Err(e) => tracing::warn!(plugin, error = %e, "could not save the outputs"),
+    }
+}
+
+/// Forgets the saved outputs of plugins other than `keep` (removed plugins).
+pub(super) fn forget_saved(plugins: &Plugins, keep: &[&str]) {
+    let dir = plugins.dir().join("outputs");
+    let Ok(files) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for f in files.flatten() {
+        let name = f.file_name().to_string_lossy().into_owned();
+        let kept = name
+            .strip_suffix(".json")
+            .is_some_and(|stem| keep.contains(&stem));
+        if !kept {
+            let _ = std::fs::remove_file(f.path());
+        }
+    }
+}
+
+/// The number of leaves in an output tree.
+fn count(tree: &Value) -> usize {
+    let mut out = Vec::new();
+    flatten(&Path::root(), tree, &mut out);
+    out.len()
 }
 
 /// The changes from `old` to `new` at `p`, as the store would announce them: objects on both
@@ -280,18 +410,36 @@ fn flatten(p: &Path, v: &Value, out: &mut Vec<(Path, Value)>) {
     }
 }
 
-/// Tells watchers of derived keys that changed (one revision for the lot).
-pub async fn announce(plugins: &Plugins, changes: Vec<(Path, Option<Value>)>) {
-    if changes.is_empty() {
-        return;
-    }
+/// How soon a derive run whose outputs could not be announced (the database refused the
+/// revision: a storage failure) runs again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Tells watchers of derived keys that changed (one revision for the lot), `apply` making them
+/// visible to reads at that revision; answers the revision. An error means watchers were not
+/// told and `apply` did not run.
+pub async fn announce(
+    plugins: &Plugins,
+    changes: Vec<(Path, Option<Value>)>,
+    apply: Box<dyn FnOnce() + Send>,
+) -> Result<u64, crate::db::Error> {
     let events = changes
         .into_iter()
         .map(|(p, v)| (p.key().into(), v.map(|v| v.to_string().into())))
         .collect();
-    if let Err(e) = plugins.db().derived(events).await {
-        tracing::warn!(error = %e, "derived keys changed but watchers could not be told");
-    }
+    plugins.db().derived(events, apply).await
+}
+
+/// `tree` under `prefix` announced whole: a delete of the prefix (whatever watchers were told
+/// before, or missed), then every output.
+fn whole(prefix: &Path, tree: &Value) -> Vec<(Path, Option<Value>)> {
+    let mut changes = vec![(prefix.clone(), None)];
+    diff(
+        prefix,
+        Some(&Value::Object(Map::new())),
+        Some(tree),
+        &mut changes,
+    );
+    changes
 }
 
 /// Checks a derive's outputs and builds their tree: every path under `prefix`, every value
@@ -307,9 +455,15 @@ pub fn build_tree(prefix: &Path, outputs: &[Output], limit: u64) -> Result<Value
         ));
     }
     let mut tree = Value::Object(Map::new());
+    // Every path returned, to refuse one at or below another (a key cannot be both a value
+    // and a directory).
+    let mut taken = std::collections::HashSet::new();
     for o in outputs {
         let p =
             Path::parse(&o.path).map_err(|e| format!("returned a bad path {:?}: {e}", o.path))?;
+        if !taken.insert(p.key().to_owned()) {
+            return Err(format!("returned {p} twice"));
+        }
         let Some(rel) = relative(prefix, &p).filter(|r| !r.is_empty()) else {
             return Err(format!(
                 "returned {p}, which is outside its output prefix {prefix}"
@@ -318,6 +472,16 @@ pub fn build_tree(prefix: &Path, outputs: &[Output], limit: u64) -> Result<Value
         let v = crate::store::value::parse(o.value.as_bytes())
             .map_err(|e| format!("returned a value for {p} that is not valid JSON: {e}"))?;
         set_at(&mut tree, &rel, Some(v));
+    }
+    for key in &taken {
+        let p = Path::from_key(key);
+        let mut outer = p.parent();
+        while let Some(o) = outer {
+            if taken.contains(o.key()) {
+                return Err(format!("returned both {o} and {p}, which is inside it"));
+            }
+            outer = o.parent();
+        }
     }
     Ok(tree)
 }
@@ -384,17 +548,42 @@ async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationTok
     };
     let mut changed: Vec<String> = Vec::new();
     let mut first = true;
+    // The outputs this node had before a restart, until the first run replaces them. If the
+    // change log (kept across restarts) told watchers of anything at the prefix after those
+    // were announced (or none were saved), the first outputs are announced whole, replacing
+    // whatever watchers were told.
+    let seeded = load_saved(&plugins, &name, &prefix).map(|saved| {
+        plugins.outputs().seed(&name, &sha, &prefix, saved.tree);
+        saved.revision
+    });
+    let told = {
+        let related = |k: &str| {
+            let p = Path::from_key(k);
+            relative(&prefix, &p).is_some() || relative(&p, &prefix).is_some()
+        };
+        let st = db.read();
+        st.log
+            .iter()
+            .filter(|e| related(&e.key))
+            .map(|e| e.revision)
+            .max()
+    };
+    let mut replace = told.is_some_and(|t| seeded.is_none_or(|s| t > s));
     // A store event at or above the output prefix (a delete or put of a parent, a reset)
     // tells watchers that everything below it changed, derived keys included: the outputs
     // are then announced again whole.
     let above = |p: &Path| relative(p, &prefix).is_some();
     let mut shadowed = false;
+    // The last run's outputs could not be announced (the database refused the revision).
+    let mut owed = false;
     loop {
         if !first {
-            // Wait for an input change, then for the burst to settle.
+            // Wait for an input change (or the time to try again), then for the burst to
+            // settle.
             loop {
                 let ev = tokio::select! {
                     _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY), if owed => break,
                     ev = sub.live.recv() => ev,
                 };
                 match ev {
@@ -432,9 +621,18 @@ async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationTok
         changed.sort();
         changed.dedup();
         let args = std::mem::take(&mut changed);
-        let view = Arc::new(Committed(db.clone()));
+        // The plugin reads its own output prefix as its outputs (its last good run's).
+        let own = match plugins.outputs().get(&prefix) {
+            Found::Value(tree) => Some((prefix.clone(), tree)),
+            _ => None,
+        };
+        let view = Arc::new(Committed {
+            db: db.clone(),
+            own,
+        });
         let p2 = program.clone();
-        let result = tokio::task::spawn_blocking(move || p2.derive(view, &args)).await;
+        let passed = args.clone();
+        let result = tokio::task::spawn_blocking(move || p2.derive(view, &passed)).await;
         let result = match result {
             Ok(Ok(run)) => build_tree(&prefix, &run.outputs, limit)
                 .map(|t| (t, run.outputs.len(), run.problems)),
@@ -445,35 +643,8 @@ async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationTok
         if cancel.is_cancelled() {
             return;
         }
-        match result {
-            Ok((tree, n, problems)) => {
-                entry.health.ok();
-                // Problems the plugin worked around (it logged them as errors): its last
-                // error until a run without any.
-                let report = (!problems.is_empty()).then(|| problems.join("; "));
-                entry.health.reported(report.as_deref());
-                let (mut changes, first) =
-                    plugins.outputs().record(&name, &sha, &prefix, Ok(tree), n);
-                // The first outputs since the node started replace whatever the change log
-                // (kept across restarts) last said was there, which may since have gone.
-                let said = || {
-                    db.read()
-                        .log
-                        .iter()
-                        .any(|e| relative(&prefix, &Path::from_key(&e.key)).is_some())
-                };
-                if first && said() {
-                    changes.insert(0, (prefix.clone(), None));
-                }
-                if std::mem::take(&mut shadowed) {
-                    if let Found::Value(tree) = plugins.outputs().get(&prefix) {
-                        changes.clear();
-                        let empty = Value::Object(Map::new());
-                        diff(&prefix, Some(&empty), Some(&tree), &mut changes);
-                    }
-                }
-                announce(&plugins, changes).await;
-            }
+        let (tree, n, problems) = match result {
+            Ok(ok) => ok,
             Err(e) => {
                 tracing::warn!(
                     plugin = name,
@@ -481,7 +652,55 @@ async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationTok
                     "derive failed; keeping the last good outputs"
                 );
                 entry.health.failed(&e);
-                plugins.outputs().record(&name, &sha, &prefix, Err(e), 0);
+                plugins.outputs().failed(&name, &sha, &prefix, e);
+                continue;
+            }
+        };
+        entry.health.ok();
+        // Problems the plugin worked around (it logged them as errors): its last error until
+        // a run without any.
+        let report = (!problems.is_empty()).then(|| problems.join("; "));
+        entry.health.reported(report.as_deref());
+        let changes = if replace {
+            whole(&prefix, &tree)
+        } else if shadowed {
+            let mut changes = Vec::new();
+            diff(
+                &prefix,
+                Some(&Value::Object(Map::new())),
+                Some(&tree),
+                &mut changes,
+            );
+            changes
+        } else {
+            plugins.outputs().changes(&prefix, &tree)
+        };
+        let apply = {
+            let (plugins, name, sha, prefix) =
+                (plugins.clone(), name.clone(), sha.clone(), prefix.clone());
+            move || plugins.outputs().set(&name, &sha, &prefix, tree, n)
+        };
+        if changes.is_empty() {
+            apply();
+            (replace, shadowed, owed) = (false, false, false);
+            continue;
+        }
+        match announce(&plugins, changes, Box::new(apply)).await {
+            Ok(revision) => {
+                (replace, shadowed, owed) = (false, false, false);
+                save(&plugins, &name, &prefix, revision).await;
+            }
+            Err(e) => {
+                if !owed {
+                    tracing::warn!(
+                        plugin = name,
+                        error = %e,
+                        "the outputs changed but watchers could not be told; running again shortly"
+                    );
+                }
+                // Nothing was applied: the next run compares with what watchers know.
+                owed = true;
+                changed = args;
             }
         }
     }
@@ -542,6 +761,13 @@ mod tests {
         assert!(err(&[out("/rendered/nginx/a", "{nope")], 1 << 20).contains("not valid JSON"));
         assert!(err(&[out("/rendered/nginx/a", "1")], 4).contains("over its limit"));
         assert!(err(&[out("no-slash", "1")], 1 << 20).contains("bad path"));
+        let nested = [
+            out("/rendered/nginx/a", "1"),
+            out("/rendered/nginx/a/b", "2"),
+        ];
+        assert!(err(&nested, 1 << 20).contains("inside it"));
+        let twice = [out("/rendered/nginx/a", "1"), out("/rendered/nginx/a", "2")];
+        assert!(err(&twice, 1 << 20).contains("twice"));
     }
 
     #[test]
@@ -550,7 +776,7 @@ mod tests {
         let prefix = Path::parse("/rendered/nginx").unwrap();
         let p = |s: &str| Path::parse(s).unwrap();
         assert_eq!(outputs.get(&p("/rendered/nginx/web.conf")), Found::Outside);
-        outputs.record("nginx", "sha", &prefix, Ok(json!({"web.conf": "u"})), 1);
+        outputs.set("nginx", "sha", &prefix, json!({"web.conf": "u"}), 1);
         assert_eq!(
             outputs.get(&p("/rendered/nginx/web.conf")),
             Found::Value(json!("u"))
@@ -560,7 +786,7 @@ mod tests {
         assert_eq!(outputs.dirs_below(&Path::root()), vec!["rendered"]);
         assert_eq!(outputs.dirs_below(&p("/rendered")), vec!["nginx"]);
         // A failed run keeps the last good outputs.
-        outputs.record("nginx", "sha", &prefix, Err("boom".into()), 0);
+        outputs.failed("nginx", "sha", &prefix, "boom".into());
         assert_eq!(
             outputs.get(&p("/rendered/nginx/web.conf")),
             Found::Value(json!("u"))

@@ -33,14 +33,38 @@ fn committed_list(db: &Db, p: &Path) -> Vec<String> {
 }
 
 /// The committed store.
-pub struct Committed(pub Db);
+pub struct Committed {
+    pub db: Db,
+    /// A derive plugin's output prefix and its current outputs: what it reads there (not
+    /// whatever the store may hold under it).
+    pub own: Option<(Path, Value)>,
+}
+
+impl Committed {
+    /// What the plugin reads at `p` if `p` is at or below its output prefix.
+    fn own(&self, p: &Path) -> Option<Option<&Value>> {
+        let (prefix, tree) = self.own.as_ref()?;
+        let rel = relative(prefix, p)?;
+        Some(at(tree, &rel))
+    }
+}
 
 impl StoreView for Committed {
     fn get(&self, path: &str) -> Option<String> {
-        committed_get(&self.0, &user_path(path)?)
+        let p = user_path(path)?;
+        match self.own(&p) {
+            Some(v) => v.map(|v| store::value::to_text(v).into()),
+            None => committed_get(&self.db, &p),
+        }
     }
     fn list(&self, path: &str) -> Vec<String> {
-        user_path(path).map_or_else(Vec::new, |p| committed_list(&self.0, &p))
+        let Some(p) = user_path(path) else {
+            return Vec::new();
+        };
+        match self.own(&p) {
+            Some(v) => v.map_or_else(Vec::new, child_names),
+            None => committed_list(&self.db, &p),
+        }
     }
 }
 
