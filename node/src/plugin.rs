@@ -346,6 +346,8 @@ impl Plugins {
             .registry
             .write()
             .unwrap_or_else(|e| e.into_inner()) = new.clone();
+        // Tasks of plugins gone or changed stop first: none of their runs applies after this.
+        derive::reconcile(self, &new);
         let gone = self.inner.outputs.retain(&new);
         let derivers: Vec<&str> = new
             .entries
@@ -354,10 +356,9 @@ impl Plugins {
             .map(|e| e.checked.manifest.name.as_str())
             .collect();
         derive::forget_saved(self, &derivers);
-        derive::reconcile(self, &new);
         // Already gone from reads: a watch started meanwhile is told of a delete of what it
         // never saw, which changes nothing for it.
-        let nothing = Box::new(|| {});
+        let nothing = Box::new(|| true);
         if gone.is_empty() {
             return;
         }

@@ -458,24 +458,37 @@ async fn a_broken_template_keeps_its_last_output_across_a_restart_and_a_clean_re
     // before the restart is told nothing about them (nothing changed).
     let before = put(&client, "/v1/kv/other", "1").await;
     h.shutdown().await;
+    // When the plugin's outputs were last made by a run (after `since`, the first run after
+    // the restart has been applied, and announced if it changed anything).
+    let ran_after = |c: &node::client::Client, since: u64| {
+        let c = c.clone();
+        async move {
+            let r = call(&c, Method::GET, "/v1/plugins", None).await;
+            let updated = r.json().ok()?["outputs"][0]["updated"].as_u64()?;
+            (updated > since).then_some(())
+        }
+    };
+    let restarted = node::clock::now_ms();
     let (h, client) = start().await;
     assert_eq!(
         rendered(&client).await,
         Some(json!("port 8080")),
         "served at once after the restart"
     );
-    // Let the plugin's first run after the start happen, then make one more change.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    put(&client, "/v1/kv/other", "2").await;
+    wait_for("the first run after the restart", T, || {
+        ran_after(&client, restarted)
+    })
+    .await;
+    let last = put(&client, "/v1/kv/other", "2").await;
     let mut watch = client
         .events(&format!("/v1/watch/?since={before}"), &[])
         .await
         .unwrap();
     let (kind, ev) = next_json(&mut watch).await;
     assert_eq!(
-        (kind.as_str(), &ev["path"]),
-        ("put", &json!("/other")),
-        "{ev}"
+        (kind.as_str(), &ev["path"], ev["revision"].as_u64()),
+        ("put", &json!("/other"), Some(last)),
+        "nothing but /other since the restart: {ev}"
     );
     drop(watch);
     // Broken, then restarted: the last good output stays, and the error is reported.
@@ -498,20 +511,35 @@ async fn a_broken_template_keeps_its_last_output_across_a_restart_and_a_clean_re
         }
     };
     wait_for("the error reported", T, || errors(&client)).await;
+    let before = put(&client, "/v1/kv/other", "3").await;
     h.shutdown().await;
+    let restarted = node::clock::now_ms();
     let (h, client) = start().await;
-    // Once the plugin has run again (and found the template still broken):
-    wait_for("the error reported after the restart", T, || async {
-        let r = call(&client, Method::GET, "/v1/plugins", None).await;
-        body(&r).contains("/templates/web: line 1").then_some(())
+    // Once the plugin has run again (and found the template still broken), nothing changed:
+    wait_for("the first run after the restart", T, || {
+        ran_after(&client, restarted)
     })
     .await;
+    let r = call(&client, Method::GET, "/v1/plugins", None).await;
+    assert!(body(&r).contains("/templates/web: line 1"), "{}", body(&r));
     errors(&client).await.expect("the error key is still there");
     assert_eq!(
         rendered(&client).await,
         Some(json!("port 9090")),
         "the last good output outlives the restart"
     );
+    let last = put(&client, "/v1/kv/other", "4").await;
+    let mut watch = client
+        .events(&format!("/v1/watch/?since={before}"), &[])
+        .await
+        .unwrap();
+    let (kind, ev) = next_json(&mut watch).await;
+    assert_eq!(
+        (kind.as_str(), &ev["path"], ev["revision"].as_u64()),
+        ("put", &json!("/other"), Some(last)),
+        "nothing but /other since the restart: {ev}"
+    );
+    drop(watch);
     // Removing the plugin forgets what it saved.
     let r = call(&client, Method::DELETE, "/v1/plugins/template", None).await;
     assert_eq!(r.status, 200);

@@ -256,7 +256,6 @@ async fn stream(
             }
         }
     }
-    drop(room);
     let cutoff = sub.revision;
     let synced = format!(
         "event: synced\nid: {cutoff}\ndata: {{\"type\":\"synced\",\"revision\":{cutoff}}}\n\n"
@@ -265,6 +264,7 @@ async fn stream(
     if tx.send(chunk.freeze()).await.is_err() {
         return;
     }
+    drop(room);
     // The newest (revision, seq) handled; everything at the cutoff came with the backlog.
     let mut last = (cutoff, u32::MAX);
     loop {

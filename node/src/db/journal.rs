@@ -250,21 +250,34 @@ impl Journal {
                 }
                 Ok(Ok(out)) => {
                     if let Err(e) = self.swap(out, log, revision) {
-                        self.fail(&e);
+                        self.rewrite_failed(&e);
                     }
                 }
-                Ok(Err(e)) => self.fail(&e),
-                Err(_) => self.fail(&io::Error::other("the rewriting thread panicked")),
+                // The old file is still whole (and appended to, unless that failed too): try
+                // again later.
+                Ok(Err(e)) => self.rewrite_failed(&e),
+                Err(_) => self.rewrite_failed(&io::Error::other("the rewriting thread panicked")),
             }
             if self.rewriting.take().is_some() {
                 return;
             }
         }
         let grown = self.lines > self.max_lines || self.bytes > self.max_bytes;
-        let retry = self.out.is_none() && self.failed.is_none_or(|at| at.elapsed() >= RETRY);
-        if grown || retry {
+        let due = self.failed.is_none_or(|at| at.elapsed() >= RETRY);
+        if (grown || self.out.is_none()) && due {
             self.rewrite(log, revision);
         }
+    }
+
+    /// A rewrite failed: the file in use stays; the next attempt waits [`RETRY`].
+    fn rewrite_failed(&mut self, e: &io::Error) {
+        tracing::warn!(
+            file = %self.path.display(),
+            "cannot rewrite the change log ({e}); trying again in {}s",
+            RETRY.as_secs()
+        );
+        let _ = fs::remove_file(self.tmp());
+        self.failed = Some(Instant::now());
     }
 
     /// The temporary file a rewrite writes.
@@ -299,7 +312,7 @@ impl Journal {
                     thread: Some(thread),
                 })
             }
-            Err(e) => self.fail(&e),
+            Err(e) => self.rewrite_failed(&e),
         }
     }
 

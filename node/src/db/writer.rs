@@ -428,7 +428,7 @@ impl Writer {
     fn derived(
         &mut self,
         changes: Vec<(Box<str>, Option<Box<str>>)>,
-        apply: Box<dyn FnOnce() + Send>,
+        apply: Box<dyn FnOnce() -> bool + Send>,
     ) -> Result<u64, Error> {
         let revision = self.revision + 1;
         let version = self.clock.tick(now_ms());
@@ -441,7 +441,7 @@ impl Writer {
         self.storage.commit(&commit)?;
         self.revision = revision;
         let mut st = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
-        apply();
+        let changes = if apply() { changes } else { Vec::new() };
         for (seq, (key, value)) in changes.into_iter().enumerate() {
             let kind = match value {
                 Some(_) => EventKind::Put,

@@ -196,7 +196,7 @@ impl Outputs {
 
     /// Starts a set with outputs saved before a restart (nothing is announced: watchers were
     /// told of them then).
-    fn seed(&self, plugin: &str, sha256: &str, prefix: &Path, tree: Value) {
+    fn seed(&self, plugin: &str, sha256: &str, prefix: &Path, tree: Value, updated_ms: u64) {
         let mut sets = self.sets.write().unwrap_or_else(|e| e.into_inner());
         sets.insert(
             prefix.key().to_owned(),
@@ -206,7 +206,7 @@ impl Outputs {
                 prefix: prefix.clone(),
                 count: count(&tree),
                 tree: Some(tree),
-                updated_ms: now_ms(),
+                updated_ms,
                 last_error: None,
             },
         );
@@ -279,6 +279,9 @@ struct Saved {
     prefix: String,
     /// The revision that announced them to watchers.
     revision: u64,
+    /// When the run that made them ended (milliseconds since the Unix epoch).
+    #[serde(default)]
+    updated_ms: u64,
     tree: Value,
 }
 
@@ -311,35 +314,51 @@ fn load_saved(plugins: &Plugins, plugin: &str, prefix: &Path) -> Option<Saved> {
     }
 }
 
-/// Saves `plugin`'s current outputs, announced at `revision`.
-async fn save(plugins: &Plugins, plugin: &str, prefix: &Path, revision: u64) {
-    let Found::Value(tree) = plugins.outputs().get(prefix) else {
-        return;
-    };
+/// Saves `plugin`'s outputs `tree`, announced at `revision` (unless its task was stopped:
+/// a newer task or the plugin's removal owns the file then). A file that cannot be written is
+/// removed, so that the next start announces the outputs whole rather than trust it.
+async fn save(
+    plugins: &Plugins,
+    plugin: &str,
+    prefix: &Path,
+    tree: Value,
+    revision: u64,
+    cancel: &CancellationToken,
+) {
     let file = saved_file(plugins, plugin);
     let saved = Saved {
         plugin: plugin.to_owned(),
         prefix: prefix.to_string(),
         revision,
+        updated_ms: now_ms(),
         tree,
     };
+    let cancel = cancel.clone();
     let written = tokio::task::spawn_blocking(move || {
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
         let text = serde_json::to_vec(&saved).map_err(std::io::Error::other)?;
         if let Some(dir) = file.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        crate::tls::write_atomic(&file, &text, 0o600).map_err(std::io::Error::other)
+        let written = crate::tls::write_atomic(&file, &text, 0o600);
+        if written.is_err() {
+            let _ = std::fs::remove_file(&file);
+        }
+        written.map_err(std::io::Error::other)
     })
     .await;
-    match written {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(
-            plugin,
-            error = %e,
-            "could not save the outputs; after a restart they are rendered anew"
-        ),
-        Err(e) => tracing::warn!(plugin, error = %e, "could not save the outputs"),
-    }
+    let error = match written {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::warn!(
+        plugin,
+        error,
+        "could not save the outputs; the next start announces them whole"
+    );
 }
 
 /// Forgets the saved outputs of plugins other than `keep` (removed plugins).
@@ -350,10 +369,14 @@ pub(super) fn forget_saved(plugins: &Plugins, keep: &[&str]) {
     };
     for f in files.flatten() {
         let name = f.file_name().to_string_lossy().into_owned();
-        let kept = name
+        // Only plugins' files (not a temporary of a save under way).
+        let Some(stem) = name
             .strip_suffix(".json")
-            .is_some_and(|stem| keep.contains(&stem));
-        if !kept {
+            .filter(|_| !name.starts_with('.'))
+        else {
+            continue;
+        };
+        if !keep.contains(&stem) {
             let _ = std::fs::remove_file(f.path());
         }
     }
@@ -420,7 +443,7 @@ const RETRY: Duration = Duration::from_secs(1);
 pub async fn announce(
     plugins: &Plugins,
     changes: Vec<(Path, Option<Value>)>,
-    apply: Box<dyn FnOnce() + Send>,
+    apply: Box<dyn FnOnce() -> bool + Send>,
 ) -> Result<u64, crate::db::Error> {
     let events = changes
         .into_iter()
@@ -486,6 +509,34 @@ pub fn build_tree(prefix: &Path, outputs: &[Output], limit: u64) -> Result<Value
     Ok(tree)
 }
 
+/// What a derive task starts from.
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    /// Outputs already in memory (a new version of the plugin): watchers know them.
+    Memory,
+    /// Outputs saved before the node started, announced at this revision.
+    Saved(u64),
+    /// Nothing (a new plugin, a new node, or outputs that could not be saved).
+    Nothing,
+}
+
+/// Seeds the outputs of a task about to start, from memory or the saved file. The saved
+/// outputs become visible under the state lock, so a watch has them in its starting state or
+/// not at all.
+fn seed_saved(plugins: &Plugins, plugin: &str, sha256: &str, prefix: &Path) -> Start {
+    if !matches!(plugins.outputs().get(prefix), Found::Outside) {
+        return Start::Memory;
+    }
+    let Some(saved) = load_saved(plugins, plugin, prefix) else {
+        return Start::Nothing;
+    };
+    plugins.db().locked(|| {
+        let outputs = plugins.outputs();
+        outputs.seed(plugin, sha256, prefix, saved.tree, saved.updated_ms)
+    });
+    Start::Saved(saved.revision)
+}
+
 /// Starts a derive task for each derive plugin that has none (or runs another version) and
 /// stops the tasks of plugins that are gone.
 pub(super) fn reconcile(plugins: &Plugins, reg: &Registry) {
@@ -516,9 +567,13 @@ pub(super) fn reconcile(plugins: &Plugins, reg: &Registry) {
         // A child of the node's token: a task started while the node shuts down ends at once.
         let cancel = plugins.cancel().child_token();
         tasks.insert(m.name.clone(), (runs(m), cancel.clone()));
+        let start = match &e.checked.output {
+            Some(prefix) => seed_saved(plugins, &m.name, &m.sha256, prefix),
+            None => Start::Nothing,
+        };
         plugins
             .tracker()
-            .spawn_on(run(plugins.clone(), e.clone(), cancel), &rt);
+            .spawn_on(run(plugins.clone(), e.clone(), cancel, start), &rt);
     }
 }
 
@@ -534,7 +589,7 @@ pub(super) fn stop_all(plugins: &Plugins) {
     }
 }
 
-async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationToken) {
+async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationToken, start: Start) {
     let (Some(program), Some(prefix)) = (entry.program.clone(), entry.checked.output.clone())
     else {
         return;
@@ -548,14 +603,13 @@ async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationTok
     };
     let mut changed: Vec<String> = Vec::new();
     let mut first = true;
-    // The outputs this node had before a restart, until the first run replaces them. If the
-    // change log (kept across restarts) told watchers of anything at the prefix after those
-    // were announced (or none were saved), the first outputs are announced whole, replacing
-    // whatever watchers were told.
-    let seeded = load_saved(&plugins, &name, &prefix).map(|saved| {
-        plugins.outputs().seed(&name, &sha, &prefix, saved.tree);
-        saved.revision
-    });
+    // Outputs saved before a restart are served from the start. If the change log (kept
+    // across restarts) told watchers of anything at the prefix after they were announced,
+    // they are announced whole at once, replacing whatever watchers were told; so are the
+    // first outputs when nothing was saved and the change log mentions the prefix. (Nothing
+    // saved and nothing in the log: a new plugin or node, announced as puts; or a save that
+    // failed long enough ago that the window has moved on, where a key the plugin no longer
+    // makes is not announced as deleted to a watcher resuming across the restart.)
     let told = {
         let related = |k: &str| {
             let p = Path::from_key(k);
@@ -568,14 +622,29 @@ async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationTok
             .map(|e| e.revision)
             .max()
     };
-    let mut replace = told.is_some_and(|t| seeded.is_none_or(|s| t > s));
+    let mut replace = match start {
+        Start::Memory => false,
+        Start::Saved(s) => told.is_some_and(|t| t > s),
+        Start::Nothing => told.is_some(),
+    };
+    if replace && matches!(start, Start::Saved(_)) {
+        if let Found::Value(tree) = plugins.outputs().get(&prefix) {
+            let shown = cancel.clone();
+            let apply = Box::new(move || !shown.is_cancelled());
+            if let Ok(revision) = announce(&plugins, whole(&prefix, &tree), apply).await {
+                replace = false;
+                save(&plugins, &name, &prefix, tree, revision, &cancel).await;
+            }
+        }
+    }
     // A store event at or above the output prefix (a delete or put of a parent, a reset)
     // tells watchers that everything below it changed, derived keys included: the outputs
     // are then announced again whole.
     let above = |p: &Path| relative(p, &prefix).is_some();
     let mut shadowed = false;
-    // The last run's outputs could not be announced (the database refused the revision).
-    let mut owed = false;
+    // The last run's outputs could not be announced (the database refused the revision): when
+    // to run again.
+    let mut retry: Option<tokio::time::Instant> = None;
     loop {
         if !first {
             // Wait for an input change (or the time to try again), then for the burst to
@@ -583,7 +652,7 @@ async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationTok
             loop {
                 let ev = tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(RETRY), if owed => break,
+                    _ = tokio::time::sleep_until(retry.unwrap_or_else(tokio::time::Instant::now)), if retry.is_some() => break,
                     ev = sub.live.recv() => ev,
                 };
                 match ev {
@@ -675,23 +744,32 @@ async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationTok
         } else {
             plugins.outputs().changes(&prefix, &tree)
         };
+        let kept = tree.clone();
+        // A task stopped meanwhile (the plugin updated or removed) changes nothing.
         let apply = {
             let (plugins, name, sha, prefix) =
                 (plugins.clone(), name.clone(), sha.clone(), prefix.clone());
-            move || plugins.outputs().set(&name, &sha, &prefix, tree, n)
+            let cancel = cancel.clone();
+            move || {
+                if cancel.is_cancelled() {
+                    return false;
+                }
+                plugins.outputs().set(&name, &sha, &prefix, tree, n);
+                true
+            }
         };
         if changes.is_empty() {
             apply();
-            (replace, shadowed, owed) = (false, false, false);
+            (replace, shadowed, retry) = (false, false, None);
             continue;
         }
         match announce(&plugins, changes, Box::new(apply)).await {
             Ok(revision) => {
-                (replace, shadowed, owed) = (false, false, false);
-                save(&plugins, &name, &prefix, revision).await;
+                (replace, shadowed, retry) = (false, false, None);
+                save(&plugins, &name, &prefix, kept, revision, &cancel).await;
             }
             Err(e) => {
-                if !owed {
+                if retry.is_none() {
                     tracing::warn!(
                         plugin = name,
                         error = %e,
@@ -699,7 +777,7 @@ async fn run(plugins: Plugins, entry: Arc<super::Entry>, cancel: CancellationTok
                     );
                 }
                 // Nothing was applied: the next run compares with what watchers know.
-                owed = true;
+                retry = Some(tokio::time::Instant::now() + RETRY);
                 changed = args;
             }
         }
