@@ -19,6 +19,10 @@ const SPAWNS_ALLOWED: &[(&str, &str)] = &[
         "the checkpoint thread, joined when the storage is dropped",
     ),
     (
+        "node/src/db/journal.rs",
+        "the change log's rewriting thread, joined by the next commit or when the journal is dropped",
+    ),
+    (
         "node/src/plugin/host.rs",
         "the epoch thread, stopped and joined when the last host clone is dropped",
     ),

@@ -13,14 +13,16 @@ use super::view::{at, relative, set_at, Committed};
 use super::{Plugins, Registry};
 use crate::clock::now_ms;
 use crate::store::Path;
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+
+mod saved;
+pub(super) use saved::forget_saved;
+use saved::{save, seed_saved, Start};
 
 /// How long a derive waits for more input changes before it runs.
 pub const DEBOUNCE: Duration = Duration::from_millis(20);
@@ -272,116 +274,6 @@ impl Outputs {
     }
 }
 
-/// A plugin's outputs as saved in the data directory.
-#[derive(Serialize, Deserialize)]
-struct Saved {
-    plugin: String,
-    prefix: String,
-    /// The revision that announced them to watchers.
-    revision: u64,
-    /// When the run that made them ended (milliseconds since the Unix epoch).
-    #[serde(default)]
-    updated_ms: u64,
-    tree: Value,
-}
-
-/// Where `plugin`'s outputs are saved.
-fn saved_file(plugins: &Plugins, plugin: &str) -> PathBuf {
-    plugins.dir().join("outputs").join(format!("{plugin}.json"))
-}
-
-/// The saved outputs of `plugin` for `prefix` (none if saved for another prefix, or
-/// unreadable: the plugin's first run then starts from nothing, as on a new node).
-fn load_saved(plugins: &Plugins, plugin: &str, prefix: &Path) -> Option<Saved> {
-    let file = saved_file(plugins, plugin);
-    let text = match std::fs::read(&file) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            tracing::warn!(plugin, file = %file.display(), error = %e, "saved outputs unreadable");
-            return None;
-        }
-    };
-    match serde_json::from_slice::<Saved>(&text) {
-        Ok(s) if s.plugin == plugin && s.prefix == prefix.to_string() && s.tree.is_object() => {
-            Some(s)
-        }
-        Ok(_) => None,
-        Err(e) => {
-            tracing::warn!(plugin, file = %file.display(), error = %e, "saved outputs unreadable");
-            None
-        }
-    }
-}
-
-/// Saves `plugin`'s outputs `tree`, announced at `revision` (unless its task was stopped:
-/// a newer task or the plugin's removal owns the file then). A file that cannot be written is
-/// removed, so that the next start announces the outputs whole rather than trust it.
-async fn save(
-    plugins: &Plugins,
-    plugin: &str,
-    prefix: &Path,
-    tree: Value,
-    revision: u64,
-    cancel: &CancellationToken,
-) {
-    let file = saved_file(plugins, plugin);
-    let saved = Saved {
-        plugin: plugin.to_owned(),
-        prefix: prefix.to_string(),
-        revision,
-        updated_ms: now_ms(),
-        tree,
-    };
-    let cancel = cancel.clone();
-    let written = tokio::task::spawn_blocking(move || {
-        if cancel.is_cancelled() {
-            return Ok(());
-        }
-        let text = serde_json::to_vec(&saved).map_err(std::io::Error::other)?;
-        if let Some(dir) = file.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let written = crate::tls::write_atomic(&file, &text, 0o600);
-        if written.is_err() {
-            let _ = std::fs::remove_file(&file);
-        }
-        written.map_err(std::io::Error::other)
-    })
-    .await;
-    let error = match written {
-        Ok(Ok(())) => return,
-        Ok(Err(e)) => e.to_string(),
-        Err(e) => e.to_string(),
-    };
-    tracing::warn!(
-        plugin,
-        error,
-        "could not save the outputs; the next start announces them whole"
-    );
-}
-
-/// Forgets the saved outputs of plugins other than `keep` (removed plugins).
-pub(super) fn forget_saved(plugins: &Plugins, keep: &[&str]) {
-    let dir = plugins.dir().join("outputs");
-    let Ok(files) = std::fs::read_dir(&dir) else {
-        return;
-    };
-    for f in files.flatten() {
-        let name = f.file_name().to_string_lossy().into_owned();
-        // Only plugins' files (not a temporary of a save under way).
-        let Some(stem) = name
-            .strip_suffix(".json")
-            .filter(|_| !name.starts_with('.'))
-        else {
-            continue;
-        };
-        if !keep.contains(&stem) {
-            let _ = std::fs::remove_file(f.path());
-        }
-    }
-}
-
 /// The number of leaves in an output tree.
 fn count(tree: &Value) -> usize {
     let mut out = Vec::new();
@@ -507,34 +399,6 @@ pub fn build_tree(prefix: &Path, outputs: &[Output], limit: u64) -> Result<Value
         }
     }
     Ok(tree)
-}
-
-/// What a derive task starts from.
-#[derive(Debug, Clone, Copy)]
-enum Start {
-    /// Outputs already in memory (a new version of the plugin): watchers know them.
-    Memory,
-    /// Outputs saved before the node started, announced at this revision.
-    Saved(u64),
-    /// Nothing (a new plugin, a new node, or outputs that could not be saved).
-    Nothing,
-}
-
-/// Seeds the outputs of a task about to start, from memory or the saved file. The saved
-/// outputs become visible under the state lock, so a watch has them in its starting state or
-/// not at all.
-fn seed_saved(plugins: &Plugins, plugin: &str, sha256: &str, prefix: &Path) -> Start {
-    if !matches!(plugins.outputs().get(prefix), Found::Outside) {
-        return Start::Memory;
-    }
-    let Some(saved) = load_saved(plugins, plugin, prefix) else {
-        return Start::Nothing;
-    };
-    plugins.db().locked(|| {
-        let outputs = plugins.outputs();
-        outputs.seed(plugin, sha256, prefix, saved.tree, saved.updated_ms)
-    });
-    Start::Saved(saved.revision)
 }
 
 /// Starts a derive task for each derive plugin that has none (or runs another version) and
