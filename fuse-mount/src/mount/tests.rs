@@ -99,6 +99,11 @@ fn files_written_through_the_mount_reach_the_store() {
         Some(json!({"database": {"port": "5432\n1"}, "doc": {"a": [1, 2]}}))
     );
     assert_eq!(cat(&d.join("app/database/port")), "5432\n1\n");
+    // `doc` became a directory when its object was written; the kernel drops its entry for
+    // the file a moment later (the invalidation thread), so `rm -r` waits for that.
+    eventually("doc shown as a directory", "true", || {
+        fs::symlink_metadata(d.join("app/doc")).map_or(String::new(), |m| m.is_dir().to_string())
+    });
     fs::remove_dir_all(d.join("app")).unwrap();
     assert_eq!(store.read(&[]).unwrap(), Some(json!({})));
     assert!(fs::write(d.join(".herd/status"), "x").is_err());
