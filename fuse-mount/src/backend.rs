@@ -71,6 +71,8 @@ pub enum ErrorKind {
     Conflict,
     /// The node cannot be reached or is shutting down (`EIO`).
     Unavailable,
+    /// The node's disk is full: nothing was written (`ENOSPC`).
+    NoSpace,
 }
 
 impl ErrorKind {
@@ -84,6 +86,7 @@ impl ErrorKind {
             ErrorKind::Denied => libc::EACCES,
             ErrorKind::Conflict => libc::EAGAIN,
             ErrorKind::Unavailable => libc::EIO,
+            ErrorKind::NoSpace => libc::ENOSPC,
         }
     }
 }

@@ -79,6 +79,7 @@ pub(crate) fn errno_name(errno: i32) -> &'static str {
         libc::EISDIR => "EISDIR",
         libc::ENOTDIR => "ENOTDIR",
         libc::ENOTSUP => "ENOTSUP",
+        libc::ENOSPC => "ENOSPC",
         _ => "E?",
     }
 }

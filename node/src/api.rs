@@ -121,6 +121,7 @@ impl From<db::Error> for ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
             db::Error::StorageUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
+            db::Error::NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -231,11 +232,12 @@ impl Drop for OpenConnection {
 }
 
 /// Answers one request; never fails (errors become JSON error responses). On a connection
-/// past the limit (`overloaded`) only `/v1/health` is answered.
+/// past the limit (`overloaded`) only the health probes are answered.
 async fn handle(app: Arc<App>, req: Request<Incoming>, overloaded: bool) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
-    let routed = if overloaded && req.uri().path() != "/v1/health" {
+    let probe = matches!(req.uri().path(), "/v1/health" | "/v1/readyz" | "/v1/livez");
+    let routed = if overloaded && !probe {
         Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "busy",
@@ -292,7 +294,8 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>>
             }
             kv::batch(app, &grant, req).await
         }
-        "/v1/health" => Ok(admin::health()),
+        "/v1/health" | "/v1/readyz" => Ok(admin::health(app)),
+        "/v1/livez" => Ok(admin::live()),
         "/v1/members" => {
             require_node_wide(&authenticate(app, &req)?)?;
             if req.method() != Method::GET {

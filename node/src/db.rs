@@ -69,6 +69,9 @@ pub enum Error {
     Overlap(String, String),
     #[error("storage failure, nothing was written: {0}")]
     Storage(String),
+    /// The data directory's file system is full: nothing was written.
+    #[error("no space left for the write-ahead log, nothing was written: {0}")]
+    NoSpace(String),
     /// The write's own log write or sync failed: it may be durable, and may come back when
     /// the node restarts.
     #[error("storage failure, the write may or may not have been stored (read the path again after the node restarts): {0}")]
@@ -81,6 +84,8 @@ impl From<storage::Error> for Error {
     fn from(e: storage::Error) -> Error {
         if e.outcome_unknown() {
             Error::StorageUnknown(e.to_string())
+        } else if e.cause() == storage::Cause::NoSpace {
+            Error::NoSpace(e.to_string())
         } else {
             Error::Storage(e.to_string())
         }
@@ -204,6 +209,8 @@ struct Inner {
     /// The registers of every local write once applied, for pushing to peers.
     changes: broadcast::Sender<Change>,
     node_id: u64,
+    /// Set once the storage stops taking writes (see `storage::Stop`).
+    stopped: storage::Stopped,
 }
 
 /// A group number that only grows, and a way to wait for it.
@@ -267,6 +274,7 @@ impl Db {
     ) -> Result<(Db, WriterHandle), storage::Error> {
         let mut storage = Storage::open(file, opts.cache_bytes)?;
         let loaded = storage.load()?;
+        let stopped = storage.stopped();
         let max_version = loaded
             .registers
             .iter()
@@ -304,6 +312,7 @@ impl Db {
             events,
             changes,
             node_id,
+            stopped,
         });
         let (tx, rx) = mpsc::channel(4096);
         let (sync_tx, sync_rx) = std::sync::mpsc::channel();
@@ -341,6 +350,28 @@ impl Db {
 
     pub fn stats(&self) -> &WriteStats {
         &self.inner.stats
+    }
+
+    /// Why the storage stopped taking writes, if it did: reads and watches go on from memory,
+    /// every write is refused until the node restarts and replays its log.
+    pub fn storage_stop(&self) -> Option<storage::Stop> {
+        self.inner.stopped.get().cloned()
+    }
+
+    /// The error every write gets now, if the storage stopped (for checks that store nothing:
+    /// a dry run, a `write()` on the mount before its `close()`).
+    pub fn writable(&self) -> Result<(), Error> {
+        let Some(stop) = self.inner.stopped.get() else {
+            return Ok(());
+        };
+        let why = format!(
+            "storage stopped after an earlier write-ahead log failure ({}); restart the node to recover what was acknowledged",
+            stop.why
+        );
+        Err(match stop.cause {
+            storage::Cause::NoSpace => Error::NoSpace(why),
+            _ => Error::Storage(why),
+        })
     }
 
     /// Read access to the committed state.

@@ -144,6 +144,7 @@ pub fn db_error(e: db::Error) -> Error {
         | db::Error::AlreadyExists(_)
         | db::Error::NothingToMatch(_) => ErrorKind::Conflict,
         db::Error::Overlap(..) => ErrorKind::Invalid,
+        db::Error::NoSpace(_) => ErrorKind::NoSpace,
         db::Error::Storage(_) | db::Error::StorageUnknown(_) | db::Error::ShuttingDown => {
             ErrorKind::Unavailable
         }
@@ -278,8 +279,9 @@ impl Backend for Local {
         let asked = vec![Asked::put(to_path(segs)?, v.clone(), None)];
         self.admission
             .judge_now(&self.grant, asked, Condition::None)
-            .map(drop)
-            .map_err(refusal)
+            .map_err(refusal)?;
+        // A disk that refuses writes fails `write()` itself, as a full local disk would.
+        self.db.writable().map_err(db_error)
     }
 
     fn apply(&self, ops: Vec<Op>) -> Result<(), Error> {

@@ -92,13 +92,79 @@ pub enum Error {
     #[error("storage stopped after an earlier write-ahead log failure ({why}); restart the node to recover what was acknowledged")]
     Stopped {
         why: String,
+        cause: Cause,
         /// The commit may have reached the disk before the failure: it is in the page cache of
         /// a buffered log, or was part of the direct write that failed.
         appended: bool,
     },
 }
 
+/// Why the storage stopped taking writes, as operators act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The file system is full (`ENOSPC`, `EDQUOT`).
+    NoSpace,
+    /// The file system is read-only (`EROFS`: remounted after errors, say).
+    ReadOnly,
+    /// Any other failure to write or sync (`EIO`, a lost thread).
+    Io,
+}
+
+impl Cause {
+    fn of_errno(errno: Option<i32>) -> Cause {
+        match errno {
+            Some(libc::ENOSPC | libc::EDQUOT) => Cause::NoSpace,
+            Some(libc::EROFS) => Cause::ReadOnly,
+            _ => Cause::Io,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::NoSpace => "no_space",
+            Cause::ReadOnly => "read_only",
+            Cause::Io => "io_error",
+        }
+    }
+}
+
+/// The failure that stopped the storage, and when.
+#[derive(Debug, Clone)]
+pub struct Stop {
+    pub why: String,
+    pub cause: Cause,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+impl Stop {
+    fn new(why: impl std::fmt::Display, cause: Cause) -> Stop {
+        Stop {
+            why: why.to_string(),
+            cause,
+            at_ms: crate::clock::now_ms(),
+        }
+    }
+
+    fn of(e: &Error) -> Stop {
+        Stop::new(e, e.cause())
+    }
+}
+
+/// Set once, when the storage stops; shared with the checkpoint thread and whoever reports
+/// the node's health.
+pub type Stopped = Arc<OnceLock<Stop>>;
+
 impl Error {
+    /// What kind of failure this is.
+    pub fn cause(&self) -> Cause {
+        match self {
+            Error::Log(e) => Cause::of_errno(e.os_error()),
+            Error::Stopped { cause, .. } => *cause,
+            _ => Cause::Io,
+        }
+    }
+
     /// True if the commit that failed may be durable all the same: its own log write or sync
     /// failed, or it sits in the page cache of a buffered log. Otherwise nothing of it was
     /// written.
@@ -161,7 +227,7 @@ pub struct Storage {
     high_water: Version,
     checkpointer: Option<Checkpointer>,
     /// Why commits are refused, after a log failure; shared with [`LogSync`]s.
-    stopped: Arc<OnceLock<String>>,
+    stopped: Stopped,
     payload: Vec<u8>,
 }
 
@@ -385,6 +451,11 @@ impl Storage {
         })
     }
 
+    /// The storage's stop: set once, when it stops taking writes.
+    pub fn stopped(&self) -> Stopped {
+        self.stopped.clone()
+    }
+
     /// Makes one group commit durable: appends it to the log and syncs it before returning.
     pub fn commit(&mut self, c: &Commit<'_>) -> Result<(), Error> {
         self.append(c)?.sync()
@@ -394,9 +465,10 @@ impl Storage {
     /// acknowledged) once the returned handle's [`LogSync::sync`] has succeeded. Appends are
     /// durable in order: a sync covers everything appended before it.
     pub fn append(&mut self, c: &Commit<'_>) -> Result<LogSync, Error> {
-        if let Some(why) = self.stopped.get() {
+        if let Some(stop) = self.stopped.get() {
             return Err(Error::Stopped {
-                why: why.clone(),
+                why: stop.why.clone(),
+                cause: stop.cause,
                 appended: false,
             });
         }
@@ -411,7 +483,7 @@ impl Storage {
             Err(e) => {
                 let e = Error::from(e);
                 tracing::error!(error = %e, "write-ahead log append failed; refusing all writes until restart");
-                let _ = self.stopped.set(e.to_string());
+                let _ = self.stopped.set(Stop::of(&e));
                 return Err(e);
             }
         };
@@ -463,8 +535,9 @@ impl Storage {
         let upto = match log.rotate() {
             Ok(seq) => seq,
             Err(e) => {
+                let e = Error::from(e);
                 tracing::error!(error = %e, "cannot start a new write-ahead log segment; refusing all writes until restart");
-                let _ = self.stopped.set(e.to_string());
+                let _ = self.stopped.set(Stop::of(&e));
                 return;
             }
         };
@@ -481,7 +554,9 @@ impl Storage {
         self.dirty_since = None;
         if checkpointer.tx.send(job).is_err() {
             tracing::error!("the checkpoint thread is gone; refusing all writes until restart");
-            let _ = self.stopped.set("the checkpoint thread stopped".into());
+            let _ = self
+                .stopped
+                .set(Stop::new("the checkpoint thread stopped", Cause::Io));
         }
     }
 }
@@ -501,22 +576,23 @@ impl Drop for Storage {
 #[derive(Clone)]
 pub struct LogSync {
     segment: wal::Segment,
-    stopped: Arc<OnceLock<String>>,
+    stopped: Stopped,
 }
 
 impl LogSync {
     /// Syncs the log up to this commit. A failure stops the storage for good.
     pub fn sync(&self) -> Result<(), Error> {
-        if let Some(why) = self.stopped.get() {
+        if let Some(stop) = self.stopped.get() {
             return Err(Error::Stopped {
-                why: why.clone(),
+                why: stop.why.clone(),
+                cause: stop.cause,
                 appended: self.segment.maybe_written(),
             });
         }
         self.segment.sync().map_err(|e| {
             let e = Error::from(e);
             tracing::error!(error = %e, "write-ahead log sync failed; refusing all writes until restart");
-            let _ = self.stopped.set(e.to_string());
+            let _ = self.stopped.set(Stop::of(&e));
             e
         })
     }
@@ -968,7 +1044,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Storage::open(&dir.path().join("store.redb"), 1 << 20).unwrap();
         s.load().unwrap();
-        let _ = s.stopped.set("disk on fire".into());
+        let _ = s.stopped.set(Stop::new("disk on fire", Cause::Io));
         let a = leaf("1", 1);
         let err = s
             .commit(&Commit {

@@ -4,6 +4,7 @@ mod api;
 mod cli;
 mod cluster;
 mod crash;
+mod disk;
 mod inotify;
 mod mount;
 mod plugins;

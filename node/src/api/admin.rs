@@ -16,8 +16,40 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub fn health() -> Response<Body> {
+/// `/v1/health` and `/v1/readyz`: 200 while the node serves reads and writes; 503 with the
+/// reason once its storage stopped taking writes (reads and watches go on from memory).
+pub fn health(app: &App) -> Response<Body> {
+    match app.db.storage_stop() {
+        None => json_response(StatusCode::OK, r#"{"status":"ok"}"#),
+        Some(stop) => {
+            let body = json!({
+                "status": "failing",
+                "reason": format!("storage: {}", stop.why),
+                "storage": storage_value(&app.db),
+            });
+            json_response(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
+        }
+    }
+}
+
+/// `/v1/livez`: 200 while the process answers at all. A node whose storage failed is alive
+/// (restarting it is for an operator who has looked at the disk, not for a supervisor).
+pub fn live() -> Response<Body> {
     json_response(StatusCode::OK, r#"{"status":"ok"}"#)
+}
+
+/// The storage's state, for status and health.
+fn storage_value(db: &Db) -> serde_json::Value {
+    match db.storage_stop() {
+        None => json!({"state": "ok"}),
+        Some(stop) => json!({
+            "state": "failed",
+            "cause": stop.cause.as_str(),
+            "reason": stop.why,
+            "since": stop.at_ms,
+            "writes": "refused until the node restarts (reads and watches are served from memory)",
+        }),
+    }
 }
 
 /// The cluster view: this node, its peers (state, last seen, replication lag) and its seeds.
@@ -65,6 +97,7 @@ pub fn status_value(db: &Db, c: &Config, started: Instant) -> serde_json::Value 
         // Equal on two nodes exactly when they hold the same registers (anti-entropy's root).
         "digest": {"registers": root.count, "hash": format!("{:016x}", root.hash)},
         "uptime_seconds": started.elapsed().as_secs(),
+        "storage": storage_value(db),
         "api_addr": c.api.addr.to_string(),
         "data_dir": c.data_dir.display().to_string(),
         "limits": {
@@ -101,6 +134,12 @@ pub fn metrics(app: &App) -> Response<Body> {
             st.store.tombstone_count() as u64,
         );
     }
+    gauge(
+        &mut out,
+        "herd_storage_writable",
+        "1 while the storage takes writes; 0 once a write or sync failed (see /v1/status).",
+        u64::from(app.db.storage_stop().is_none()),
+    );
     let w = app.db.stats();
     use std::sync::atomic::Ordering::Relaxed;
     counter(

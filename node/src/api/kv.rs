@@ -123,6 +123,7 @@ pub async fn put(
     let judged = app.admission.judge(grant, asked, condition, false).await?;
     if dry_run {
         // Everything a write checks has been checked; nothing is stored.
+        app.db.writable()?;
         return Ok(json_response(StatusCode::OK, r#"{"dry_run":true}"#));
     }
     Ok(written(app.db.write(judged).await?))

@@ -110,6 +110,7 @@ fn error(e: client::Error) -> Error {
         client::Error::Status { status, code, .. } => match (*status, code.as_deref()) {
             (StatusCode::NOT_FOUND, _) => ErrorKind::NotFound,
             (StatusCode::PAYLOAD_TOO_LARGE, _) => ErrorKind::TooBig,
+            (StatusCode::INSUFFICIENT_STORAGE, _) => ErrorKind::NoSpace,
             (_, Some("reserved_path" | "read_only")) => ErrorKind::ReadOnly,
             (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, _) => ErrorKind::Denied,
             (StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED, _) => ErrorKind::Conflict,

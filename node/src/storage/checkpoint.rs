@@ -8,7 +8,7 @@ use crate::store::{Register, Version};
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata};
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Dirty registers on their way to redb, and the log segments they cover.
@@ -34,7 +34,7 @@ impl Checkpointer {
     pub(super) fn start(
         db: Arc<Database>,
         wal_dir: PathBuf,
-        stopped: Arc<OnceLock<String>>,
+        stopped: super::Stopped,
     ) -> Result<Checkpointer, Error> {
         // One job queued behind the one being written: the writer waits beyond that, which
         // bounds the memory that dirty registers take.
@@ -45,9 +45,16 @@ impl Checkpointer {
                 // Entries of a checkpoint that failed, retried with the next one.
                 let mut carry: Option<Dirty> = None;
                 for mut job in rx {
+                    // Never after a failure: the records it covers may include one whose sync
+                    // failed (refused to its writer), which must not reach redb. The log does
+                    // not sync again after a failure either.
+                    if stopped.get().is_some() {
+                        continue;
+                    }
                     if let Some(Err(e)) = job.covers.as_ref().map(wal::Segment::sync) {
+                        let e = super::Error::from(e);
                         tracing::error!(error = %e, "write-ahead log sync failed before a checkpoint; refusing all writes until restart");
-                        let _ = stopped.set(e.to_string());
+                        let _ = stopped.set(super::Stop::of(&e));
                         continue;
                     }
                     if let Some(mut older) = carry.take() {

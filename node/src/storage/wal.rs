@@ -60,6 +60,21 @@ pub enum Error {
     Unsynced { path: String, source: io::Error },
     #[error("write-ahead log record of {0} bytes: records hold 1 byte to 1 GiB")]
     BadSize(usize),
+    /// An earlier write or sync of the segment failed: it is never tried again (after a failed
+    /// `fsync` the kernel may have dropped the pages it could not write and report the next
+    /// sync as a success), so the records after it never become durable in this process.
+    #[error("write-ahead log {path}: not written again after an earlier failure ({why})")]
+    Broken { path: String, why: String },
+}
+
+impl Error {
+    /// The operating system's error number behind it, if any.
+    pub fn os_error(&self) -> Option<i32> {
+        match self {
+            Error::Io { source, .. } | Error::Unsynced { source, .. } => source.raw_os_error(),
+            Error::BadSize(_) | Error::Broken { .. } => None,
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
@@ -210,6 +225,8 @@ struct Log {
     /// The end of the furthest record write started, failed or not: records up to here may be
     /// on the disk, records after it are only in memory.
     attempted: AtomicU64,
+    /// Set when a record's write or sync failed: no sync is tried again.
+    broken: std::sync::OnceLock<String>,
 }
 
 struct Tail {
@@ -241,7 +258,27 @@ impl Log {
     /// Makes the records up to byte `upto` of the segment durable, and nothing after them.
     fn sync(&self, upto: u64) -> Result<(), Error> {
         let mut io = lock(&self.io);
-        let Io { buf, zeroed } = &mut *io;
+        {
+            let t = lock(&self.tail);
+            if upto <= t.start + t.synced as u64 {
+                return Ok(()); // durable already
+            }
+        }
+        if let Some(why) = self.broken.get() {
+            return Err(Error::Broken {
+                path: self.path.display().to_string(),
+                why: why.clone(),
+            });
+        }
+        let result = self.sync_locked(&mut io, upto);
+        if let Err(e @ Error::Unsynced { .. }) = &result {
+            let _ = self.broken.set(e.to_string());
+        }
+        result
+    }
+
+    fn sync_locked(&self, io: &mut Io, upto: u64) -> Result<(), Error> {
+        let Io { buf, zeroed } = io;
         // Only a sync drains the tail, and syncs hold `io`: `start` and the bytes up to `upto`
         // stay as they are while the writer appends after them.
         let (start, len) = {
@@ -367,6 +404,7 @@ impl Writer {
                 zeroed,
             }),
             attempted: AtomicU64::new(0),
+            broken: std::sync::OnceLock::new(),
         };
         // The new name must survive a crash before anything in it is acknowledged.
         File::open(dir)
@@ -652,6 +690,38 @@ mod tests {
         let (recs, end) = read_all(&path).unwrap();
         assert_eq!(recs, durable);
         assert_eq!(end.dropped, 0);
+    }
+
+    #[test]
+    fn a_failed_sync_is_never_tried_again_even_once_space_is_back() {
+        let Some(fs) = SmallFs::mount("64k") else {
+            return;
+        };
+        // Buffered I/O: out of space, part of the record may be in the file (the outcome is
+        // unknown); a retry would append it again after the torn part.
+        let filler = fs.0.path().join("filler");
+        let mut w = Writer::create_as(fs.0.path(), 1, false).unwrap();
+        assert!(!w.direct());
+        let path = segment_path(fs.0.path(), 1);
+        std::fs::write(&filler, vec![1u8; 16 << 10]).unwrap();
+        let failed = loop {
+            w.append(&[7u8; 5000]).unwrap();
+            if let Err(e) = w.segment().sync() {
+                break e;
+            }
+        };
+        assert!(matches!(failed, Error::Unsynced { .. }), "{failed}");
+        let size = std::fs::metadata(&path).unwrap().len();
+        std::fs::remove_file(&filler).unwrap();
+        // Space is back, and the same sync (or a later one) still fails, writing nothing.
+        for _ in 0..2 {
+            let again = w.segment().sync().unwrap_err();
+            assert!(matches!(again, Error::Broken { .. }), "{again}");
+            assert!(again.to_string().contains("No space left"), "{again}");
+        }
+        w.append(&[8u8; 100]).unwrap();
+        assert!(matches!(w.segment().sync(), Err(Error::Broken { .. })));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
     }
 
     #[test]

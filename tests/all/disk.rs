@@ -1,0 +1,197 @@
+//! Disk faults on a running node. A full file system (a size-limited tmpfs under the data
+//! directory) refuses writes with 507 `no_space` over REST and `ENOSPC` on the mount, says so in
+//! `/v1/health`, `/v1/readyz`, `/v1/status` and `/metrics`, and keeps serving reads and watches;
+//! after a restart with space back, every acknowledged write is there and no refused one is.
+
+use http::Method;
+use serde_json::json;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use tests::{next_json, ChildNode};
+
+/// A tmpfs of a given size, unmounted when dropped. `None` (the test skips) without root,
+/// unless `HERD_TEST_STRICT` is set.
+struct SmallFs(tempfile::TempDir);
+
+impl SmallFs {
+    fn mount(size: &str) -> Option<SmallFs> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(SmallFs(dir));
+        }
+        let why = "mounting a small tmpfs needs root";
+        assert!(
+            std::env::var_os("HERD_TEST_STRICT").is_none(),
+            "{why} (HERD_TEST_STRICT is set, so this is a failure)"
+        );
+        eprintln!("SKIPPED: {why}");
+        None
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+/// Fills the file system at `dir` with one file, to the last byte it takes.
+fn fill(dir: &Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![7u8; 64 << 10];
+    while f.write_all(&chunk).is_ok() {}
+    for _ in 0..64 {
+        let _ = f.write_all(&[7u8; 1024]);
+    }
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_visibly_and_loses_nothing_acknowledged() {
+    let Some(fs) = SmallFs::mount("32m") else {
+        return;
+    };
+    let data = fs.path().join("data");
+    let mnt_dir = tempfile::tempdir().unwrap();
+    let mnt = mnt_dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mnt_arg = mnt.display().to_string();
+    let mut node = ChildNode::start_with_args(&data, &["--mount", &mnt_arg])
+        .await
+        .expect("node starts");
+    let c = node.client();
+    let call = |method: Method, path: &str, body: Option<String>| {
+        let c = c.clone();
+        let path = path.to_owned();
+        async move {
+            c.request(method, &path, &[], body.map(bytes::Bytes::from))
+                .await
+                .expect("the node answers")
+        }
+    };
+    assert_eq!(
+        call(Method::PUT, "/v1/kv/app/a", Some("1".into()))
+            .await
+            .status,
+        200
+    );
+    let filler = fill(fs.path());
+    // The log claimed some space ahead: writes go on for a while, then are refused.
+    let value = format!("\"{}\"", "x".repeat(4000));
+    let mut acknowledged = Vec::new();
+    let refused = loop {
+        let i = acknowledged.len();
+        assert!(i < 20_000, "the disk never filled up");
+        let r = call(
+            Method::PUT,
+            &format!("/v1/kv/fill/k{i}"),
+            Some(value.clone()),
+        )
+        .await;
+        if r.status != 200 {
+            break r;
+        }
+        acknowledged.push(i);
+    };
+    assert_eq!(refused.status, 507, "{:?}", refused.body);
+    let e = refused.json().unwrap();
+    assert_eq!(e["error"]["code"], "no_space", "{e}");
+    // Every later write is refused the same way, through the mount too.
+    let r = call(Method::PUT, "/v1/kv/app/b", Some("2".into())).await;
+    assert_eq!(r.status, 507);
+    let e = std::fs::write(mnt.join("app/c"), "3\n").unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::StorageFull, "{e}");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("echo 3 > {}/app/c", mnt.display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("No space left"), "{stderr}");
+    // Reads and a new watch are served from memory.
+    assert_eq!(
+        call(Method::GET, "/v1/kv/app/a", None)
+            .await
+            .json()
+            .unwrap(),
+        json!(1)
+    );
+    assert_eq!(std::fs::read_to_string(mnt.join("app/a")).unwrap(), "1\n");
+    let mut watch = c.events("/v1/watch/app", &[]).await.unwrap();
+    let (kind, ev) = next_json(&mut watch).await;
+    assert_eq!((kind.as_str(), &ev["path"]), ("put", &json!("/app/a")));
+    assert_eq!(next_json(&mut watch).await.0, "synced");
+    // Health says why; liveness does not.
+    for probe in ["/v1/health", "/v1/readyz"] {
+        let r = call(Method::GET, probe, None).await;
+        assert_eq!(r.status, 503, "{probe}");
+        let h = r.json().unwrap();
+        assert_eq!(h["status"], "failing", "{h}");
+        assert!(
+            h["reason"].as_str().unwrap().contains("No space left"),
+            "{h}"
+        );
+    }
+    assert_eq!(call(Method::GET, "/v1/livez", None).await.status, 200);
+    let status = call(Method::GET, "/v1/status", None).await.json().unwrap();
+    assert_eq!(status["storage"]["state"], "failed", "{status}");
+    assert_eq!(status["storage"]["cause"], "no_space", "{status}");
+    let metrics = call(Method::GET, "/metrics", None).await;
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(metrics.contains("\nherd_storage_writable 0\n"), "{metrics}");
+    // Space back: writes stay refused in this process (the failed log is never synced
+    // again), until a restart replays what the log holds.
+    std::fs::remove_file(&filler).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        call(Method::PUT, "/v1/kv/app/d", Some("4".into()))
+            .await
+            .status,
+        507
+    );
+    drop(watch);
+    node.stop();
+    let node = ChildNode::start_with_args(&data, &["--mount", &mnt_arg])
+        .await
+        .expect("the node starts again once space is back");
+    let c = node.client();
+    let doc = c
+        .request(Method::GET, "/v1/kv/", &[], None)
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(doc["app"], json!({"a": 1}), "no refused write is there");
+    let fill = doc["fill"].as_object().cloned().unwrap_or_default();
+    for i in &acknowledged {
+        assert_eq!(
+            fill.get(&format!("k{i}")),
+            Some(&json!("x".repeat(4000))),
+            "acknowledged write k{i}"
+        );
+    }
+    assert_eq!(fill.len(), acknowledged.len(), "only acknowledged writes");
+    let r = c
+        .request(Method::PUT, "/v1/kv/app/e", &[], Some("5".into()))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "writes are taken again");
+    let health = c
+        .request(Method::GET, "/v1/health", &[], None)
+        .await
+        .unwrap();
+    assert_eq!(health.status, 200);
+}
