@@ -209,8 +209,9 @@ struct Inner {
     /// The registers of every local write once applied, for pushing to peers.
     changes: broadcast::Sender<Change>,
     node_id: u64,
-    /// Set once the storage stops taking writes (see `storage::Stop`).
-    stopped: storage::Stopped,
+    /// Set once the storage stops taking writes (see `storage::Stop`); replaced when the
+    /// writer reopens the storage after a full disk had room again.
+    stopped: RwLock<storage::Stopped>,
 }
 
 /// A group number that only grows, and a way to wait for it.
@@ -312,7 +313,7 @@ impl Db {
             events,
             changes,
             node_id,
-            stopped,
+            stopped: RwLock::new(stopped),
         });
         let (tx, rx) = mpsc::channel(4096);
         let (sync_tx, sync_rx) = std::sync::mpsc::channel();
@@ -355,17 +356,23 @@ impl Db {
     /// Why the storage stopped taking writes, if it did: reads and watches go on from memory,
     /// every write is refused until the node restarts and replays its log.
     pub fn storage_stop(&self) -> Option<storage::Stop> {
-        self.inner.stopped.get().cloned()
+        let stopped = self.inner.stopped.read().unwrap_or_else(|e| e.into_inner());
+        stopped.get().cloned()
     }
 
     /// The error every write gets now, if the storage stopped (for checks that store nothing:
     /// a dry run, a `write()` on the mount before its `close()`).
     pub fn writable(&self) -> Result<(), Error> {
-        let Some(stop) = self.inner.stopped.get() else {
+        let Some(stop) = self.storage_stop() else {
             return Ok(());
         };
+        let then = if stop.resumable {
+            "writes are taken again once the disk has room"
+        } else {
+            "restart the node to recover what was acknowledged"
+        };
         let why = format!(
-            "storage stopped after an earlier write-ahead log failure ({}); restart the node to recover what was acknowledged",
+            "storage stopped after an earlier write-ahead log failure ({}); {then}",
             stop.why
         );
         Err(match stop.cause {

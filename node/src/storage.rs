@@ -89,10 +89,12 @@ pub enum Error {
     },
     #[error("{0}; refusing to start rather than serve without acknowledged writes. Restore the data directory from a backup, or move it aside and let the node resync from its peers")]
     Gap(String),
-    #[error("storage stopped after an earlier write-ahead log failure ({why}); restart the node to recover what was acknowledged")]
+    #[error("storage stopped after an earlier write-ahead log failure ({why}); {}", if *resumable { "writes are taken again once the disk has room" } else { "restart the node to recover what was acknowledged" })]
     Stopped {
         why: String,
         cause: Cause,
+        /// See [`Stop::resumable`].
+        resumable: bool,
         /// The commit may have reached the disk before the failure: it is in the page cache of
         /// a buffered log, or was part of the direct write that failed.
         appended: bool,
@@ -133,6 +135,10 @@ impl Cause {
 pub struct Stop {
     pub why: String,
     pub cause: Cause,
+    /// Nothing of the failed commit reached the disk, and it failed for want of space: once
+    /// there is room, the storage can be reopened from the log ([`Storage::reopen`]) rather
+    /// than wait for a restart.
+    pub resumable: bool,
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
 }
@@ -142,12 +148,22 @@ impl Stop {
         Stop {
             why: why.to_string(),
             cause,
+            resumable: false,
             at_ms: crate::clock::now_ms(),
         }
     }
 
     fn of(e: &Error) -> Stop {
-        Stop::new(e, e.cause())
+        let mut stop = Stop::new(e, e.cause());
+        stop.resumable =
+            stop.cause == Cause::NoSpace && matches!(e, Error::Log(wal::Error::Io { .. }));
+        stop
+    }
+
+    /// Stops `stopped` (if it is not stopped already) for good: a reopened storage that does
+    /// not meet what memory holds.
+    pub fn fatal(stopped: &Stopped, why: impl std::fmt::Display) {
+        let _ = stopped.set(Stop::new(why, Cause::Io));
     }
 }
 
@@ -208,9 +224,11 @@ type Dirty = HashMap<Box<str>, Option<Box<[u8]>>, foldhash::fast::RandomState>;
 
 /// The open database and its log.
 pub struct Storage {
-    db: Arc<Database>,
-    /// The database file, for messages.
+    /// `None` only after a [`Storage::reopen`] that failed.
+    db: Option<Arc<Database>>,
+    /// The database file.
     path: PathBuf,
+    cache_bytes: usize,
     wal_dir: PathBuf,
     /// The segment being appended to; `None` until [`Storage::load`].
     log: Option<wal::Writer>,
@@ -249,8 +267,9 @@ impl Storage {
         std::fs::create_dir_all(&wal_dir)
             .map_err(|e| Error::Read(format!("cannot create {}: {e}", wal_dir.display())))?;
         Ok(Storage {
-            db: Arc::new(db),
+            db: Some(Arc::new(db)),
             path: path.to_path_buf(),
+            cache_bytes,
             wal_dir,
             log: None,
             dirty: Dirty::default(),
@@ -273,7 +292,7 @@ impl Storage {
         if self.log.is_some() {
             return Err(Error::Read("the store is loaded already".into()));
         }
-        let db = self.db.clone();
+        let db = self.db()?;
         // After a panic the database is not used again: the load fails and it is dropped.
         let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_redb(&db)))
             .map_err(|panic| Error::Read(damaged(&self.path, &panic)))??;
@@ -416,7 +435,7 @@ impl Storage {
             // Segments with nothing to replay are covered by redb already: say so in redb
             // before deleting them, so the next load finds redb meeting the log.
             write_checkpoint(
-                &self.db,
+                &db,
                 &Job {
                     entries: Dirty::default(),
                     lsn,
@@ -440,7 +459,7 @@ impl Storage {
         self.log = Some(log);
         (self.lsn, self.revision, self.high_water) = (lsn, revision, high_water);
         self.checkpointer = Some(Checkpointer::start(
-            self.db.clone(),
+            db,
             self.wal_dir.clone(),
             self.stopped.clone(),
         )?);
@@ -449,6 +468,35 @@ impl Storage {
             revision,
             high_water,
         })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn db(&self) -> Result<Arc<Database>, Error> {
+        self.db
+            .clone()
+            .ok_or_else(|| Error::Read(format!("{} is closed", self.path.display())))
+    }
+
+    /// Closes the storage and opens and loads it again from what is on disk: after it stopped
+    /// for want of space with nothing of the failed commit written ([`Stop::resumable`]), the
+    /// log then holds exactly the commits that were synced. The new storage has a stop of its
+    /// own ([`Storage::stopped`]). On an error the storage stays closed and refuses commits.
+    pub fn reopen(&mut self) -> Result<Loaded, Error> {
+        if let Some(c) = self.checkpointer.take() {
+            drop(c.tx);
+            let _ = c.thread.join();
+        }
+        self.log = None;
+        // The last handle on the file (the checkpoint thread's went with it): redb closes it.
+        self.db = None;
+        let mut fresh = Storage::open(&self.path, self.cache_bytes)?;
+        let loaded = fresh.load()?;
+        *self = fresh;
+        Ok(loaded)
     }
 
     /// The storage's stop: set once, when it stops taking writes.
@@ -469,6 +517,7 @@ impl Storage {
             return Err(Error::Stopped {
                 why: stop.why.clone(),
                 cause: stop.cause,
+                resumable: stop.resumable,
                 appended: false,
             });
         }
@@ -586,6 +635,7 @@ impl LogSync {
             return Err(Error::Stopped {
                 why: stop.why.clone(),
                 cause: stop.cause,
+                resumable: stop.resumable,
                 appended: self.segment.maybe_written(),
             });
         }

@@ -67,6 +67,25 @@ impl Group {
     }
 }
 
+/// Free space a file system must have before a storage stopped for want of it is reopened.
+const ROOM_TO_RESUME: usize = 8 << 20;
+
+/// True if this process can write [`ROOM_TO_RESUME`] bytes beside the database file `path`
+/// (found by writing them to a probe file, removed again: quotas and reserved blocks count).
+fn has_room(path: &std::path::Path) -> bool {
+    use std::io::Write;
+    let probe = path.with_extension("room-probe");
+    let written = std::fs::File::create(&probe).and_then(|mut f| {
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..ROOM_TO_RESUME / chunk.len() {
+            f.write_all(&chunk)?;
+        }
+        f.sync_data()
+    });
+    let _ = std::fs::remove_file(&probe);
+    written.is_ok()
+}
+
 /// A group appended to the log, on its way through the sync thread.
 pub(super) struct Synced {
     pub(super) seq: u64,
@@ -169,6 +188,7 @@ impl Writer {
                     Command::Housekeeping => {
                         self.flush(std::mem::take(&mut group));
                         self.wait_for_inflight(|_| true);
+                        self.resume();
                         self.housekeeping();
                     }
                     Command::Reset(reply) => {
@@ -460,6 +480,47 @@ impl Writer {
         }
         st.reach(revision);
         Ok(revision)
+    }
+
+    /// After the storage stopped for want of space, with nothing of the failed commit written:
+    /// once the file system has room again, reopens the storage from the log and takes writes
+    /// again, if what the log holds is exactly what memory holds (every group sent to the
+    /// sync thread has been answered: the caller waited for them).
+    fn resume(&mut self) {
+        let stop = self.storage.stopped().get().cloned();
+        if !stop.is_some_and(|s| s.resumable) || !has_room(self.storage.path()) {
+            return;
+        }
+        let loaded = match self.storage.reopen() {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::warn!(error = %e, "the disk has room again, but the storage could not be reopened; trying again");
+                return;
+            }
+        };
+        let (revision, root) = {
+            let st = self.state();
+            (st.revision, st.store.digest().root())
+        };
+        let reloaded = crate::store::Store::from_registers(loaded.registers);
+        let stopped = self.storage.stopped();
+        if loaded.revision != revision || reloaded.digest().root() != root {
+            let why = format!(
+                "the log reopened after a full disk holds revision {} but memory revision {revision}, or other registers; restart the node",
+                loaded.revision
+            );
+            tracing::error!("{why}");
+            storage::Stop::fatal(&stopped, why);
+        } else {
+            self.revision = revision;
+            self.clock.observe(loaded.high_water);
+            tracing::warn!(revision, "the disk has room again: writes are taken again");
+        }
+        *self
+            .inner
+            .stopped
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = stopped;
     }
 
     /// Announces expiries that are due and collects tombstones past the grace period.
