@@ -205,3 +205,152 @@ async fn a_full_disk_refuses_writes_visibly_and_loses_nothing_acknowledged() {
         .unwrap();
     assert_eq!(health.status, 200);
 }
+
+/// An ext4 file system on a loop device (mounted `errors=remount-ro`, as root file systems
+/// commonly are), whose kernel error the test triggers: ext4 then remounts it read-only at once,
+/// open files or not, as after a real disk error.
+struct Ext4 {
+    image: tempfile::TempDir,
+    mnt: tempfile::TempDir,
+}
+
+impl Ext4 {
+    fn mount() -> Option<Ext4> {
+        let image = tempfile::tempdir().unwrap();
+        let mnt = tempfile::tempdir().unwrap();
+        let file = image.path().join("disk.img");
+        std::fs::File::create(&file)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let made = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&file)
+            .status()
+            .is_ok_and(|s| s.success());
+        let fs = Ext4 { image, mnt };
+        if made && fs.attach() {
+            return Some(fs);
+        }
+        let why = "mounting an ext4 image on a loop device needs root and mkfs.ext4";
+        assert!(
+            std::env::var_os("HERD_TEST_STRICT").is_none(),
+            "{why} (HERD_TEST_STRICT is set, so this is a failure)"
+        );
+        eprintln!("SKIPPED: {why}");
+        None
+    }
+
+    fn attach(&self) -> bool {
+        Command::new("mount")
+            .args(["-o", "loop,errors=remount-ro"])
+            .arg(self.image.path().join("disk.img"))
+            .arg(self.mnt.path())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn path(&self) -> &Path {
+        self.mnt.path()
+    }
+
+    /// Makes the kernel find an error in the file system: it is read-only from then on.
+    fn fail(&self) {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+        let here = self.mnt.path().display().to_string();
+        let dev = mounts
+            .lines()
+            .find(|l| l.split(' ').nth(1) == Some(here.as_str()))
+            .and_then(|l| l.split(' ').next())
+            .and_then(|d| d.rsplit('/').next())
+            .expect("the loop device")
+            .to_owned();
+        std::fs::write(format!("/sys/fs/ext4/{dev}/trigger_fs_error"), "1").unwrap();
+    }
+
+    /// Unmounts, repairs (as a reboot would) and mounts again, writable.
+    fn repair(&self) {
+        let _ = Command::new("umount").arg(self.mnt.path()).status();
+        let _ = Command::new("fsck.ext4")
+            .args(["-p", "-f"])
+            .arg(self.image.path().join("disk.img"))
+            .status();
+        assert!(self.attach(), "the repaired file system mounts again");
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.mnt.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_system_gone_read_only_stops_writes_until_a_restart() {
+    let Some(fs) = Ext4::mount() else {
+        return;
+    };
+    let data = fs.path().join("data");
+    let mut node = ChildNode::start(&data).await.expect("node starts");
+    let c = node.client();
+    let call = |method: Method, path: &str, body: Option<String>| {
+        let c = c.clone();
+        let path = path.to_owned();
+        async move {
+            c.request(method, &path, &[], body.map(bytes::Bytes::from))
+                .await
+                .expect("the node answers")
+        }
+    };
+    assert_eq!(
+        call(Method::PUT, "/v1/kv/app/a", Some("1".into()))
+            .await
+            .status,
+        200
+    );
+    fs.fail();
+    let r = call(Method::PUT, "/v1/kv/app/b", Some("2".into())).await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    let code = r.json().unwrap()["error"]["code"].clone();
+    assert!(code == "unavailable" || code == "outcome_unknown", "{code}");
+    let health = call(Method::GET, "/v1/health", None).await;
+    assert_eq!(health.status, 503);
+    let h = health.json().unwrap();
+    assert_eq!(h["storage"]["cause"], "read_only", "{h}");
+    assert_eq!(
+        call(Method::GET, "/v1/kv/app/a", None)
+            .await
+            .json()
+            .unwrap(),
+        json!(1),
+        "reads go on"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        call(Method::PUT, "/v1/kv/app/c", Some("3".into()))
+            .await
+            .status,
+        503,
+        "a read-only file system is not waited out: it takes a restart"
+    );
+    node.stop();
+    fs.repair();
+    let node = ChildNode::start(&data).await.expect("restarts");
+    let c = node.client();
+    let app = c
+        .request(Method::GET, "/v1/kv/app", &[], None)
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(app["a"], json!(1), "the acknowledged write is there");
+    assert!(app.get("c").is_none(), "{app}");
+    let r = c
+        .request(Method::PUT, "/v1/kv/app/d", &[], Some("4".into()))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+}

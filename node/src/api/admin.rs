@@ -47,7 +47,11 @@ fn storage_value(db: &Db) -> serde_json::Value {
             "cause": stop.cause.as_str(),
             "reason": stop.why,
             "since": stop.at_ms,
-            "writes": "refused until the node restarts (reads and watches are served from memory)",
+            "writes": if stop.resumable {
+                "refused until the disk has room again (8 MiB free), then taken again by themselves; reads and watches are served from memory"
+            } else {
+                "refused until the node restarts (reads and watches are served from memory)"
+            },
         }),
     }
 }

@@ -138,6 +138,16 @@ impl Error {
                 (Some("compacted"), _) => {
                     "that revision has left the node's change log: watch again without --since"
                 }
+                (Some("no_space"), _) => {
+                    "free space on the node's data directory; writes are taken again by \
+                     themselves (GET /v1/health says when)"
+                }
+                (Some("outcome_unknown"), _) => {
+                    "the node's disk failed this write: read the key again after the node restarts"
+                }
+                (Some("unavailable"), 503) => {
+                    "GET /v1/health on the node says why (a failed disk needs a restart)"
+                }
                 _ => return None,
             },
             Error::Client(client::Error::Connect { .. } | client::Error::Timeout { .. }) => {
@@ -275,6 +285,8 @@ mod tests {
         assert!(hint.contains("--token"), "{hint}");
         let hint = api_error(410, Some("compacted")).hint().unwrap();
         assert!(hint.contains("without --since"), "{hint}");
+        let hint = api_error(507, Some("no_space")).hint().unwrap();
+        assert!(hint.contains("free space"), "{hint}");
         let hint = Error::NoNode.hint().unwrap();
         assert!(hint.starts_with("run this next to herd-data"), "{hint}");
     }
