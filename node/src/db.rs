@@ -332,6 +332,8 @@ impl Db {
             syncer: Some(syncer),
             sent: 0,
             inflight: VecDeque::new(),
+            resume_at: None,
+            resume_backoff: Duration::ZERO,
         };
         let thread = std::thread::Builder::new()
             .name("herd-writer".into())
@@ -354,7 +356,8 @@ impl Db {
     }
 
     /// Why the storage stopped taking writes, if it did: reads and watches go on from memory,
-    /// every write is refused until the node restarts and replays its log.
+    /// every write is refused until the node restarts and replays its log (or, after a full
+    /// disk with nothing written, until the writer reopens the storage once there is room).
     pub fn storage_stop(&self) -> Option<storage::Stop> {
         let stopped = self.inner.stopped.read().unwrap_or_else(|e| e.into_inner());
         stopped.get().cloned()

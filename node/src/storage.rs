@@ -155,8 +155,13 @@ impl Stop {
 
     fn of(e: &Error) -> Stop {
         let mut stop = Stop::new(e, e.cause());
-        stop.resumable =
-            stop.cause == Cause::NoSpace && matches!(e, Error::Log(wal::Error::Io { .. }));
+        let nothing_written = match e {
+            Error::Log(wal::Error::Io { .. }) => true,
+            Error::Log(wal::Error::Broken { first, .. }) => first.nothing_written,
+            Error::Stopped { resumable, .. } => *resumable,
+            _ => false,
+        };
+        stop.resumable = stop.cause == Cause::NoSpace && nothing_written;
         stop
     }
 
@@ -531,7 +536,7 @@ impl Storage {
             Ok(n) => n,
             Err(e) => {
                 let e = Error::from(e);
-                tracing::error!(error = %e, "write-ahead log append failed; refusing all writes until restart");
+                tracing::error!(error = %e, "write-ahead log append failed; refusing writes");
                 let _ = self.stopped.set(Stop::of(&e));
                 return Err(e);
             }
@@ -585,7 +590,7 @@ impl Storage {
             Ok(seq) => seq,
             Err(e) => {
                 let e = Error::from(e);
-                tracing::error!(error = %e, "cannot start a new write-ahead log segment; refusing all writes until restart");
+                tracing::error!(error = %e, "cannot start a new write-ahead log segment; refusing writes");
                 let _ = self.stopped.set(Stop::of(&e));
                 return;
             }
@@ -629,7 +634,7 @@ pub struct LogSync {
 }
 
 impl LogSync {
-    /// Syncs the log up to this commit. A failure stops the storage for good.
+    /// Syncs the log up to this commit. A failure stops the storage (see [`Stop`]).
     pub fn sync(&self) -> Result<(), Error> {
         if let Some(stop) = self.stopped.get() {
             return Err(Error::Stopped {
@@ -640,8 +645,19 @@ impl LogSync {
             });
         }
         self.segment.sync().map_err(|e| {
-            let e = Error::from(e);
-            tracing::error!(error = %e, "write-ahead log sync failed; refusing all writes until restart");
+            let e = match e {
+                // Another sync of this segment failed (the checkpoint thread's, say) before
+                // the storage was marked stopped: this commit may be in what it wrote.
+                wal::Error::Broken { ref first, .. } => Error::Stopped {
+                    why: e.to_string(),
+                    cause: Cause::of_errno(first.errno),
+                    resumable: first.nothing_written
+                        && Cause::of_errno(first.errno) == Cause::NoSpace,
+                    appended: self.segment.maybe_written(),
+                },
+                e => Error::from(e),
+            };
+            tracing::error!(error = %e, "write-ahead log sync failed; refusing writes");
             let _ = self.stopped.set(Stop::of(&e));
             e
         })

@@ -141,7 +141,7 @@ pub fn metrics(app: &App) -> Response<Body> {
     gauge(
         &mut out,
         "herd_storage_writable",
-        "1 while the storage takes writes; 0 once a write or sync failed (see /v1/status).",
+        "1 while the storage takes writes; 0 while it refuses them after a failed log write or sync (see /v1/status).",
         u64::from(app.db.storage_stop().is_none()),
     );
     let w = app.db.stats();

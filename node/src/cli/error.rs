@@ -139,8 +139,8 @@ impl Error {
                     "that revision has left the node's change log: watch again without --since"
                 }
                 (Some("no_space"), _) => {
-                    "free space on the node's data directory; writes are taken again by \
-                     themselves (GET /v1/health says when)"
+                    "free space on the node's data directory; GET /v1/health says whether \
+                     writes then resume by themselves or after a restart"
                 }
                 (Some("outcome_unknown"), _) => {
                     "the node's disk failed this write: read the key again after the node restarts"

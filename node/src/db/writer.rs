@@ -67,6 +67,10 @@ impl Group {
     }
 }
 
+/// The first and longest waits between attempts to reopen a storage that failed to reopen.
+const RESUME_BACKOFF: Duration = Duration::from_secs(2);
+const RESUME_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
 /// Free space a file system must have before a storage stopped for want of it is reopened.
 const ROOM_TO_RESUME: usize = 8 << 20;
 
@@ -108,6 +112,10 @@ pub(super) struct Writer {
     pub(super) sent: u64,
     /// The keys of groups handed to the sync thread and perhaps not applied yet, by number.
     pub(super) inflight: VecDeque<(u64, Group)>,
+    /// After a failed reopen of a storage stopped for want of space: when to try again, and
+    /// the wait before that.
+    pub(super) resume_at: Option<Instant>,
+    pub(super) resume_backoff: Duration,
 }
 
 impl Writer {
@@ -488,16 +496,24 @@ impl Writer {
     /// sync thread has been answered: the caller waited for them).
     fn resume(&mut self) {
         let stop = self.storage.stopped().get().cloned();
-        if !stop.is_some_and(|s| s.resumable) || !has_room(self.storage.path()) {
+        if !stop.is_some_and(|s| s.resumable)
+            || self.resume_at.is_some_and(|t| Instant::now() < t)
+            || !has_room(self.storage.path())
+        {
             return;
         }
         let loaded = match self.storage.reopen() {
             Ok(loaded) => loaded,
             Err(e) => {
-                tracing::warn!(error = %e, "the disk has room again, but the storage could not be reopened; trying again");
+                // Each attempt reopens and replays the whole store: back off.
+                self.resume_backoff =
+                    (self.resume_backoff * 2).clamp(RESUME_BACKOFF, RESUME_BACKOFF_MAX);
+                self.resume_at = Some(Instant::now() + self.resume_backoff);
+                tracing::warn!(error = %e, retry_in = ?self.resume_backoff, "the disk has room again, but the storage could not be reopened");
                 return;
             }
         };
+        (self.resume_at, self.resume_backoff) = (None, Duration::ZERO);
         let (revision, root) = {
             let st = self.state();
             (st.revision, st.store.digest().root())
@@ -506,7 +522,7 @@ impl Writer {
         let stopped = self.storage.stopped();
         if loaded.revision != revision || reloaded.digest().root() != root {
             let why = format!(
-                "the log reopened after a full disk holds revision {} but memory revision {revision}, or other registers; restart the node",
+                "the log reopened after a full disk holds revision {} and memory revision {revision}, or other registers: the node serves memory and takes no writes; restart it, or move the data directory aside and let it resync from its peers",
                 loaded.revision
             );
             tracing::error!("{why}");

@@ -53,7 +53,7 @@ impl Checkpointer {
                     }
                     if let Some(Err(e)) = job.covers.as_ref().map(wal::Segment::sync) {
                         let e = super::Error::from(e);
-                        tracing::error!(error = %e, "write-ahead log sync failed before a checkpoint; refusing all writes until restart");
+                        tracing::error!(error = %e, "write-ahead log sync failed before a checkpoint; refusing writes");
                         let _ = stopped.set(super::Stop::of(&e));
                         continue;
                     }

@@ -60,11 +60,21 @@ pub enum Error {
     Unsynced { path: String, source: io::Error },
     #[error("write-ahead log record of {0} bytes: records hold 1 byte to 1 GiB")]
     BadSize(usize),
-    /// An earlier write or sync of the segment failed: it is never tried again (after a failed
-    /// `fsync` the kernel may have dropped the pages it could not write and report the next
-    /// sync as a success), so the records after it never become durable in this process.
-    #[error("write-ahead log {path}: not written again after an earlier failure ({why})")]
-    Broken { path: String, why: String },
+    /// An earlier sync of the segment failed: no sync is tried again (after a failed `fsync`
+    /// the kernel may have dropped the pages it could not write and report the next sync as a
+    /// success; and a record refused as not written must stay unwritten), so the records after
+    /// it never become durable in this process.
+    #[error("write-ahead log {path}: not written again after an earlier failure ({})", .first.why)]
+    Broken { path: String, first: Failure },
+}
+
+/// The first failed sync of a segment, as later syncs report it.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub why: String,
+    pub errno: Option<i32>,
+    /// Nothing of the records it was syncing reached the file (it was an [`Error::Io`]).
+    pub nothing_written: bool,
 }
 
 impl Error {
@@ -72,7 +82,8 @@ impl Error {
     pub fn os_error(&self) -> Option<i32> {
         match self {
             Error::Io { source, .. } | Error::Unsynced { source, .. } => source.raw_os_error(),
-            Error::BadSize(_) | Error::Broken { .. } => None,
+            Error::Broken { first, .. } => first.errno,
+            Error::BadSize(_) => None,
         }
     }
 }
@@ -225,8 +236,8 @@ struct Log {
     /// The end of the furthest record write started, failed or not: records up to here may be
     /// on the disk, records after it are only in memory.
     attempted: AtomicU64,
-    /// Set when a record's write or sync failed: no sync is tried again.
-    broken: std::sync::OnceLock<String>,
+    /// Set when a sync failed: no sync is tried again.
+    broken: std::sync::OnceLock<Failure>,
 }
 
 struct Tail {
@@ -264,15 +275,19 @@ impl Log {
                 return Ok(()); // durable already
             }
         }
-        if let Some(why) = self.broken.get() {
+        if let Some(first) = self.broken.get() {
             return Err(Error::Broken {
                 path: self.path.display().to_string(),
-                why: why.clone(),
+                first: first.clone(),
             });
         }
         let result = self.sync_locked(&mut io, upto);
-        if let Err(e @ Error::Unsynced { .. }) = &result {
-            let _ = self.broken.set(e.to_string());
+        if let Err(e) = &result {
+            let _ = self.broken.set(Failure {
+                why: e.to_string(),
+                errno: e.os_error(),
+                nothing_written: matches!(e, Error::Io { .. }),
+            });
         }
         result
     }
