@@ -26,7 +26,10 @@
 
 mod checkpoint;
 mod record;
+mod stop;
 mod wal;
+
+pub use stop::{Cause, Stop, Stopped};
 
 use checkpoint::{read_redb, write_checkpoint, Checkpointer, Job, Redb};
 use record::Record;
@@ -35,7 +38,7 @@ use crate::store::{Register, Version};
 use redb::{Database, TableDefinition};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Registers by key (segments joined by NUL), plus the counters under [`META_KEY`] and
@@ -47,6 +50,9 @@ const META_KEY: &str = "\0meta";
 const LSN_KEY: &str = "\0lsn";
 /// The first log segment redb does not cover (little-endian u64): every older one may be gone.
 const WAL_NEXT_KEY: &str = "\0walnext";
+/// The sum of [`entry_sum`] over every register (little-endian u64), kept by each checkpoint:
+/// a start that reads other registers than the last checkpoint wrote (a damaged page) refuses.
+const SUM_KEY: &str = "\0sum";
 /// A checkpoint starts once the dirty registers take about this much memory (keys, encoded
 /// registers and [`DIRTY_ENTRY_BYTES`] each): this bounds the memory they hold...
 pub const CHECKPOINT_DIRTY_BYTES: u64 = 32 << 20;
@@ -100,81 +106,6 @@ pub enum Error {
         appended: bool,
     },
 }
-
-/// Why the storage stopped taking writes, as operators act on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
-    /// The file system is full (`ENOSPC`, `EDQUOT`).
-    NoSpace,
-    /// The file system is read-only (`EROFS`: remounted after errors, say).
-    ReadOnly,
-    /// Any other failure to write or sync (`EIO`, a lost thread).
-    Io,
-}
-
-impl Cause {
-    fn of_errno(errno: Option<i32>) -> Cause {
-        match errno {
-            Some(libc::ENOSPC | libc::EDQUOT) => Cause::NoSpace,
-            Some(libc::EROFS) => Cause::ReadOnly,
-            _ => Cause::Io,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Cause::NoSpace => "no_space",
-            Cause::ReadOnly => "read_only",
-            Cause::Io => "io_error",
-        }
-    }
-}
-
-/// The failure that stopped the storage, and when.
-#[derive(Debug, Clone)]
-pub struct Stop {
-    pub why: String,
-    pub cause: Cause,
-    /// Nothing of the failed commit reached the disk, and it failed for want of space: once
-    /// there is room, the storage can be reopened from the log ([`Storage::reopen`]) rather
-    /// than wait for a restart.
-    pub resumable: bool,
-    /// Milliseconds since the Unix epoch.
-    pub at_ms: u64,
-}
-
-impl Stop {
-    fn new(why: impl std::fmt::Display, cause: Cause) -> Stop {
-        Stop {
-            why: why.to_string(),
-            cause,
-            resumable: false,
-            at_ms: crate::clock::now_ms(),
-        }
-    }
-
-    fn of(e: &Error) -> Stop {
-        let mut stop = Stop::new(e, e.cause());
-        let nothing_written = match e {
-            Error::Log(wal::Error::Io { .. }) => true,
-            Error::Log(wal::Error::Broken { first, .. }) => first.nothing_written,
-            Error::Stopped { resumable, .. } => *resumable,
-            _ => false,
-        };
-        stop.resumable = stop.cause == Cause::NoSpace && nothing_written;
-        stop
-    }
-
-    /// Stops `stopped` (if it is not stopped already) for good: a reopened storage that does
-    /// not meet what memory holds.
-    pub fn fatal(stopped: &Stopped, why: impl std::fmt::Display) {
-        let _ = stopped.set(Stop::new(why, Cause::Io));
-    }
-}
-
-/// Set once, when the storage stops; shared with the checkpoint thread and whoever reports
-/// the node's health.
-pub type Stopped = Arc<OnceLock<Stop>>;
 
 impl Error {
     /// What kind of failure this is.
@@ -307,7 +238,14 @@ impl Storage {
             mut high_water,
             mut lsn,
             wal_next,
+            sum,
         } = read;
+        if let Some((stored, found)) = sum.filter(|(stored, found)| stored != found) {
+            return Err(Error::Read(format!(
+                "{} is damaged: the registers it holds no longer add up to what its last checkpoint wrote (checksum {found:016x}, not {stored:016x}); refusing to start rather than serve damaged values. Restore the data directory from a backup, or move it aside and let the node resync from its peers",
+                self.path.display()
+            )));
+        }
         let redb_lsn = lsn;
 
         let segments = wal::segments(&self.wal_dir)?;
@@ -940,6 +878,56 @@ mod tests {
                 r
             })
             .collect()
+    }
+
+    #[test]
+    fn a_damaged_register_in_the_database_file_refuses_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("store.redb");
+        {
+            let mut s = Storage::open(&file, 1 << 20).unwrap();
+            s.load().unwrap();
+            put_many(&mut s, 1, 40);
+        } // a clean shutdown checkpoints everything into redb
+        let clean = std::fs::read(&file).unwrap();
+        // Each load changes the directory (a checkpoint, a new segment): start from the
+        // stopped node's files every time.
+        let wal_dir = file.with_extension("wal");
+        let segments: Vec<(std::path::PathBuf, Vec<u8>)> = wal::segments(&wal_dir)
+            .unwrap()
+            .into_iter()
+            .map(|(_, p)| (p.clone(), std::fs::read(&p).unwrap()))
+            .collect();
+        let loads = |bytes: &[u8]| {
+            std::fs::remove_dir_all(&wal_dir).unwrap();
+            std::fs::create_dir(&wal_dir).unwrap();
+            for (p, b) in &segments {
+                std::fs::write(p, b).unwrap();
+            }
+            std::fs::write(&file, bytes).unwrap();
+            Storage::open(&file, 1 << 20).and_then(|mut s| s.load().map(|l| l.registers.len()))
+        };
+        assert_eq!(loads(&clean).unwrap(), 40);
+        // One bit of a live register flipped (a value, then a key): the file still opens and
+        // reads, but not what the checkpoint wrote.
+        let at = clean
+            .windows(9)
+            .position(|w| w == b"value 17\"")
+            .expect("the value is in the file");
+        for (what, offset) in [("value", at + 6), ("key", at - 12)] {
+            let mut damaged = clean.clone();
+            damaged[offset] ^= 1;
+            match loads(&damaged) {
+                Err(e) => {
+                    let m = e.to_string();
+                    assert!(m.contains("store.redb is damaged"), "{what}: {m}");
+                }
+                // A flip outside the register's bytes (the key guess missed) leaves it whole.
+                Ok(n) if what == "key" => assert_eq!(n, 40),
+                Ok(n) => panic!("a damaged {what} was loaded ({n} registers)"),
+            }
+        }
+        assert_eq!(loads(&clean).unwrap(), 40, "the undamaged file still loads");
     }
 
     /// Waits until the checkpoint thread has deleted every segment but the newest.

@@ -3,7 +3,9 @@
 //! the first log segment it no longer needs), and the read of everything redb holds at a load.
 
 use super::record::{decode_meta, decode_u64, encode_meta};
-use super::{commit_err, read_err, wal, Dirty, Error, LSN_KEY, META_KEY, REGISTERS, WAL_NEXT_KEY};
+use super::{
+    commit_err, read_err, wal, Dirty, Error, LSN_KEY, META_KEY, REGISTERS, SUM_KEY, WAL_NEXT_KEY,
+};
 use crate::store::{Register, Version};
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata};
 use std::path::PathBuf;
@@ -99,13 +101,40 @@ pub(super) fn write_checkpoint(db: &Database, job: &Job) -> Result<(), Error> {
     tx.set_durability(Durability::Immediate);
     {
         let mut regs = tx.open_table(REGISTERS).map_err(commit_err)?;
+        // The sum so far; a file from before the sum was kept gets it computed once.
+        let stored = regs
+            .get(SUM_KEY)
+            .map_err(commit_err)?
+            .map(|v| decode_u64(v.value(), "checksum"))
+            .transpose()?;
+        let mut sum = match stored {
+            Some(sum) => sum,
+            None => {
+                let mut sum = 0u64;
+                for row in regs.iter().map_err(commit_err)? {
+                    let (k, v) = row.map_err(commit_err)?;
+                    if !k.value().starts_with('\0') {
+                        sum = sum.wrapping_add(entry_sum(k.value(), v.value()));
+                    }
+                }
+                sum
+            }
+        };
         for (k, v) in entries {
-            match v {
-                Some(b) => regs.insert(k, b).map(drop),
-                None => regs.remove(k).map(drop),
+            let old = match v {
+                Some(b) => {
+                    sum = sum.wrapping_add(entry_sum(k, b));
+                    regs.insert(k, b)
+                }
+                None => regs.remove(k),
             }
             .map_err(commit_err)?;
+            if let Some(old) = old {
+                sum = sum.wrapping_sub(entry_sum(k, old.value()));
+            }
         }
+        regs.insert(SUM_KEY, sum.to_le_bytes().as_slice())
+            .map_err(commit_err)?;
         regs.insert(
             META_KEY,
             encode_meta(job.revision, job.high_water).as_slice(),
@@ -127,6 +156,23 @@ pub(super) struct Redb {
     pub(super) lsn: u64,
     /// `None` in a new file, or one written before this was recorded.
     pub(super) wal_next: Option<u64>,
+    /// The sum the last checkpoint wrote and the sum of what was read (`None` in a file from
+    /// before the sum was kept).
+    pub(super) sum: Option<(u64, u64)>,
+}
+
+/// What one register adds to the checkpoint's sum: two CRC-32s of its key and value (a
+/// damaged byte changes the sum but for a 1 in 2^32 chance).
+pub(super) fn entry_sum(key: &str, value: &[u8]) -> u64 {
+    let mut a = crc32fast::Hasher::new();
+    a.update(key.as_bytes());
+    a.update(&[0]);
+    a.update(value);
+    let mut b = crc32fast::Hasher::new();
+    b.update(value);
+    b.update(&[0xff]);
+    b.update(key.as_bytes());
+    (u64::from(b.finalize()) << 32) | u64::from(a.finalize())
 }
 
 pub(super) fn read_redb(db: &Database) -> Result<Redb, Error> {
@@ -137,7 +183,10 @@ pub(super) fn read_redb(db: &Database) -> Result<Redb, Error> {
         high_water: Version::ZERO,
         lsn: 0,
         wal_next: None,
+        sum: None,
     };
+    let mut found = 0u64;
+    let mut stored = None;
     match tx.open_table(REGISTERS) {
         Ok(table) => {
             r.registers.reserve(table.len().map_err(read_err)? as usize);
@@ -147,7 +196,10 @@ pub(super) fn read_redb(db: &Database) -> Result<Redb, Error> {
                     META_KEY => (r.revision, r.high_water) = decode_meta(v.value())?,
                     LSN_KEY => r.lsn = decode_u64(v.value(), "log position")?,
                     WAL_NEXT_KEY => r.wal_next = Some(decode_u64(v.value(), "next segment")?),
+                    SUM_KEY => stored = Some(decode_u64(v.value(), "checksum")?),
+                    key if key.starts_with('\0') => {}
                     key => {
+                        found = found.wrapping_add(entry_sum(key, v.value()));
                         let reg = Register::decode(v.value()).map_err(|source| Error::Corrupt {
                             key: key.replace('\0', "/"),
                             source,
@@ -160,5 +212,6 @@ pub(super) fn read_redb(db: &Database) -> Result<Redb, Error> {
         Err(redb::TableError::TableDoesNotExist(_)) => {}
         Err(e) => return Err(read_err(e)),
     }
+    r.sum = stored.map(|stored| (stored, found));
     Ok(r)
 }
