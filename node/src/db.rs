@@ -366,22 +366,17 @@ impl Db {
     /// The error every write gets now, if the storage stopped (for checks that store nothing:
     /// a dry run, a `write()` on the mount before its `close()`).
     pub fn writable(&self) -> Result<(), Error> {
-        let Some(stop) = self.storage_stop() else {
-            return Ok(());
-        };
-        let then = if stop.resumable {
-            "writes are taken again once the disk has room"
-        } else {
-            "restart the node to recover what was acknowledged"
-        };
-        let why = format!(
-            "storage stopped after an earlier write-ahead log failure ({}); {then}",
-            stop.why
-        );
-        Err(match stop.cause {
-            storage::Cause::NoSpace => Error::NoSpace(why),
-            _ => Error::Storage(why),
-        })
+        match self.storage_stop() {
+            None => Ok(()),
+            // What a commit would be answered (nothing of this write is on the disk).
+            Some(stop) => Err(storage::Error::Stopped {
+                why: stop.why,
+                cause: stop.cause,
+                resumable: stop.resumable,
+                appended: false,
+            }
+            .into()),
+        }
     }
 
     /// Read access to the committed state.

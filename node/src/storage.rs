@@ -586,13 +586,15 @@ impl LogSync {
             let e = match e {
                 // Another sync of this segment failed (the checkpoint thread's, say) before
                 // the storage was marked stopped: this commit may be in what it wrote.
-                wal::Error::Broken { ref first, .. } => Error::Stopped {
-                    why: e.to_string(),
-                    cause: Cause::of_errno(first.errno),
-                    resumable: first.nothing_written
-                        && Cause::of_errno(first.errno) == Cause::NoSpace,
-                    appended: self.segment.maybe_written(),
-                },
+                wal::Error::Broken { .. } => {
+                    let stop = Stop::of(&Error::Log(e));
+                    Error::Stopped {
+                        why: stop.why,
+                        cause: stop.cause,
+                        resumable: stop.resumable,
+                        appended: self.segment.maybe_written(),
+                    }
+                }
                 e => Error::from(e),
             };
             tracing::error!(error = %e, "write-ahead log sync failed; refusing writes");

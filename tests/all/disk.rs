@@ -46,6 +46,18 @@ impl Drop for SmallFs {
     }
 }
 
+/// One request to `c`, answered whatever its status.
+async fn call(
+    c: &node::client::Client,
+    method: Method,
+    path: String,
+    body: Option<String>,
+) -> node::client::Response {
+    c.request(method, &path, &[], body.map(bytes::Bytes::from))
+        .await
+        .expect("the node answers")
+}
+
 /// Fills the file system at `dir` with one file, to the last byte it takes.
 fn fill(dir: &Path) -> std::path::PathBuf {
     use std::io::Write;
@@ -92,15 +104,7 @@ async fn a_full_disk_refuses_writes_visibly_and_loses_nothing_acknowledged() {
         .await
         .expect("node starts");
     let c = node.client();
-    let call = |method: Method, path: &str, body: Option<String>| {
-        let c = c.clone();
-        let path = path.to_owned();
-        async move {
-            c.request(method, &path, &[], body.map(bytes::Bytes::from))
-                .await
-                .expect("the node answers")
-        }
-    };
+    let call = |method, path: &str, body| call(&c, method, path.to_owned(), body);
     assert_eq!(
         call(Method::PUT, "/v1/kv/app/a", Some("1".into()))
             .await
@@ -315,15 +319,7 @@ async fn a_file_system_gone_read_only_stops_writes_until_a_restart() {
     let data = fs.path().join("data");
     let mut node = ChildNode::start(&data).await.expect("node starts");
     let c = node.client();
-    let call = |method: Method, path: &str, body: Option<String>| {
-        let c = c.clone();
-        let path = path.to_owned();
-        async move {
-            c.request(method, &path, &[], body.map(bytes::Bytes::from))
-                .await
-                .expect("the node answers")
-        }
-    };
+    let call = |method, path: &str, body| call(&c, method, path.to_owned(), body);
     assert_eq!(
         call(Method::PUT, "/v1/kv/app/a", Some("1".into()))
             .await

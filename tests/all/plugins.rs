@@ -407,6 +407,24 @@ async fn templates_render_from_plain_keys_and_a_broken_one_keeps_its_last_output
     n.shutdown().await;
 }
 
+/// Puts `value` at `/other`, then checks that a watch resuming from revision `before` gets
+/// that put first: nothing else (no derived key) changed since `before`.
+async fn nothing_but_other_since(client: &node::client::Client, before: u64, value: &str) {
+    let r = call(client, Method::PUT, "/v1/kv/other", Some(value)).await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    let last = tests::header_u64(&r, "x-herd-revision");
+    let mut watch = client
+        .events(&format!("/v1/watch/?since={before}"), &[])
+        .await
+        .unwrap();
+    let (kind, ev) = next_json(&mut watch).await;
+    assert_eq!(
+        (kind.as_str(), &ev["path"], ev["revision"].as_u64()),
+        ("put", &json!("/other"), Some(last)),
+        "nothing but /other since the restart: {ev}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_template_keeps_its_last_output_across_a_restart_and_a_clean_restart_says_nothing()
 {
@@ -479,18 +497,7 @@ async fn a_broken_template_keeps_its_last_output_across_a_restart_and_a_clean_re
         ran_after(&client, restarted)
     })
     .await;
-    let last = put(&client, "/v1/kv/other", "2").await;
-    let mut watch = client
-        .events(&format!("/v1/watch/?since={before}"), &[])
-        .await
-        .unwrap();
-    let (kind, ev) = next_json(&mut watch).await;
-    assert_eq!(
-        (kind.as_str(), &ev["path"], ev["revision"].as_u64()),
-        ("put", &json!("/other"), Some(last)),
-        "nothing but /other since the restart: {ev}"
-    );
-    drop(watch);
+    nothing_but_other_since(&client, before, "2").await;
     // Broken, then restarted: the last good output stays, and the error is reported.
     put(&client, "/v1/kv/services/web/port", "9090").await;
     wait_for("the second rendering", T, || async {
@@ -528,18 +535,7 @@ async fn a_broken_template_keeps_its_last_output_across_a_restart_and_a_clean_re
         Some(json!("port 9090")),
         "the last good output outlives the restart"
     );
-    let last = put(&client, "/v1/kv/other", "4").await;
-    let mut watch = client
-        .events(&format!("/v1/watch/?since={before}"), &[])
-        .await
-        .unwrap();
-    let (kind, ev) = next_json(&mut watch).await;
-    assert_eq!(
-        (kind.as_str(), &ev["path"], ev["revision"].as_u64()),
-        ("put", &json!("/other"), Some(last)),
-        "nothing but /other since the restart: {ev}"
-    );
-    drop(watch);
+    nothing_but_other_since(&client, before, "4").await;
     // Removing the plugin forgets what it saved.
     let r = call(&client, Method::DELETE, "/v1/plugins/template", None).await;
     assert_eq!(r.status, 200);
