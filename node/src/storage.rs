@@ -78,6 +78,9 @@ pub enum Error {
     Read(String),
     #[error("database commit failed: {0}")]
     Commit(String),
+    /// Writing a checkpoint to redb failed; everything it held is still in the log.
+    #[error("writing a checkpoint to the database file failed: {why}")]
+    Checkpoint { why: String, errno: Option<i32> },
     #[error("database holds a corrupt register at {key:?}: {source}")]
     Corrupt {
         key: String,
@@ -95,7 +98,7 @@ pub enum Error {
     },
     #[error("{0}; refusing to start rather than serve without acknowledged writes. Restore the data directory from a backup, or move it aside and let the node resync from its peers")]
     Gap(String),
-    #[error("storage stopped after an earlier write-ahead log failure ({why}); {}", if *resumable { "writes are taken again once the disk has room" } else { "restart the node to recover what was acknowledged" })]
+    #[error("storage stopped after an earlier disk failure ({why}); {}", if *resumable { "writes are taken again once the disk has room" } else { "restart the node to recover what was acknowledged" })]
     Stopped {
         why: String,
         cause: Cause,
@@ -112,6 +115,7 @@ impl Error {
     pub fn cause(&self) -> Cause {
         match self {
             Error::Log(e) => Cause::of_errno(e.os_error()),
+            Error::Checkpoint { errno, .. } => Cause::of_errno(*errno),
             Error::Stopped { cause, .. } => *cause,
             _ => Cause::Io,
         }
@@ -130,10 +134,6 @@ impl Error {
 
 fn read_err(e: impl std::fmt::Display) -> Error {
     Error::Read(e.to_string())
-}
-
-fn commit_err(e: impl std::fmt::Display) -> Error {
-    Error::Commit(e.to_string())
 }
 
 /// What a restart finds.

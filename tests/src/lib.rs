@@ -6,8 +6,11 @@
 //!   the test binary in the target directory (or at `$HERD_BIN`).
 //! - [`Cli`]: runs the `herd` binary as a user would and captures its output.
 //! - [`mount::MountedNode`]: a `herd serve --mount` child and shell commands run in its mount.
+//! - [`faultfs::FaultMount`]: a fault-injecting FUSE file system to run a node's data directory
+//!   on, for disk faults and power cuts.
 
 pub mod cluster;
+pub mod faultfs;
 pub mod mount;
 pub mod plugins;
 

@@ -3,9 +3,7 @@
 //! the first log segment it no longer needs), and the read of everything redb holds at a load.
 
 use super::record::{decode_meta, decode_u64, encode_meta};
-use super::{
-    commit_err, read_err, wal, Dirty, Error, LSN_KEY, META_KEY, REGISTERS, SUM_KEY, WAL_NEXT_KEY,
-};
+use super::{read_err, wal, Dirty, Error, LSN_KEY, META_KEY, REGISTERS, SUM_KEY, WAL_NEXT_KEY};
 use crate::store::{Register, Version};
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata};
 use std::path::PathBuf;
@@ -44,9 +42,7 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("herd-checkpoint".into())
             .spawn(move || {
-                // Entries of a checkpoint that failed, retried with the next one.
-                let mut carry: Option<Dirty> = None;
-                for mut job in rx {
+                for job in rx {
                     // Never after a failure: the records it covers may include one whose sync
                     // failed (refused to its writer), which must not reach redb. The log does
                     // not sync again after a failure either.
@@ -58,10 +54,6 @@ impl Checkpointer {
                         tracing::error!(error = %e, "write-ahead log sync failed before a checkpoint; refusing writes");
                         let _ = stopped.set(super::Stop::of(&e));
                         continue;
-                    }
-                    if let Some(mut older) = carry.take() {
-                        older.extend(job.entries.drain());
-                        job.entries = older;
                     }
                     let t0 = Instant::now();
                     match write_checkpoint(&db, &job) {
@@ -76,15 +68,31 @@ impl Checkpointer {
                                 tracing::warn!(error = %e, "cannot delete checkpointed log segments; they are skipped on replay");
                             }
                         }
+                        // redb answers every later call with `PreviousIo` after an I/O error,
+                        // and a failing disk is the likely cause: stop, as for the log. What
+                        // the checkpoint held is in the log, which a reopen or restart replays.
                         Err(e) => {
-                            tracing::error!(error = %e, "checkpoint failed; its changes stay in the log and are retried with the next checkpoint");
-                            carry = Some(job.entries);
+                            tracing::error!(error = %e, "checkpoint failed; refusing writes (its changes stay in the log)");
+                            let _ = stopped.set(super::Stop::of(&e));
                         }
                     }
                 }
             })
             .map_err(|e| Error::Read(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(Checkpointer { tx, thread })
+    }
+}
+
+/// A failed checkpoint, with the OS error behind it if there is one.
+fn checkpoint_err(e: impl Into<redb::Error>) -> Error {
+    let e: redb::Error = e.into();
+    let errno = match &e {
+        redb::Error::Io(io) => io.raw_os_error(),
+        _ => None,
+    };
+    Error::Checkpoint {
+        why: e.to_string(),
+        errno,
     }
 }
 
@@ -97,22 +105,22 @@ pub(super) fn write_checkpoint(db: &Database, job: &Job) -> Result<(), Error> {
         .collect();
     // In key order, B-tree pages are visited once each.
     entries.sort_unstable_by_key(|(k, _)| *k);
-    let mut tx = db.begin_write().map_err(commit_err)?;
+    let mut tx = db.begin_write().map_err(checkpoint_err)?;
     tx.set_durability(Durability::Immediate);
     {
-        let mut regs = tx.open_table(REGISTERS).map_err(commit_err)?;
+        let mut regs = tx.open_table(REGISTERS).map_err(checkpoint_err)?;
         // The sum so far; a file from before the sum was kept gets it computed once.
         let stored = regs
             .get(SUM_KEY)
-            .map_err(commit_err)?
+            .map_err(checkpoint_err)?
             .map(|v| decode_u64(v.value(), "checksum"))
             .transpose()?;
         let mut sum = match stored {
             Some(sum) => sum,
             None => {
                 let mut sum = 0u64;
-                for row in regs.iter().map_err(commit_err)? {
-                    let (k, v) = row.map_err(commit_err)?;
+                for row in regs.iter().map_err(checkpoint_err)? {
+                    let (k, v) = row.map_err(checkpoint_err)?;
                     if !k.value().starts_with('\0') {
                         sum = sum.wrapping_add(entry_sum(k.value(), v.value()));
                     }
@@ -128,24 +136,24 @@ pub(super) fn write_checkpoint(db: &Database, job: &Job) -> Result<(), Error> {
                 }
                 None => regs.remove(k),
             }
-            .map_err(commit_err)?;
+            .map_err(checkpoint_err)?;
             if let Some(old) = old {
                 sum = sum.wrapping_sub(entry_sum(k, old.value()));
             }
         }
         regs.insert(SUM_KEY, sum.to_le_bytes().as_slice())
-            .map_err(commit_err)?;
+            .map_err(checkpoint_err)?;
         regs.insert(
             META_KEY,
             encode_meta(job.revision, job.high_water).as_slice(),
         )
-        .map_err(commit_err)?;
+        .map_err(checkpoint_err)?;
         regs.insert(LSN_KEY, job.lsn.to_le_bytes().as_slice())
-            .map_err(commit_err)?;
+            .map_err(checkpoint_err)?;
         regs.insert(WAL_NEXT_KEY, (job.upto + 1).to_le_bytes().as_slice())
-            .map_err(commit_err)?;
+            .map_err(checkpoint_err)?;
     }
-    tx.commit().map_err(commit_err)
+    tx.commit().map_err(checkpoint_err)
 }
 
 /// What redb holds.

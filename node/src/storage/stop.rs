@@ -61,6 +61,8 @@ impl Stop {
         let nothing_written = match e {
             Error::Log(wal::Error::Io { .. }) => true,
             Error::Log(wal::Error::Broken { first, .. }) => first.nothing_written,
+            // The log holds everything the checkpoint did: a reopen replays it.
+            Error::Checkpoint { .. } => true,
             Error::Stopped { resumable, .. } => *resumable,
             _ => false,
         };
