@@ -90,11 +90,11 @@ pub enum Error {
     Log(#[from] wal::Error),
     #[error("write-ahead log record {lsn} is malformed: {why}")]
     BadRecord { lsn: u64, why: &'static str },
-    #[error("write-ahead log segment {path} is damaged at byte {offset}, and acknowledged records follow it ({after}); refusing to start rather than drop them. Restore the data directory from a backup, or move it aside and let the node resync from its peers")]
+    #[error("write-ahead log segment {path} is damaged at byte {offset} ({why}); refusing to start rather than drop acknowledged records. Restore the data directory from a backup, or move it aside and let the node resync from its peers")]
     Damaged {
         path: String,
         offset: u64,
-        after: String,
+        why: String,
     },
     #[error("{0}; refusing to start rather than serve without acknowledged writes. Restore the data directory from a backup, or move it aside and let the node resync from its peers")]
     Gap(String),
@@ -282,7 +282,7 @@ impl Storage {
                         return Err(Error::Damaged {
                             path: torn_path.display().to_string(),
                             offset: end.valid,
-                            after: format!("record {} in {}", rec.lsn, path.display()),
+                            why: format!("record {} follows it in {}", rec.lsn, path.display()),
                         });
                     }
                     if rec.lsn <= lsn {
@@ -314,14 +314,26 @@ impl Storage {
                 return Err(Error::Damaged {
                     path: path.display().to_string(),
                     offset: end.valid,
-                    after: format!("a whole record at byte {resumes}"),
+                    why: format!("a whole record follows it at byte {resumes}"),
+                });
+            }
+            if !end.torn {
+                return Err(Error::Damaged {
+                    path: path.display().to_string(),
+                    offset: end.valid,
+                    why: "a record whole in length whose bytes changed: every sector of it \
+                          holds data, which a write cut off by a crash cannot leave"
+                        .into(),
                 });
             }
             if let Some((torn_path, end)) = &torn {
                 return Err(Error::Damaged {
                     path: torn_path.display().to_string(),
                     offset: end.valid,
-                    after: format!("bytes that are not zero-fill in {}", path.display()),
+                    why: format!(
+                        "bytes that are not zero-fill follow it in {}",
+                        path.display()
+                    ),
                 });
             }
             torn = Some((path, end));
@@ -980,11 +992,17 @@ mod tests {
                 "the file is left as it was"
             );
         }
-        // A torn tail (the last record cut short) is still dropped.
+        // A byte flipped in the last record is not a tear: every sector of it holds data.
         let last = whole.iter().rposition(|&b| b != 0).unwrap();
-        let mut torn = whole.clone();
-        torn[last - 20..].fill(0);
-        std::fs::write(seg, &torn).unwrap();
+        let mut flipped = whole.clone();
+        flipped[last - 20] ^= 1;
+        std::fs::write(seg, &flipped).unwrap();
+        let e = load_err(&copy);
+        assert!(e.to_string().contains("cannot leave"), "{e}");
+        assert!(e.to_string().contains(&seg.display().to_string()), "{e}");
+        // A torn tail (the last record cut short: the file ends inside it) is still dropped.
+        let torn = &whole[..last - 20];
+        std::fs::write(seg, torn).unwrap();
         let mut r = Storage::open(&copy, 1 << 20).unwrap();
         assert_eq!(r.load().unwrap().registers.len(), 199);
     }
@@ -1000,9 +1018,9 @@ mod tests {
         let wal_dir = image.path().join("store.wal");
         let first = wal::segments(&wal_dir).unwrap()[0].1.clone();
         let mut bytes = std::fs::read(&first).unwrap();
-        // The last record is bad, so no whole record follows it in its own segment...
+        // The last record is torn, so no whole record follows it in its own segment...
         let last = bytes.iter().rposition(|&b| b != 0).unwrap();
-        bytes[last - 4] ^= 1;
+        bytes.truncate(last - 4);
         std::fs::write(&first, &bytes).unwrap();
         // ...but a later segment holds whole records: the bad one is not a torn tail.
         let later = wal_dir.join(format!("{:020}.log", 2));

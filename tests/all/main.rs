@@ -4,6 +4,7 @@ mod api;
 mod cli;
 mod cluster;
 mod crash;
+mod damage;
 mod disk;
 mod inotify;
 mod mount;

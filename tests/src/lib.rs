@@ -171,6 +171,27 @@ impl ChildNode {
 
     /// As [`ChildNode::start_with_args`], with the API on `addr` (to restart on one address).
     pub async fn start_at(dir: &Path, addr: &str, args: &[&str]) -> anyhow::Result<ChildNode> {
+        ChildNode::spawn(dir, addr, args, Stdio::inherit()).await
+    }
+
+    /// As [`ChildNode::start`], with the node's log in `log`, whose text a failed start's
+    /// error ends with.
+    pub async fn start_logged(dir: &Path, log: &Path) -> anyhow::Result<ChildNode> {
+        let file = std::fs::File::create(log).context("create the log file")?;
+        ChildNode::spawn(dir, "127.0.0.1:0", &[], file.into())
+            .await
+            .map_err(|e| {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                anyhow::anyhow!("{e:#}: {text}")
+            })
+    }
+
+    async fn spawn(
+        dir: &Path,
+        addr: &str,
+        args: &[&str],
+        stderr: Stdio,
+    ) -> anyhow::Result<ChildNode> {
         let _ = std::fs::remove_file(dir.join("node.json"));
         let child = Command::new(herd_bin())
             .args(["serve", "--api-addr", addr, "--data-dir"])
@@ -179,7 +200,7 @@ impl ChildNode {
             .env("HERD_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .context("spawn herd serve")?;
         let mut node = ChildNode {

@@ -7,6 +7,7 @@
 //! and gives the instance back. A call that fails in any way (trap, timeout, memory cap, stack
 //! overflow) drops its instance, so a broken instance never serves another call.
 
+use super::blobs;
 use super::manifest::{Hook, Limits};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -366,18 +367,22 @@ impl Host {
             .cache
             .join(format!("{sha256}-{:016x}.cwasm", h.finish()));
         if file.exists() {
-            match deserialize(engine, &file) {
-                Ok(c) => return Ok((c, true)),
-                Err(e) => {
-                    tracing::warn!(file = %file.display(), error = %e, "compiled plugin unusable; compiling again")
-                }
+            match blobs::compiled_intact(&file) {
+                true => match deserialize(engine, &file) {
+                    Ok(c) => return Ok((c, true)),
+                    Err(e) => {
+                        tracing::warn!(file = %file.display(), error = %e, "compiled plugin unusable; compiling again")
+                    }
+                },
+                false => tracing::warn!(
+                    file = %file.display(),
+                    "compiled plugin does not match its sha256 (damaged, or written by an earlier version); compiling again"
+                ),
             }
         }
-        let bytes = std::fs::read(wasm)?;
+        let bytes = blobs::read(wasm, sha256).map_err(wasmtime::Error::msg)?;
         let component = Component::new(engine, &bytes)?;
-        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, component.serialize()?)?;
-        std::fs::rename(&tmp, &file)?;
+        blobs::write_compiled(&file, &component.serialize()?)?;
         // Used from the file, as a cached one is: wasmtime then maps the initial memory
         // straight from it. Built in memory it would copy it into a sealed memfd, and sealing
         // fails (EBUSY) now and then while the kernel still holds the freshly written pages.
@@ -449,7 +454,8 @@ impl Host {
 /// Reading compiled code back is `unsafe` in wasmtime because the bytes are trusted to be
 /// wasmtime's own output. They are: the node wrote them into its private data directory
 /// (mode 0700) under a name that holds the component's sha256 and the engine's compatibility
-/// hash, and wasmtime checks the header and version again before it uses them.
+/// hash, checked them against the sha256 it wrote beside them (bytes damaged on disk are
+/// never run), and wasmtime checks the header and version again before it uses them.
 #[allow(
     unsafe_code,
     reason = "compiled plugin cache written by this node only"

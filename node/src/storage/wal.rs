@@ -129,6 +129,40 @@ pub struct End {
     /// Where the first whole record after the bad one starts, if one does: a crash tears only
     /// the last record written, so this means the segment was damaged, not torn.
     pub resumes: Option<u64>,
+    /// A write cut off by a crash can leave the bad record as it is (see [`tear_explains`]);
+    /// false for a record whole in length whose bytes were changed, which is damage.
+    pub torn: bool,
+}
+
+/// The smallest unit a disk writes whole: a crash leaves each one as it was or as written.
+const SECTOR: usize = 512;
+
+/// Whether a crash can leave the bad record at `at` as found: the file ends inside it, or some
+/// sector's part of it is all zeros (never written: the log's zero-fill, or past the end of a
+/// buffered file). A record whose every sector holds data but whose checksum fails was written
+/// whole and changed since: damage. (A damaged length field is not told from a tear.)
+pub fn tear_explains(data: &[u8], at: usize) -> bool {
+    let Some(h) = data.get(at..at + HEADER) else {
+        return true;
+    };
+    let len = u32::from_le_bytes(h[..4].try_into().expect("4 bytes")) as usize;
+    let span = if len == 0 || len > MAX_RECORD {
+        HEADER
+    } else {
+        HEADER + len
+    };
+    if data.len() - at < span {
+        return true;
+    }
+    let mut from = at;
+    while from < at + span {
+        let to = ((from / SECTOR + 1) * SECTOR).min(at + span);
+        if data[from..to].iter().all(|&b| b == 0) {
+            return true;
+        }
+        from = to;
+    }
+    false
 }
 
 /// The payload's length if a whole record (plausible length, matching checksum) starts at `at`.
@@ -186,6 +220,7 @@ pub fn read_segment<E: From<Error>>(
                 valid: at as u64,
                 dropped: end - at,
                 resumes,
+                torn: tear_explains(&data, at),
             });
         };
         f(&data[at + HEADER..at + HEADER + len])?;
@@ -195,6 +230,7 @@ pub fn read_segment<E: From<Error>>(
         valid: at as u64,
         dropped: 0,
         resumes: None,
+        torn: false,
     })
 }
 
@@ -550,6 +586,48 @@ mod tests {
     }
 
     #[test]
+    fn a_tear_leaves_a_sector_of_zeros_or_a_cut_file_and_a_flip_neither() {
+        // A record from byte 500 to 1100: parts in sectors 0, 1 and 2.
+        let payload: Vec<u8> = (0..592u32).map(|i| (i % 251) as u8 + 1).collect();
+        let mut data = vec![7u8; 500];
+        data.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        data.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        data.extend_from_slice(&payload);
+        data.resize(2048, 0);
+        let whole = data.clone();
+        type Damage<'a> = &'a dyn Fn(&mut Vec<u8>);
+        let cases: [(&str, Damage, bool); 6] = [
+            (
+                "its last sector never written",
+                &|d| d[1024..1100].fill(0),
+                true,
+            ),
+            (
+                "its middle sector never written",
+                &|d| d[512..1024].fill(0),
+                true,
+            ),
+            ("its header never written", &|d| d[500..512].fill(0), true),
+            ("the file cut inside it", &|d| d.truncate(900), true),
+            ("a byte flipped", &|d| d[700] ^= 1, false),
+            (
+                "a run of bytes changed",
+                &|d| d[1030..1090].fill(0xa5),
+                false,
+            ),
+        ];
+        for (what, damage, torn) in cases {
+            let mut d = whole.clone();
+            damage(&mut d);
+            assert_eq!(tear_explains(&d, 500), torn, "{what}");
+        }
+        // Zeros in only part of a sector are data, not a tear.
+        let mut d = whole.clone();
+        d[1000..1020].fill(0);
+        assert!(!tear_explains(&d, 500));
+    }
+
+    #[test]
     fn records_round_trip_and_a_bad_record_is_torn_only_if_no_whole_record_follows() {
         for direct in [true, false] {
             let dir = disk_dir();
@@ -585,6 +663,7 @@ mod tests {
                     valid: content as u64,
                     dropped: 0,
                     resumes: None,
+                    torn: false,
                 }
             );
 
