@@ -11,8 +11,8 @@ log() { printf '==> %s\n' "$*" >&2; }
 
 # Debian packages the tests need (installed only when missing): curl for the tour checks,
 # fuse3, vim, rsync, python3, inotify-tools and entr for the file-view tests (real tools on a
-# real mount).
-packages=(curl ca-certificates fuse3 vim rsync python3 inotify-tools entr)
+# real mount); faketime for the clock tests.
+packages=(curl ca-certificates fuse3 vim rsync python3 inotify-tools entr faketime)
 # clang, lld, wasi-libc and the wasm32 compiler runtime build the C plugins (plugins/build.sh);
 # python3-pip installs componentize-py for the Python plugins.
 packages+=(clang lld wasi-libc libclang-rt-14-dev-wasm32)

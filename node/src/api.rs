@@ -122,6 +122,7 @@ impl From<db::Error> for ApiError {
             }
             db::Error::StorageUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
             db::Error::NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
+            db::Error::ClockAhead(_) => (StatusCode::SERVICE_UNAVAILABLE, "clock_ahead"),
         };
         ApiError::new(status, code, e.to_string())
     }

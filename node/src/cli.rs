@@ -217,8 +217,8 @@ fn members_table(view: &serde_json::Value) -> String {
         return out;
     }
     out.push_str(&format!(
-        "{:<16}  {:<8}  {:<21}  {:<7}  {:>10}  {:>8}\n",
-        "NODE", "STATE", "ADDRESS", "SOURCE", "SEEN", "LAG"
+        "{:<16}  {:<8}  {:<21}  {:<7}  {:>10}  {:>8}  {:>9}\n",
+        "NODE", "STATE", "ADDRESS", "SOURCE", "SEEN", "LAG", "CLOCK"
     ));
     for m in view["members"].as_array().into_iter().flatten() {
         let seen = m["last_seen_ago_ms"]
@@ -226,7 +226,11 @@ fn members_table(view: &serde_json::Value) -> String {
             .map_or("never".to_owned(), |ms| {
                 format!("{:.1}s ago", ms as f64 / 1000.0)
             });
+        let clock = m["clock_offset_ms"]
+            .as_i64()
+            .map_or("?".to_owned(), |ms| format!("{:+.1}s", ms as f64 / 1000.0));
         let state = match m["state"].as_str() {
+            _ if m["clock_refused"] == true => "refused (clock)".to_owned(),
             Some("refused") => format!(
                 "refused ({} {})",
                 m["cluster"].as_str().unwrap_or("?"),
@@ -235,13 +239,14 @@ fn members_table(view: &serde_json::Value) -> String {
             s => s.unwrap_or("?").to_owned(),
         };
         out.push_str(&format!(
-            "{:<16}  {:<8}  {:<21}  {:<7}  {:>10}  {:>6}ms\n",
+            "{:<16}  {:<8}  {:<21}  {:<7}  {:>10}  {:>6}ms  {:>9}\n",
             m["node_id"].as_str().unwrap_or("?"),
             state,
             m["addr"].as_str().unwrap_or("?"),
             m["source"].as_str().unwrap_or("?"),
             seen,
             m["replication_lag_ms"].as_u64().unwrap_or(0),
+            clock,
         ));
     }
     for s in view["seeds"].as_array().into_iter().flatten() {

@@ -26,6 +26,7 @@
 //! merge rule), and only from a peer that proved a certificate of the cluster CA and stated
 //! our cluster and environment. Only local writes are pushed; anti-entropy carries the rest.
 
+pub mod clocks;
 pub mod history;
 pub mod mdns;
 pub mod members;
@@ -81,6 +82,8 @@ pub struct Settings {
     pub data_dir: std::path::PathBuf,
     /// The tombstone grace period: a node away from its cluster for longer resyncs in full.
     pub tombstone_grace: Duration,
+    /// Peers whose clocks differ from this node's by more are refused (`clocks.rs`).
+    pub max_clock_offset: Duration,
 }
 
 /// Counters of replication, for `/metrics` and the benchmark.
@@ -106,6 +109,7 @@ struct Shared {
     db: Db,
     tls: PeerTls,
     members: Members,
+    clocks: Arc<clocks::Clocks>,
     stats: Stats,
     /// One client per peer address.
     clients: Mutex<HashMap<SocketAddr, Arc<PeerClient>>>,
@@ -134,6 +138,11 @@ impl Cluster {
             history: history::History::open(&s.data_dir, s.tombstone_grace, crate::clock::now_ms()),
             resyncing: false.into(),
             members: Members::new(s.me.node_id, &s.seeds, s.retry_cap),
+            clocks: {
+                let db = db.clone();
+                let on_ahead = Box::new(move |why| db.refuse_stamps(why));
+                Arc::new(clocks::Clocks::new(s.max_clock_offset, on_ahead))
+            },
             s,
             db,
             tls,
@@ -153,7 +162,10 @@ impl Cluster {
         tracker.spawn(peer::serve(
             listener,
             shared.tls.server.clone(),
-            shared.s.me.clone(),
+            peer::Gate {
+                me: shared.s.me.clone(),
+                clocks: shared.clocks.clone(),
+            },
             shared.s.max_body,
             handler,
             cancel.clone(),
@@ -167,6 +179,15 @@ impl Cluster {
     /// The members view (`GET /v1/members`).
     pub fn members_view(&self) -> serde_json::Value {
         let mut v = self.shared.members.view();
+        for m in v["members"].as_array_mut().into_iter().flatten() {
+            let id = m["node_id"]
+                .as_str()
+                .and_then(|id| u64::from_str_radix(id, 16).ok());
+            if let Some(o) = id.and_then(|id| self.shared.clocks.offset(id)) {
+                m["clock_offset_ms"] = o.ms.into();
+                m["clock_refused"] = self.shared.clocks.refuses(o.ms).into();
+            }
+        }
         let me = &self.shared.s.me;
         v["self"] = serde_json::json!({
             "node_id": format!("{:016x}", me.node_id),
@@ -214,6 +235,7 @@ impl Shared {
                 Arc::new(PeerClient::new(
                     addr,
                     self.s.me.clone(),
+                    self.clocks.clone(),
                     self.tls.client.clone(),
                     crate::transport::pool::Tasks::Node(self.tracker.clone(), self.cancel.clone()),
                 ))

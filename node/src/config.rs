@@ -162,6 +162,14 @@ pub struct Cluster {
     /// Push every local write to the live peers at once. Turning this off (a test hook)
     /// leaves replication to anti-entropy alone. Default true.
     pub push: bool,
+    /// Peers whose wall clock differs from this node's by more than this, either way, are
+    /// refused: nothing is exchanged with them until the clock is fixed. Versions order by
+    /// wall clock, so a clock ahead would win every conflict. NTP keeps machines within a
+    /// fraction of a second; 30 s also covers a typical crystal (20 ppm) running without NTP
+    /// for over two weeks, while a clock set wrong by hand or at a boot without a real-time
+    /// clock (minutes to decades off) is refused. Default 30 s.
+    #[serde(with = "duration")]
+    pub max_clock_offset: Duration,
 }
 
 impl Default for Config {
@@ -225,6 +233,7 @@ impl Default for Cluster {
             anti_entropy_interval: Duration::from_secs(2),
             retry_max: Duration::from_secs(300),
             push: true,
+            max_clock_offset: Duration::from_secs(30),
         }
     }
 }

@@ -78,6 +78,10 @@ pub enum Error {
     StorageUnknown(String),
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// This node's clock is ahead of its peers' by more than `max_clock_offset`: a version
+    /// stamped now would win every conflict with their writes.
+    #[error("this node refuses to stamp writes: {0}; fix its clock (NTP)")]
+    ClockAhead(String),
 }
 
 impl From<storage::Error> for Error {
@@ -212,6 +216,8 @@ struct Inner {
     /// Set once the storage stops taking writes (see `storage::Stop`); replaced when the
     /// writer reopens the storage after a full disk had room again.
     stopped: RwLock<storage::Stopped>,
+    /// Why local writes are refused for this node's clock, if they are (`refuse_stamps`).
+    clock_ahead: RwLock<Option<String>>,
 }
 
 /// A group number that only grows, and a way to wait for it.
@@ -314,6 +320,7 @@ impl Db {
             changes,
             node_id,
             stopped: RwLock::new(stopped),
+            clock_ahead: RwLock::new(None),
         });
         let (tx, rx) = mpsc::channel(4096);
         let (sync_tx, sync_rx) = std::sync::mpsc::channel();
@@ -363,9 +370,31 @@ impl Db {
         stopped.get().cloned()
     }
 
-    /// The error every write gets now, if the storage stopped (for checks that store nothing:
-    /// a dry run, a `write()` on the mount before its `close()`).
+    /// Refuses local writes (`Some(why)`: this node's clock is ahead of its peers') or takes
+    /// them again (`None`). Merges from peers and reads go on.
+    pub fn refuse_stamps(&self, why: Option<String>) {
+        *self
+            .inner
+            .clock_ahead
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    /// Why local writes are refused for this node's clock, if they are.
+    pub fn clock_ahead(&self) -> Option<String> {
+        self.inner
+            .clock_ahead
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The error every write gets now, if the storage stopped or the clock is ahead (for
+    /// checks that store nothing: a dry run, a `write()` on the mount before its `close()`).
     pub fn writable(&self) -> Result<(), Error> {
+        if let Some(why) = self.clock_ahead() {
+            return Err(Error::ClockAhead(why));
+        }
         match self.storage_stop() {
             None => Ok(()),
             // What a commit would be answered (nothing of this write is on the disk).

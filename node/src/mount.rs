@@ -145,9 +145,10 @@ pub fn db_error(e: db::Error) -> Error {
         | db::Error::NothingToMatch(_) => ErrorKind::Conflict,
         db::Error::Overlap(..) => ErrorKind::Invalid,
         db::Error::NoSpace(_) => ErrorKind::NoSpace,
-        db::Error::Storage(_) | db::Error::StorageUnknown(_) | db::Error::ShuttingDown => {
-            ErrorKind::Unavailable
-        }
+        db::Error::Storage(_)
+        | db::Error::StorageUnknown(_)
+        | db::Error::ShuttingDown
+        | db::Error::ClockAhead(_) => ErrorKind::Unavailable,
     };
     Error::new(kind, e.to_string())
 }

@@ -267,6 +267,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
                 max_body: (64 << 20).max(2 * config.api.max_batch_bytes),
                 data_dir: data_dir.clone(),
                 tombstone_grace: config.storage.tombstone_grace,
+                max_clock_offset: config.cluster.max_clock_offset,
             };
             let c = Arc::new(Cluster::start(
                 settings,
@@ -366,6 +367,7 @@ async fn follow_discovery(
             cluster: f.cluster,
             env: f.env,
             proto: f.proto,
+            time_ms: None,
         };
         cluster.discovered(&them, addr);
     }

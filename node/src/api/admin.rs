@@ -17,10 +17,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// `/v1/health` and `/v1/readyz`: 200 while the node serves reads and writes; 503 with the
-/// reason once its storage stopped taking writes (reads and watches go on from memory).
+/// reason once its storage stopped taking writes (reads and watches go on from memory), or
+/// while its clock is ahead of its peers' and it refuses to stamp writes.
 pub fn health(app: &App) -> Response<Body> {
     match app.db.storage_stop() {
-        None => json_response(StatusCode::OK, r#"{"status":"ok"}"#),
+        None => match app.db.clock_ahead() {
+            None => json_response(StatusCode::OK, r#"{"status":"ok"}"#),
+            Some(why) => {
+                let body = json!({"status": "failing", "reason": format!("clock: {why}")});
+                json_response(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
+            }
+        },
         Some(stop) => {
             let body = json!({
                 "status": "failing",
@@ -102,6 +109,7 @@ pub fn status_value(db: &Db, c: &Config, started: Instant) -> serde_json::Value 
         "digest": {"registers": root.count, "hash": format!("{:016x}", root.hash)},
         "uptime_seconds": started.elapsed().as_secs(),
         "storage": storage_value(db),
+        "clock": {"now_ms": crate::clock::now_ms(), "refusing_writes": db.clock_ahead()},
         "api_addr": c.api.addr.to_string(),
         "data_dir": c.data_dir.display().to_string(),
         "limits": {

@@ -3,12 +3,16 @@
 //! another (a few keep-alive connections per peer).
 //!
 //! Every request and every response carries the sender's identity (`herd-node`,
-//! `herd-cluster`, `herd-env`, `herd-proto`); each side checks the other's and refuses a
-//! different cluster or environment (403 `wrong_cluster`), so two clusters never exchange data
-//! even when they share a secret by mistake. Routes and their meaning live in `cluster.rs`.
+//! `herd-cluster`, `herd-env`, `herd-proto`) and clock (`herd-time`); each side checks the
+//! other's and refuses a different cluster or environment (403 `wrong_cluster`), so two
+//! clusters never exchange data even when they share a secret by mistake, and a clock off by
+//! more than `max_clock_offset` (409 `clock_offset`, see `clocks.rs`). Routes and their meaning
+//! live in `cluster.rs`.
 
+use super::clocks::{self, Clocks};
 use super::trust::{NodeIdentity, PEER_SERVER_NAME};
-use super::wire::{H_CLUSTER, H_ENV, H_NODE, H_PROTO, PROTO};
+use super::wire::{H_CLUSTER, H_ENV, H_NODE, H_PROTO, H_TIME, PROTO};
+use crate::clock::now_ms;
 use crate::transport::pool::{self, Dial, Pool};
 use crate::transport::server::Limits;
 use crate::transport::{error_response, Body};
@@ -54,6 +58,9 @@ pub enum PeerError {
     /// The peer's answer does not follow the protocol.
     #[error("bad answer: {0}")]
     Protocol(String),
+    /// The peer's clock is off by more than `max_clock_offset` (measured by either side).
+    #[error("{why}")]
+    Clock { node: u64, why: String },
     #[error("peer answered {status}: {message}")]
     Status { status: StatusCode, message: String },
 }
@@ -65,6 +72,8 @@ pub struct Stated {
     pub cluster: String,
     pub env: String,
     pub proto: u32,
+    /// Its clock when it sent the message, if it said.
+    pub time_ms: Option<u64>,
 }
 
 /// Reads the identity headers; `None` if any is missing or malformed.
@@ -75,6 +84,7 @@ pub fn stated(h: &HeaderMap) -> Option<Stated> {
         cluster: get(H_CLUSTER)?.to_owned(),
         env: get(H_ENV)?.to_owned(),
         proto: get(H_PROTO)?.parse().ok()?,
+        time_ms: get(H_TIME).and_then(|t| t.parse().ok()),
     })
 }
 
@@ -107,14 +117,22 @@ pub fn state_identity(me: &NodeIdentity, h: &mut HeaderMap) {
     h.insert(H_CLUSTER, v(&me.cluster));
     h.insert(H_ENV, v(&me.env));
     h.insert(H_PROTO, v(&PROTO.to_string()));
+    h.insert(H_TIME, v(&now_ms().to_string()));
+}
+
+/// What a peer's message must pass besides TLS: this node's identity (the same cluster and
+/// environment) and clock (within `max_clock_offset`).
+pub struct Gate {
+    pub me: NodeIdentity,
+    pub clocks: Arc<Clocks>,
 }
 
 /// Serves the peer port until `cancel` fires. `handle` answers one request whose sender's
-/// identity has been checked; `max_body` bounds request bodies.
+/// identity and clock have passed `gate`; `max_body` bounds request bodies.
 pub async fn serve<H, F>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    me: NodeIdentity,
+    gate: Gate,
     max_body: usize,
     handle: H,
     cancel: CancellationToken,
@@ -123,7 +141,7 @@ pub async fn serve<H, F>(
     H: Fn(Stated, SocketAddr, Method, String, Bytes) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let me = Arc::new(me);
+    let (me, clocks) = (Arc::new(gate.me), gate.clocks);
     let limits = Limits {
         max_connections: MAX_PEER_CONNECTIONS,
         max_per_client: MAX_PEER_CONNECTIONS / 4,
@@ -132,9 +150,9 @@ pub async fn serve<H, F>(
         write: WRITE_TIMEOUT,
     };
     let make = |from: SocketAddr, overloaded: bool| {
-        let (me, handle) = (me.clone(), handle.clone());
+        let (me, clocks, handle) = (me.clone(), clocks.clone(), handle.clone());
         let service = move |req: Request<hyper::body::Incoming>| {
-            let (me, handle) = (me.clone(), handle.clone());
+            let (me, clocks, handle) = (me.clone(), clocks.clone(), handle.clone());
             async move {
                 let mut resp = if overloaded {
                     error_response(
@@ -143,7 +161,7 @@ pub async fn serve<H, F>(
                         "the peer port serves as many connections as it may",
                     )
                 } else {
-                    route(&me, from, max_body, handle, req).await
+                    route(&me, &clocks, from, max_body, handle, req).await
                 };
                 state_identity(&me, resp.headers_mut());
                 resp
@@ -157,6 +175,7 @@ pub async fn serve<H, F>(
 
 async fn route<H, F>(
     me: &NodeIdentity,
+    clocks: &Clocks,
     from: SocketAddr,
     max_body: usize,
     handle: H,
@@ -177,6 +196,12 @@ where
         tracing::warn!(%from, "refused a peer request: {why}");
         return error_response(StatusCode::FORBIDDEN, "wrong_cluster", &why);
     }
+    if let Some(t) = them.time_ms {
+        let now = now_ms();
+        if let Err(why) = clocks.check(them.node_id, clocks::offset_ms(t, now, now), now) {
+            return error_response(StatusCode::CONFLICT, "clock_offset", &why);
+        }
+    }
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let body = match Limited::new(req.into_body(), max_body).collect().await {
@@ -196,6 +221,7 @@ where
 pub struct PeerClient {
     addr: SocketAddr,
     me: NodeIdentity,
+    clocks: Arc<Clocks>,
     pool: Pool,
 }
 
@@ -204,6 +230,7 @@ impl PeerClient {
     pub fn new(
         addr: SocketAddr,
         me: NodeIdentity,
+        clocks: Arc<Clocks>,
         tls: Arc<rustls::ClientConfig>,
         tasks: pool::Tasks,
     ) -> PeerClient {
@@ -216,6 +243,7 @@ impl PeerClient {
         PeerClient {
             addr,
             me,
+            clocks,
             pool: Pool::new(dial, MAX_IDLE, tasks),
         }
     }
@@ -252,6 +280,7 @@ impl PeerClient {
             HeaderValue::from_static(PEER_SERVER_NAME),
         );
         state_identity(&self.me, req.headers_mut());
+        let sent = now_ms();
         let resp = self.pool.send(req).await.map_err(|e| match e {
             pool::Error::Connect(m) => PeerError::Connect(m),
             pool::Error::Tls(m) => PeerError::Tls(m),
@@ -273,6 +302,16 @@ impl PeerClient {
         if let Some(why) = mismatch(&self.me, &them) {
             return Err(PeerError::Identity(why));
         }
+        // Measured here too, whatever the status: a refusal is answered with the clock that
+        // caused it, and the answer of a peer whose clock is off is dropped.
+        if let Some(t) = them.time_ms {
+            let received = now_ms();
+            let offset = clocks::offset_ms(t, sent, received);
+            if let Err(why) = self.clocks.check(them.node_id, offset, received) {
+                let node = them.node_id;
+                return Err(PeerError::Clock { node, why });
+            }
+        }
         if parts.status != StatusCode::OK {
             let message = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
@@ -280,6 +319,10 @@ impl PeerClient {
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
             if parts.status == StatusCode::FORBIDDEN {
                 return Err(PeerError::Identity(message));
+            }
+            if parts.status == StatusCode::CONFLICT {
+                let node = them.node_id;
+                return Err(PeerError::Clock { node, why: message });
             }
             return Err(PeerError::Status {
                 status: parts.status,

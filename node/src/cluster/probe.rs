@@ -66,6 +66,17 @@ async fn probe(shared: &Arc<Shared>, due: &Due) {
                         tracing::warn!(seed = %target, "seed refused: {why}");
                         last = why;
                     }
+                    // A peer of this cluster whose clock is off: a member (shown with its
+                    // offset), probed until the clock is fixed.
+                    Err(e @ PeerError::Clock { node, .. }) => {
+                        let me = &shared.s.me;
+                        shared
+                            .members
+                            .learn(node, addr, Source::Seed, &me.cluster, &me.env);
+                        shared.failure(node, &e);
+                        shared.members.seed_result(target, Ok(node));
+                        return;
+                    }
                     Err(e) => last = e.to_string(),
                 }
             }

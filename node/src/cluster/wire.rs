@@ -14,6 +14,9 @@ pub const H_CLUSTER: &str = "herd-cluster";
 pub const H_ENV: &str = "herd-env";
 /// The sender's peer protocol version.
 pub const H_PROTO: &str = "herd-proto";
+/// The sender's wall clock when it sent the message, in milliseconds since the epoch (see
+/// `cluster::clocks`). Optional: a node that does not send it is not measured.
+pub const H_TIME: &str = "herd-time";
 
 /// A peer as one node tells another about it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

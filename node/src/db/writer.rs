@@ -275,6 +275,15 @@ impl Writer {
     /// Checks a local request's preconditions and plans it against the committed state: its
     /// registers (stamped with a new version), what they drop, and its events.
     fn plan(&mut self, req: WriteRequest) -> Result<(Plan, Vec<Arc<Event>>, Written), Error> {
+        let ahead = self
+            .inner
+            .clock_ahead
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(why) = ahead {
+            return Err(Error::ClockAhead(why));
+        }
         let now = now_ms();
         let st = self.inner.state.read().unwrap_or_else(|e| e.into_inner());
         for (i, a) in req.ops.iter().enumerate() {
