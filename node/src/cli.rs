@@ -217,7 +217,7 @@ fn members_table(view: &serde_json::Value) -> String {
         return out;
     }
     out.push_str(&format!(
-        "{:<16}  {:<8}  {:<21}  {:<7}  {:>10}  {:>8}  {:>9}\n",
+        "{:<16}  {:<15}  {:<21}  {:<7}  {:>10}  {:>8}  {:>9}\n",
         "NODE", "STATE", "ADDRESS", "SOURCE", "SEEN", "LAG", "CLOCK"
     ));
     for m in view["members"].as_array().into_iter().flatten() {
@@ -239,7 +239,7 @@ fn members_table(view: &serde_json::Value) -> String {
             s => s.unwrap_or("?").to_owned(),
         };
         out.push_str(&format!(
-            "{:<16}  {:<8}  {:<21}  {:<7}  {:>10}  {:>6}ms  {:>9}\n",
+            "{:<16}  {:<15}  {:<21}  {:<7}  {:>10}  {:>6}ms  {:>9}\n",
             m["node_id"].as_str().unwrap_or("?"),
             state,
             m["addr"].as_str().unwrap_or("?"),

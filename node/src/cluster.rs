@@ -340,12 +340,15 @@ async fn plugin_file(shared: &Shared, body: &[u8]) -> Response<Body> {
         return error_response(StatusCode::BAD_REQUEST, "bad_request", "expected a sha256");
     }
     let path = crate::plugin::blob_file(&shared.s.data_dir.join("plugins"), &sha);
-    match tokio::fs::read(&path).await {
-        Ok(bytes) => Response::new(Body::full(Bytes::from(bytes))),
-        Err(_) => error_response(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            &format!("no plugin file {sha} here"),
+    // A damaged copy is not handed on: the peer asks another.
+    let read = tokio::task::spawn_blocking(move || crate::plugin::blobs::read(&path, &sha)).await;
+    match read {
+        Ok(Ok(bytes)) => Response::new(Body::full(Bytes::from(bytes))),
+        Ok(Err(why)) => error_response(StatusCode::NOT_FOUND, "not_found", &why),
+        Err(e) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
         ),
     }
 }

@@ -417,6 +417,14 @@ impl Config {
         if cluster.retry_max < Duration::from_secs(1) {
             return invalid("cluster.retry_max", "must be at least 1s");
         }
+        // A refused peer is probed at least this often, so its measurement stays recent
+        // (`cluster::clocks::RECENT_MS`, 10 minutes).
+        if cluster.retry_max > Duration::from_secs(5 * 60) {
+            return invalid("cluster.retry_max", "must be at most 5m");
+        }
+        if cluster.max_clock_offset < Duration::from_secs(1) {
+            return invalid("cluster.max_clock_offset", "must be at least 1s");
+        }
         for p in &cluster.peers {
             if p.rsplit_once(':')
                 .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())

@@ -392,11 +392,10 @@ impl Db {
     /// The error every write gets now, if the storage stopped or the clock is ahead (for
     /// checks that store nothing: a dry run, a `write()` on the mount before its `close()`).
     pub fn writable(&self) -> Result<(), Error> {
-        if let Some(why) = self.clock_ahead() {
-            return Err(Error::ClockAhead(why));
-        }
         match self.storage_stop() {
-            None => Ok(()),
+            None => self
+                .clock_ahead()
+                .map_or(Ok(()), |why| Err(Error::ClockAhead(why))),
             // What a commit would be answered (nothing of this write is on the disk).
             Some(stop) => Err(storage::Error::Stopped {
                 why: stop.why,

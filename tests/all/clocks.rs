@@ -1,8 +1,8 @@
 //! Wrong clocks, with libfaketime (Debian `faketime`) preloaded into real `herd serve`
 //! processes: two nodes on loopback whose clocks differ by two minutes refuse each other
-//! (nothing merged, both directions, the offset shown in `herd members`), the one ahead refuses
-//! to stamp writes, and all of it lifts once the clock is fixed; a node whose clock jumps back an
-//! hour goes on issuing versions after the ones it issued before.
+//! (nothing merged, both directions, the offset shown in `herd members`), and it lifts once the
+//! clock is fixed; a node whose clock jumps back an hour goes on issuing versions after the ones
+//! it issued before. (A node ahead of most of three refuses to stamp writes: tests/lab.)
 
 use http::Method;
 use serde_json::{json, Value};
@@ -125,19 +125,14 @@ async fn peers_with_clocks_apart_refuse_each_other_until_the_clock_is_fixed() {
         "{table:?}"
     );
 
-    // The node ahead stamps no writes; the other does, and nothing crosses.
-    let r = put(&b, "/v1/kv/from/b", "1").await;
-    assert_eq!(r.status, 503, "{:?}", r.body);
-    assert_eq!(r.json().unwrap()["error"]["code"], "clock_ahead");
-    let h = get(&b, "/v1/health").await;
-    assert_eq!(h.status, 503);
-    assert!(h.json().unwrap()["reason"]
-        .as_str()
-        .unwrap()
-        .starts_with("clock:"));
+    // With two nodes neither can tell whose clock is wrong: both take writes, and nothing
+    // crosses. (Three nodes or more: the one ahead of most stamps none; tests/lab.)
+    assert_eq!(put(&b, "/v1/kv/from/b", "1").await.status, 200);
     assert_eq!(put(&a, "/v1/kv/from/a", "1").await.status, 200);
+    assert_eq!(get(&b, "/v1/health").await.status, 200);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(get(&b, "/v1/kv/from/a").await.status, 404, "nothing merged");
+    assert_eq!(get(&a, "/v1/kv/from/b").await.status, 404, "nothing merged");
 
     // Fixed: the next probe finds the clocks together; b takes writes, both converge.
     b.stop();

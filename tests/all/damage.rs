@@ -140,6 +140,7 @@ async fn a_flipped_byte_in_any_file_is_refused_or_repaired_never_served() {
             };
             let doc: Value = get("/v1/kv/app").await.json().unwrap_or(Value::Null);
             assert_eq!(doc, expected, "{what}: served as acknowledged");
+            assert_eq!(get("/v1/health").await.status, 200, "{what}: healthy");
             let plugin: Value = get("/v1/plugins/counter").await.json().unwrap();
             if name.starts_with("plugins/blobs/") {
                 assert_eq!(plugin["state"], "not_loaded", "{what}: {plugin}");

@@ -44,6 +44,10 @@ Scenarios, one `ok`/`FAIL` line per check, `info` lines with timings:
 7. the reverse: live member 3 restarts as env staging (same data dir and node id). Nodes 1, 2
    and 4 list it as refused, it counts nobody alive, and after 8 intervals no new write has
    crossed in either direction.
+8. clocks: node 2 restarts with its clock 2 minutes ahead (libfaketime preloaded). Nodes 1 and
+   4 refuse it with its offset (about +120 s) and it refuses them (about -120 s); ahead of both,
+   it refuses to stamp writes (503 clock_ahead, health failing) and merges nothing of theirs.
+   Restarted with its clock fixed, all three are alive again, converge, and it takes writes.
 
 Exit status: 0 all passed, 1 a check failed, 77 skipped (not root, no iproute2, no netns) unless
 HERD_TEST_STRICT=1, which turns a skip into a failure. The lab is always torn down. Node logs
@@ -238,6 +242,10 @@ class Api:
         status, _, _ = self.request("GET", "/v1/health", retry=False)
         return status == 200
 
+    def live(self) -> bool:
+        status, _, _ = self.request("GET", "/v1/livez", retry=False)
+        return status == 200
+
 
 def strip_etag(etag: str) -> str:
     if etag.startswith("W/"):
@@ -286,7 +294,7 @@ class Node:
             *extra,
         ]
 
-    def start(self, extra=()) -> None:
+    def start(self, extra=(), env=None) -> None:
         assert self.proc is None or self.proc.poll() is not None, "node %d already runs" % self.host
         self.starts += 1
         log = open(self.log_path, "a")
@@ -294,11 +302,12 @@ class Node:
         log.flush()
         self.api.reset()
         self.proc = self.lab.popen(self.host, self.argv(extra), stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, env=clean_env())
+                                   stdin=subprocess.DEVNULL, env=dict(clean_env(), **(env or {})))
         log.close()
 
-    def wait_ready(self) -> float:
-        """Waits until node.json names this process and the API answers; returns seconds."""
+    def wait_ready(self, healthy: bool = True) -> float:
+        """Waits until node.json names this process and the API answers (healthy, or only alive:
+        a node may refuse writes from its first moments); returns seconds."""
         t0 = time.monotonic()
         node_json = os.path.join(self.data_dir, "node.json")
         while True:
@@ -308,7 +317,7 @@ class Node:
             try:
                 with open(node_json) as f:
                     meta = json.load(f)
-                if meta.get("pid") == self.proc.pid and self.api.health():
+                if meta.get("pid") == self.proc.pid and (self.api.health() if healthy else self.api.live()):
                     self.node_id = meta["node_id"]
                     return time.monotonic() - t0
             except (OSError, ValueError, http.client.HTTPException, ApiError):
@@ -909,6 +918,72 @@ def scenario_member_turns(checks: Checks, c: Cluster) -> None:
                      "it holds /s7/from-node-3 = %r" % (v,))
 
 
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+def scenario_clock(checks: Checks, c: Cluster) -> None:
+    section("8. node 2 restarted with its clock 2 minutes ahead (libfaketime), then fixed")
+    if not os.path.exists(LIBFAKETIME):
+        raise RuntimeError("%s is missing (Debian package faketime)" % LIBFAKETIME)
+    n2 = c[2]
+    others = [1, 4]
+    n2.stop()
+    n2.start(env={"LD_PRELOAD": LIBFAKETIME, "FAKETIME": "+2m"})
+    n2.wait_ready(healthy=False)
+
+    def entry(i: int, of: int) -> dict:
+        return c.alive_view(i)[1].get(c[of].node_id, {})
+
+    def refused_both_ways():
+        return (all(entry(i, 2).get("clock_refused") for i in others)
+                and all(entry(2, i).get("clock_refused") for i in others))
+
+    ok, secs = wait_until(refused_both_ways, 15, 0.1)
+    info("refused both ways after %.2f s" % secs)
+    for i in others:
+        e = entry(i, 2)
+        off = e.get("clock_offset_ms")
+        checks.check(e.get("clock_refused") is True and off is not None and 115000 <= off <= 125000,
+                     "node %d refuses node 2's clock, measured about +120 s ahead" % i,
+                     "entry: state %s, offset %s, refused %s" % (e.get("state"), off, e.get("clock_refused")))
+        e = entry(2, i)
+        off = e.get("clock_offset_ms")
+        checks.check(e.get("clock_refused") is True and off is not None and -125000 <= off <= -115000,
+                     "node 2 refuses node %d's clock, measured about -120 s" % i,
+                     "entry: state %s, offset %s" % (e.get("state"), off))
+    status, _, body = c.api(2).request("PUT", "/v1/kv/s8/from-node-2", 1)
+    checks.check(status == 503 and "clock_ahead" in body,
+                 "node 2, ahead of both peers, refuses to stamp a write (503 clock_ahead)",
+                 "answered %s %r" % (status, body[:200]))
+    checks.check(not c.api(2).health(), "node 2's /v1/health says it is failing", "it answered 200")
+    t0 = time.monotonic()
+    v1 = c.api(1).put("/s8/from-node-1", "while node 2 is ahead")
+    ok, _, seen = wait_value(c.api(4), "/s8/from-node-1", "while node 2 is ahead", v1)
+    checks.check(ok, "nodes 1 and 4 go on replicating", "node 4 saw %r" % (seen,))
+    rest = 8 * AE_SECS - (time.monotonic() - t0)
+    if rest > 0:
+        time.sleep(rest)
+    v, _ = c.api(2).get("/s8/from-node-1")
+    checks.check(v is None, "after 8 intervals: node 2 merged nothing of the others'",
+                 "it holds /s8/from-node-1 = %r" % (v,))
+
+    section("8'. node 2's clock fixed (restarted without libfaketime)")
+    n2.stop()
+    n2.start()
+    n2.wait_ready()
+    hosts = [1, 2, 4]
+    t0 = time.monotonic()
+    ok, secs = wait_until(lambda: c.mesh_ok(hosts), 20, 0.1)
+    checks.check(ok, "nodes 1, 2 and 4 see each other alive again (%.2f s)" % secs,
+                 "; ".join("node %d: %s" % (i, c.alive_view(i)[0]) for i in hosts))
+    ok, _ = c.wait_converged(hosts, 20)
+    info("digests of 1, 2, 4 equal after %.2f s" % (time.monotonic() - t0))
+    checks.check(ok, "nodes 1, 2 and 4 converge to one digest", "digests %s" % c.digests(hosts))
+    v2 = c.api(2).put("/s8/from-node-2", "clock fixed")
+    ok, _, seen = wait_value(c.api(1), "/s8/from-node-2", "clock fixed", v2)
+    checks.check(ok, "node 2 takes writes again and they reach node 1", "node 1 saw %r" % (seen,))
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -972,6 +1047,7 @@ def main() -> int:
             ("2'", lambda: scenario_still_apart(checks, c)),
             ("6", lambda: scenario_rejoin(checks, c)),
             ("7", lambda: scenario_member_turns(checks, c)),
+            ("8", lambda: scenario_clock(checks, c)),
         ]
         for name, fn in scenarios:
             t0 = time.monotonic()

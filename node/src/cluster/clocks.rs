@@ -7,10 +7,10 @@
 //! every conflict for an hour and drag every node's versions along. The refusal lifts at the
 //! first exchange after the clock is fixed. `herd members` shows each peer's offset.
 //!
-//! A node whose clock is ahead of most of its peers (those measured in the last
-//! [`RECENT_MS`]) by more than the bound is the odd one out: it refuses to stamp local writes
-//! (503 `clock_ahead`) rather than poison the cluster, until that is no longer so. With two
-//! nodes, the one ahead stops taking writes. A clock that jumps back needs nothing: versions
+//! A node whose clock is ahead of a majority of the nodes measured in the last [`RECENT_MS`]
+//! (itself counted) by more than the bound is the odd one out: it refuses to stamp local
+//! writes (503 `clock_ahead`) rather than poison the cluster, until that is no longer so. With
+//! two nodes neither can tell which clock is wrong: both go on taking writes, apart. A clock that jumps back needs nothing: versions
 //! never go backwards (the clock is hybrid, its high-water mark persisted).
 
 use std::collections::HashMap;
@@ -36,10 +36,15 @@ pub type OnAhead = Box<dyn Fn(Option<String>) + Send + Sync>;
 /// The offsets measured, and the bound.
 pub struct Clocks {
     max_ms: i64,
-    peers: Mutex<HashMap<u64, Offset>>,
-    /// Why this node's clock is taken to be ahead, if it is.
-    ahead: Mutex<Option<String>>,
+    state: Mutex<State>,
     on_ahead: OnAhead,
+}
+
+#[derive(Default)]
+struct State {
+    peers: HashMap<u64, Offset>,
+    /// Why this node's clock is taken to be ahead, if it is.
+    ahead: Option<String>,
 }
 
 impl std::fmt::Debug for Clocks {
@@ -54,8 +59,7 @@ impl Clocks {
     pub fn new(max: Duration, on_ahead: OnAhead) -> Clocks {
         Clocks {
             max_ms: i64::try_from(max.as_millis()).unwrap_or(i64::MAX),
-            peers: Mutex::new(HashMap::new()),
-            ahead: Mutex::new(None),
+            state: Mutex::new(State::default()),
             on_ahead,
         }
     }
@@ -64,27 +68,18 @@ impl Clocks {
     /// if it is beyond the bound. Logs when a peer becomes refused and when it stops being.
     pub fn check(&self, peer: u64, offset_ms: i64, now_ms: u64) -> Result<(), String> {
         let refused = self.refuses(offset_ms);
-        let (before, behind, measured) = {
-            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-            let before = peers.insert(
+        let before = {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let before = st.peers.insert(
                 peer,
                 Offset {
                     ms: offset_ms,
                     at_ms: now_ms,
                 },
             );
-            let recent = peers
-                .values()
-                .filter(|o| o.at_ms + RECENT_MS >= now_ms)
-                .map(|o| o.ms);
-            let (mut behind, mut measured) = (0, 0);
-            for ms in recent {
-                measured += 1;
-                behind += usize::from(ms < -self.max_ms);
-            }
-            (before, behind, measured)
+            self.decide_ahead(&mut st, now_ms);
+            before
         };
-        self.decide_ahead(behind, measured);
         let was_refused = before.is_some_and(|o| self.refuses(o.ms));
         let why = || describe(peer, offset_ms, self.max_ms);
         match (was_refused, refused) {
@@ -104,18 +99,30 @@ impl Clocks {
         }
     }
 
-    /// Takes this node's clock to be ahead when more than half of the peers measured
-    /// recently are behind it beyond the bound; tells `on_ahead` when that changes.
-    fn decide_ahead(&self, behind: usize, measured: usize) {
-        let now_ahead = (behind * 2 > measured).then(|| {
+    /// Decides again whether this node's clock is ahead, as measurements age (called on the
+    /// prober's tick: with no peer reachable, old measurements stop counting).
+    pub fn tick(&self, now_ms: u64) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.decide_ahead(&mut st, now_ms);
+    }
+
+    /// Takes this node's clock to be ahead when it is ahead of a majority of the nodes
+    /// measured in the last [`RECENT_MS`], itself counted among them (so that one peer behind
+    /// cannot make a node stop); tells `on_ahead` when that changes.
+    fn decide_ahead(&self, st: &mut State, now_ms: u64) {
+        let (mut behind, mut measured) = (0, 0);
+        for o in st.peers.values().filter(|o| o.at_ms + RECENT_MS >= now_ms) {
+            measured += 1;
+            behind += usize::from(o.ms < -self.max_ms);
+        }
+        let now_ahead = (behind * 2 > measured + 1).then(|| {
             format!(
                 "its clock is ahead of {behind} of the {measured} peers it measured by more than \
                  max_clock_offset ({:.1} s)",
                 self.max_ms as f64 / 1000.0
             )
         });
-        let mut ahead = self.ahead.lock().unwrap_or_else(|e| e.into_inner());
-        if ahead.is_some() == now_ahead.is_some() {
+        if st.ahead.is_some() == now_ahead.is_some() {
             return;
         }
         match &now_ahead {
@@ -126,7 +133,7 @@ impl Clocks {
                 "this node's clock is no longer ahead of its peers; taking writes again"
             ),
         }
-        *ahead = now_ahead.clone();
+        st.ahead = now_ahead.clone();
         (self.on_ahead)(now_ahead);
     }
 
@@ -137,11 +144,8 @@ impl Clocks {
 
     /// The offset last measured for `peer`.
     pub fn offset(&self, peer: u64) -> Option<Offset> {
-        self.peers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&peer)
-            .copied()
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.peers.get(&peer).copied()
     }
 }
 
@@ -206,30 +210,43 @@ mod tests {
             Box::new(move |why| t.lock().unwrap().push(why.is_some())),
         );
         let _ = c.check(1, -60_000, 1_000);
-        assert_eq!(
-            *told.lock().unwrap(),
-            vec![true],
-            "the one peer is behind: ahead"
+        assert!(
+            told.lock().unwrap().is_empty(),
+            "one peer behind: who is wrong?"
         );
-        let _ = c.check(2, 100, 1_100);
-        let _ = c.check(3, -50, 1_200);
+        let _ = c.check(2, -45_000, 1_100);
+        assert_eq!(*told.lock().unwrap(), vec![true], "two peers behind: ahead");
+        let _ = c.check(3, 100, 1_200);
+        let _ = c.check(4, -50, 1_300);
         assert_eq!(
             *told.lock().unwrap(),
             vec![true, false],
-            "one of three: not ahead"
+            "two of four: no majority"
         );
-        let _ = c.check(2, -45_000, 1_300);
+        let _ = c.check(4, -31_000, 1_400);
         assert_eq!(
             *told.lock().unwrap(),
             vec![true, false, true],
-            "two of three"
+            "three of four"
         );
-        // Measurements older than RECENT_MS no longer count: peer 1 and 2 went quiet.
-        let _ = c.check(3, 0, 1_300 + RECENT_MS + 1);
+        // Measurements older than RECENT_MS no longer count: peer 1's goes, two of three.
+        c.tick(1_000 + RECENT_MS + 1);
         assert_eq!(*told.lock().unwrap(), vec![true, false, true, false]);
-        // A peer ahead of this node says nothing about this node being ahead.
+        // Nobody left to measure: the refusal lifts on the tick.
+        let t = told.clone();
+        let c = Clocks::new(
+            Duration::from_secs(30),
+            Box::new(move |why| t.lock().unwrap().push(why.is_some())),
+        );
+        let _ = c.check(1, -60_000, 0);
+        let _ = c.check(2, -60_000, 0);
+        c.tick(RECENT_MS);
+        c.tick(RECENT_MS + 1);
+        assert_eq!(told.lock().unwrap()[4..], [true, false]);
+        // Peers ahead of this node say nothing about this node being ahead.
         let c = Clocks::new(Duration::from_secs(30), Box::new(|_| panic!("not ahead")));
         let _ = c.check(1, 3_600_000, 1_000);
+        let _ = c.check(2, 3_600_000, 1_000);
     }
 
     #[test]

@@ -41,6 +41,10 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time an answer's write may make no progress (a peer that stopped reading).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The longest round trip whose answer's clock is measured (`clocks.rs`): its error is at most
+/// half of it.
+const MEASURE_ROUND_TRIP_MS: u64 = 2_000;
+
 /// Why a call to a peer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -287,6 +291,8 @@ impl PeerClient {
             pool::Error::Timeout(t) => PeerError::Timeout(t),
             pool::Error::Http(m) => PeerError::Http(m),
         })?;
+        // The answer's clock was read before its headers were sent: the round trip ends here.
+        let received = now_ms();
         let (parts, body) = resp.into_parts();
         let body = body
             .collect()
@@ -304,8 +310,10 @@ impl PeerClient {
         }
         // Measured here too, whatever the status: a refusal is answered with the clock that
         // caused it, and the answer of a peer whose clock is off is dropped.
-        if let Some(t) = them.time_ms {
-            let received = now_ms();
+        // A slow round trip (a connection being set up, a long answer) says little of the
+        // offset: not measured then.
+        let quick = received.saturating_sub(sent) <= MEASURE_ROUND_TRIP_MS;
+        if let (Some(t), true) = (them.time_ms, quick) {
             let offset = clocks::offset_ms(t, sent, received);
             if let Err(why) = self.clocks.check(them.node_id, offset, received) {
                 let node = them.node_id;

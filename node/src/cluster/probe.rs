@@ -17,6 +17,7 @@ pub(super) async fn probe_loop(shared: Arc<Shared>) {
             _ = tick.tick() => {}
         }
         shared.history.tick(crate::clock::now_ms());
+        shared.clocks.tick(crate::clock::now_ms());
         for due in shared.members.due() {
             let shared2 = shared.clone();
             shared.tracker.spawn(async move {

@@ -76,6 +76,26 @@ pub(super) fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+impl State {
+    /// The error `op` on a file named `name` fails with now, if it does.
+    pub(super) fn fails(&self, op: Op, name: Option<&OsStr>) -> Option<libc::c_int> {
+        if self.mode != Mode::Frozen && self.only.is_some() && self.only.as_deref() != name {
+            return None;
+        }
+        let failing = match self.mode {
+            Mode::Normal => false,
+            Mode::Frozen => true,
+            Mode::FailWrites => op != Op::Read,
+            Mode::FailSyncs => op == Op::Sync,
+            Mode::Flakey { up, down, since } => {
+                let period = (up + down).as_nanos().max(1);
+                op != Op::Read && since.elapsed().as_nanos() % period >= up.as_nanos()
+            }
+        };
+        failing.then_some(libc::EIO)
+    }
+}
+
 /// What an operation does to the disk, for [`Shared::fails`].
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Op {
@@ -135,27 +155,27 @@ impl Shared {
 
     /// The error `op` on a file named `name` fails with now, if it does.
     pub(super) fn fails(&self, op: Op, name: Option<&OsStr>) -> Option<libc::c_int> {
+        lock(&self.state).fails(op, name)
+    }
+
+    /// The state, locked, if `op` on a file named `name` does not fail now: held while the
+    /// operation runs, so that a power cut comes before it or after it, never in between.
+    pub(super) fn gate(
+        &self,
+        op: Op,
+        name: Option<&OsStr>,
+    ) -> Result<MutexGuard<'_, State>, libc::c_int> {
         let s = lock(&self.state);
-        if s.mode != Mode::Frozen && s.only.is_some() && s.only.as_deref() != name {
-            return None;
+        match s.fails(op, name) {
+            Some(e) => Err(e),
+            None => Ok(s),
         }
-        let failing = match s.mode {
-            Mode::Normal => false,
-            Mode::Frozen => true,
-            Mode::FailWrites => op != Op::Read,
-            Mode::FailSyncs => op == Op::Sync,
-            Mode::Flakey { up, down, since } => {
-                let period = (up + down).as_nanos().max(1);
-                op != Op::Read && since.elapsed().as_nanos() % period >= up.as_nanos()
-            }
-        };
-        failing.then_some(libc::EIO)
     }
 
     /// Writes back the pages of one file; on a failing sync drops them instead.
     pub(super) fn sync(&self, ino: u64, name: &OsStr) -> Result<(), libc::c_int> {
-        let failing = self.fails(Op::Sync, Some(name));
         let mut s = lock(&self.state);
+        let failing = s.fails(Op::Sync, Some(name));
         let Some(d) = s.dirty.remove(&ino) else {
             return failing.map_or(Ok(()), Err);
         };

@@ -183,13 +183,8 @@ impl FaultFs {
 
     fn write_at(&self, fh: u64, offset: u64, data: &[u8]) -> Result<(), libc::c_int> {
         let h = self.handles.get(&fh).ok_or(libc::EBADF)?;
-        if let Some(e) = self
-            .shared
-            .fails(if h.synced { Op::Sync } else { Op::Write }, Some(&h.name))
-        {
-            return Err(e);
-        }
-        let mut s = lock(&self.shared.state);
+        let op = if h.synced { Op::Sync } else { Op::Write };
+        let mut s = self.shared.gate(op, Some(&h.name))?;
         let end = offset + data.len() as u64;
         if h.synced {
             h.file.write_all_at(data, offset).map_err(errno)?;
@@ -236,9 +231,7 @@ impl FaultFs {
                 .copy_from_slice(&data[(from - offset) as usize..(to - offset) as usize]);
             at += PAGE;
         }
-        if !h.synced {
-            d.size = d.size.max(end);
-        }
+        d.size = d.size.max(end);
         Ok(())
     }
 
@@ -249,7 +242,7 @@ impl FaultFs {
             None => Arc::new(OpenOptions::new().write(true).open(path).map_err(errno)?),
         };
         let ino = file.metadata().map_err(errno)?.ino();
-        let mut s = lock(&self.shared.state);
+        let mut s = self.shared.gate(Op::Write, path.file_name())?;
         file.set_len(size).map_err(errno)?;
         if let Some(d) = s.dirty.get_mut(&ino) {
             d.pages.retain(|&at, _| at < size);
@@ -330,13 +323,11 @@ impl Filesystem for FaultFs {
     ) {
         let r = (|| {
             let path = self.path(ino)?;
-            if let Some(e) = self.shared.fails(Op::Write, path.file_name()) {
-                return Err(e);
-            }
             if let Some(size) = size {
                 self.resize(&path, fh, size)?;
             }
             if let Some(mode) = mode {
+                let _disk = self.shared.gate(Op::Write, path.file_name())?;
                 fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7777))
                     .map_err(errno)?;
             }
@@ -358,13 +349,13 @@ impl Filesystem for FaultFs {
         reply: ReplyEntry,
     ) {
         let r = (|| {
-            if let Some(e) = self.shared.fails(Op::Write, Some(name)) {
-                return Err(e);
-            }
+            let shared = self.shared.clone();
+            let disk = shared.gate(Op::Write, Some(name))?;
             let (full, rel) = self.child(parent, name)?;
             fs::create_dir(&full).map_err(errno)?;
             fs::set_permissions(&full, fs::Permissions::from_mode(mode & !umask & 0o7777))
                 .map_err(errno)?;
+            drop(disk);
             self.entry(&full, rel)
         })();
         entry(r, reply);
@@ -372,9 +363,8 @@ impl Filesystem for FaultFs {
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let r = (|| {
-            if let Some(e) = self.shared.fails(Op::Write, Some(name)) {
-                return Err(e);
-            }
+            let shared = self.shared.clone();
+            let _disk = shared.gate(Op::Write, Some(name))?;
             let (full, _) = self.child(parent, name)?;
             fs::remove_file(full).map_err(errno)
         })();
@@ -383,9 +373,8 @@ impl Filesystem for FaultFs {
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let r = (|| {
-            if let Some(e) = self.shared.fails(Op::Write, Some(name)) {
-                return Err(e);
-            }
+            let shared = self.shared.clone();
+            let _disk = shared.gate(Op::Write, Some(name))?;
             let (full, _) = self.child(parent, name)?;
             fs::remove_dir(full).map_err(errno)
         })();
@@ -403,9 +392,8 @@ impl Filesystem for FaultFs {
         reply: ReplyEmpty,
     ) {
         let r = (|| {
-            if let Some(e) = self.shared.fails(Op::Write, Some(name)) {
-                return Err(e);
-            }
+            let shared = self.shared.clone();
+            let disk = shared.gate(Op::Write, Some(name))?;
             let (from, from_rel) = self.child(parent, name)?;
             let (to, to_rel) = self.child(newparent, newname)?;
             match flags {
@@ -417,6 +405,7 @@ impl Filesystem for FaultFs {
                 _ => return Err(libc::EINVAL),
             }
             fs::rename(&from, &to).map_err(errno)?;
+            drop(disk);
             self.moved(&from_rel, &to_rel);
             Ok(())
         })();
@@ -456,9 +445,8 @@ impl Filesystem for FaultFs {
     ) {
         let r = (|| {
             self.check_open(flags)?;
-            if let Some(e) = self.shared.fails(Op::Write, Some(name)) {
-                return Err(e);
-            }
+            let shared = self.shared.clone();
+            let disk = shared.gate(Op::Write, Some(name))?;
             let (full, rel) = self.child(parent, name)?;
             let file = OpenOptions::new()
                 .read(true)
@@ -469,6 +457,7 @@ impl Filesystem for FaultFs {
                 .mode(mode & !umask & 0o7777)
                 .open(&full)
                 .map_err(errno)?;
+            drop(disk);
             let attr = self.entry(&full, rel)?;
             Ok((attr, self.open_handle(file, name.to_owned(), flags)?))
         })();
