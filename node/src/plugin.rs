@@ -232,7 +232,18 @@ impl Plugins {
             return Ok(p);
         }
         let path = self.blob_path(&m.sha256);
-        if !path.exists() {
+        // Checked against its sha256 (bytes damaged on disk are never compiled); a file
+        // missing or damaged here is fetched from a peer.
+        let local = match path.exists() {
+            true => {
+                let (file, sha) = (path.clone(), m.sha256.clone());
+                tokio::task::spawn_blocking(move || blobs::read(&file, &sha).map(drop))
+                    .await
+                    .map_err(|e| Error::Load(format!("the reading task failed: {e}")))?
+            }
+            false => Err(String::new()),
+        };
+        if let Err(damaged) = local {
             let fetch = self
                 .inner
                 .fetch
@@ -240,8 +251,14 @@ impl Plugins {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
             let Some(fetch) = fetch else {
-                return Err(Error::NotHere(m.sha256.clone()));
+                return Err(match damaged.is_empty() {
+                    true => Error::NotHere(m.sha256.clone()),
+                    false => Error::Load(damaged),
+                });
             };
+            if !damaged.is_empty() {
+                tracing::warn!(plugin = m.name, "{damaged}; fetching it again from a peer");
+            }
             let bytes = fetch.fetch(m.sha256.clone()).await?;
             if sha256_hex(&bytes) != m.sha256 {
                 return Err(Error::WrongFile(m.sha256.clone()));

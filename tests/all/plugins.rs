@@ -877,7 +877,7 @@ async fn plugin_management_refuses_bad_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_installed_on_one_node_is_enforced_on_another() {
-    let c = tests::cluster::TestCluster::start(2, |_, _| {}).await;
+    let mut c = tests::cluster::TestCluster::start(2, |_, _| {}).await;
     c.wait_meshed(T).await;
     installed(
         &c.nodes[0].client,
@@ -931,6 +931,52 @@ async fn a_plugin_installed_on_one_node_is_enforced_on_another() {
         })
         .await;
     }
+    // A component damaged on B's disk is fetched again from A, never compiled as it is.
+    let ls = b.get("/v1/plugins").await.json().unwrap();
+    let sha = ls["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "json-schema")
+        .unwrap()["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    c.nodes[1].stop().await;
+    let plugins = c.nodes[1].dir.path().join("plugins");
+    let blob = plugins.join(format!("blobs/{sha}.wasm"));
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&blob, &bytes).unwrap();
+    for e in std::fs::read_dir(plugins.join("cache")).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_string_lossy().starts_with(&sha) {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    c.nodes[1].restart().await;
+    let b = &c.nodes[1];
+    wait_for(
+        "json-schema fetched again and healthy on B",
+        3 * T,
+        || async {
+            let r = call(
+                &b.client,
+                Method::PUT,
+                "/v1/kv/app/db",
+                Some(r#"{"host": "h", "port": 99999}"#),
+            )
+            .await;
+            (r.status == 422).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        std::fs::read(&blob).unwrap()[middle],
+        bytes[middle] ^ 1,
+        "replaced"
+    );
     // Removing on B removes on A.
     let r = call(&b.client, Method::DELETE, "/v1/plugins/json-schema", None).await;
     assert_eq!(r.status, 200);

@@ -254,6 +254,18 @@ impl FaultFs {
         Ok(())
     }
 
+    /// Removes a name from the backing directory with `how` (`remove_file`, `remove_dir`).
+    fn remove(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        how: fn(&Path) -> io::Result<()>,
+    ) -> Result<(), libc::c_int> {
+        let _disk = self.shared.gate(Op::Write, Some(name))?;
+        let (full, _) = self.child(parent, name)?;
+        how(&full).map_err(errno)
+    }
+
     /// Points every remembered path under `from` at `to`.
     fn moved(&mut self, from: &Path, to: &Path) {
         for rel in self.paths.values_mut() {
@@ -362,23 +374,11 @@ impl Filesystem for FaultFs {
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        let r = (|| {
-            let shared = self.shared.clone();
-            let _disk = shared.gate(Op::Write, Some(name))?;
-            let (full, _) = self.child(parent, name)?;
-            fs::remove_file(full).map_err(errno)
-        })();
-        empty(r, reply);
+        empty(self.remove(parent, name, |p| fs::remove_file(p)), reply);
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        let r = (|| {
-            let shared = self.shared.clone();
-            let _disk = shared.gate(Op::Write, Some(name))?;
-            let (full, _) = self.child(parent, name)?;
-            fs::remove_dir(full).map_err(errno)
-        })();
-        empty(r, reply);
+        empty(self.remove(parent, name, |p| fs::remove_dir(p)), reply);
     }
 
     fn rename(
