@@ -129,13 +129,9 @@ impl FaultMount {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
             if let Ok(Some(status)) = child.try_wait() {
-                let why =
-                    format!("faultfs could not mount ({status}): FUSE needs /dev/fuse and root");
-                assert!(
-                    std::env::var_os("HERD_TEST_STRICT").is_none(),
-                    "{why} (HERD_TEST_STRICT is set, so this is a failure)"
-                );
-                eprintln!("SKIPPED: {why}");
+                crate::skip(&format!(
+                    "faultfs could not mount ({status}): FUSE needs /dev/fuse and root"
+                ));
                 return None;
             }
             assert!(Instant::now() < deadline, "faultfs did not mount in 10 s");

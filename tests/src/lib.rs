@@ -22,6 +22,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A test that cannot run here says why and stops (the caller returns after this), or fails
+/// under `HERD_TEST_STRICT` (set by `tests/run.sh` under CI), where it must run.
+pub fn skip(why: &str) {
+    assert!(
+        std::env::var_os("HERD_TEST_STRICT").is_none(),
+        "{why} (HERD_TEST_STRICT is set, so this is a failure)"
+    );
+    eprintln!("SKIPPED: {why}");
+}
+
 /// Polls `f` every 10 ms until it returns `Some`, or fails after `timeout` naming `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
