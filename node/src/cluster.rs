@@ -285,6 +285,11 @@ impl Shared {
 
     /// Records a failed exchange with `id`.
     fn failure(&self, id: u64, e: &PeerError) {
+        // A refused clock is reachable, and logged by `clocks` when it starts and ends.
+        if let PeerError::Clock { .. } = e {
+            self.members.failure(id, &e.to_string());
+            return;
+        }
         if self.members.failure(id, &e.to_string()) {
             tracing::warn!(peer = %format!("{id:016x}"), error = %e, "peer is unreachable; retrying with backoff");
         } else {
