@@ -57,6 +57,26 @@ pub(super) struct Dirty {
     pub(super) size: u64,
 }
 
+impl Dirty {
+    /// Writes the page at `at` to the backing file, up to the file's size.
+    fn write_back(&self, at: u64, page: &[u8]) -> io::Result<()> {
+        let end = (self.size - at).min(PAGE) as usize;
+        self.file.write_all_at(&page[..end], at)
+    }
+}
+
+/// Reads from `file` at `at` until `buf` is full or the file ends (the rest stays as it was).
+pub(super) fn read_full(file: &File, buf: &mut [u8], at: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], at + done as u64)? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(())
+}
+
 /// What the file system and its controller share.
 pub struct Shared {
     pub(super) state: Mutex<State>,
@@ -146,8 +166,7 @@ impl Shared {
                     continue;
                 }
                 kept += 1;
-                let end = (d.size - at).min(PAGE) as usize;
-                d.file.write_all_at(&page[..end], *at)?;
+                d.write_back(*at, page)?;
             }
         }
         Ok((kept, lost))
@@ -183,10 +202,7 @@ impl Shared {
             return Err(e);
         }
         for (at, page) in &d.pages {
-            let end = (d.size - at).min(PAGE) as usize;
-            d.file
-                .write_all_at(&page[..end], *at)
-                .map_err(super::fs::errno)?;
+            d.write_back(*at, page).map_err(super::fs::errno)?;
         }
         if d.file.metadata().map_err(super::fs::errno)?.len() != d.size {
             d.file.set_len(d.size).map_err(super::fs::errno)?;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::disk::{lock, Dirty, Op, Shared, PAGE};
+use super::disk::{lock, read_full, Dirty, Op, Shared, PAGE};
 
 /// Attributes and entries are never cached by the kernel: sizes change under it.
 const TTL: Duration = Duration::ZERO;
@@ -162,14 +162,8 @@ impl FaultFs {
             return Ok(Vec::new());
         }
         let mut out = vec![0u8; (end - offset) as usize];
-        let mut done = 0;
-        while done < out.len() {
-            match h.file.read_at(&mut out[done..], offset + done as u64) {
-                Ok(0) => break, // past the backing end: zeros, or pages in memory
-                Ok(n) => done += n,
-                Err(e) => return Err(errno(e)),
-            }
-        }
+        // Past the backing end: zeros, or pages in memory.
+        read_full(&h.file, &mut out, offset).map_err(errno)?;
         if let Some(d) = s.dirty.get(&h.ino) {
             for (&at, page) in d.pages.range(offset / PAGE * PAGE..end) {
                 let from = at.max(offset);
@@ -210,14 +204,7 @@ impl FaultFs {
                     continue;
                 }
                 let mut page = vec![0u8; PAGE as usize];
-                let mut got = 0;
-                while got < page.len() {
-                    match d.file.read_at(&mut page[got..], at + got as u64) {
-                        Ok(0) => break,
-                        Ok(n) => got += n,
-                        Err(e) => return Err(errno(e)),
-                    }
-                }
+                read_full(&d.file, &mut page, at).map_err(errno)?;
                 // Bytes past the size are not the file's (a truncation left them behind).
                 if at + PAGE > d.size {
                     page[d.size.saturating_sub(at) as usize..].fill(0);
@@ -266,6 +253,13 @@ impl FaultFs {
         how(&full).map_err(errno)
     }
 
+    fn reply_attr(&self, meta: Result<Metadata, libc::c_int>, reply: ReplyAttr) {
+        match meta {
+            Ok(m) => reply.attr(&TTL, &self.attr(&m)),
+            Err(e) => reply.error(e),
+        }
+    }
+
     /// Points every remembered path under `from` at `to`.
     fn moved(&mut self, from: &Path, to: &Path) {
         for rel in self.paths.values_mut() {
@@ -309,10 +303,7 @@ impl Filesystem for FaultFs {
                 .path(ino)
                 .and_then(|p| fs::symlink_metadata(p).map_err(errno)),
         };
-        match meta {
-            Ok(m) => reply.attr(&TTL, &self.attr(&m)),
-            Err(e) => reply.error(e),
-        }
+        self.reply_attr(meta, reply);
     }
 
     fn setattr(
@@ -345,10 +336,7 @@ impl Filesystem for FaultFs {
             }
             fs::symlink_metadata(&path).map_err(errno)
         })();
-        match r {
-            Ok(m) => reply.attr(&TTL, &self.attr(&m)),
-            Err(e) => reply.error(e),
-        }
+        self.reply_attr(r, reply);
     }
 
     fn mkdir(
