@@ -156,7 +156,8 @@ pub struct Cluster {
     #[serde(with = "duration")]
     pub anti_entropy_interval: Duration,
     /// Longest wait between attempts to reach an unreachable peer (the wait doubles from 1 s
-    /// up to this). Default 5 minutes.
+    /// up to this), 1 s to 5 minutes: a peer refused for its clock is measured at least this
+    /// often. Default 5 minutes.
     #[serde(with = "duration")]
     pub retry_max: Duration,
     /// Push every local write to the live peers at once. Turning this off (a test hook)
