@@ -107,7 +107,7 @@ trap 'lab_signal HUP' HUP
 
 lab_failed=()
 lab_skipped=()
-for t in selftest.py mdns_test.py cluster_test.py loop_test.py; do
+for t in selftest.py mdns_test.py cluster_test.py members_test.py loop_test.py; do
   log "tests/lab/$t"
   python3 "tests/lab/$t" &
   lab_pid=$!

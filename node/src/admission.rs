@@ -309,7 +309,7 @@ mod tests {
     use serde_json::json;
 
     async fn open() -> (tempfile::TempDir, Db, Admission) {
-        let (dir, db, _writer) = crate::db::open_for_tests(1, 1 << 30);
+        let (dir, db, _writer) = crate::db::open_for_tests(1);
         let plugins = Plugins::open(
             dir.path(),
             db.clone(),

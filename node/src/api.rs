@@ -304,6 +304,17 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>>
             }
             Ok(admin::members(app))
         }
+        _ if raw_path.starts_with("/v1/members/") => {
+            let grant = authenticate(app, &req)?;
+            require(&grant, Role::Admin)?;
+            require_node_wide(&grant)?;
+            if req.method() != Method::DELETE {
+                return Err(method_not_allowed("DELETE"));
+            }
+            let id = &raw_path["/v1/members/".len()..];
+            let force = query_param(req.uri().query(), "force").is_some();
+            admin::remove_member(app, id, force).await
+        }
         "/v1/status" => {
             require_node_wide(&authenticate(app, &req)?)?;
             Ok(admin::status(app))

@@ -406,7 +406,7 @@ mod tests {
 
     /// A database in a temporary directory, its writer handle, and an empty token cache.
     fn open() -> (tempfile::TempDir, Db, db::WriterHandle, Tokens) {
-        let (dir, db, h) = db::open_for_tests(7, 1000);
+        let (dir, db, h) = db::open_for_tests(7);
         (dir, db, h, Tokens::default())
     }
 

@@ -43,7 +43,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 pub use args::Args;
-use args::{ClientCommand, ClusterCommand, Command, ConnectionArgs, PluginCommand, TokenCommand};
+use args::{
+    ClientCommand, ClusterCommand, Command, ConnectionArgs, MembersArgs, MembersCommand,
+    PluginCommand, TokenCommand,
+};
 pub use error::{
     status_exit_code, Error, EXIT_AUTH, EXIT_CONFLICT, EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_REJECTED,
     EXIT_UNREACHABLE, EXIT_USAGE,
@@ -131,6 +134,21 @@ fn run_client(connection: &ConnectionArgs, command: ClientCommand) -> Result<(),
             ClientCommand::Status => {
                 let status = api.get("/v1/status").await?;
                 print(&format!("{}\n", pretty(&status)))
+            }
+            ClientCommand::Members(MembersArgs {
+                command: Some(MembersCommand::Remove { member, force }),
+                ..
+            }) => {
+                let url = format!(
+                    "/v1/members/{}{}",
+                    crate::client::paths::encode_component(&member),
+                    if force { "?force" } else { "" }
+                );
+                let answer = api.call(http::Method::DELETE, &url, &[], None).await?;
+                print(&format!(
+                    "removed member {}: deletions no longer wait for it\n",
+                    answer["node_id"].as_str().unwrap_or(&member)
+                ))
             }
             ClientCommand::Members(args) => {
                 let view = api.get("/v1/members").await?;
@@ -248,6 +266,16 @@ fn members_table(view: &serde_json::Value) -> String {
             m["replication_lag_ms"].as_u64().unwrap_or(0),
             clock,
         ));
+    }
+    let t = &view["tombstones"];
+    if let (Some(n), Some(list)) = (t["waiting"].as_u64(), t["waiting_for"].as_array()) {
+        if n > 0 && !list.is_empty() {
+            let ids: Vec<&str> = list.iter().filter_map(|v| v.as_str()).collect();
+            out.push_str(&format!(
+                "{n} deletion(s) kept until these members are compared: {} (a member gone for good: herd members remove NODE)\n",
+                ids.join(", ")
+            ));
+        }
     }
     for s in view["seeds"].as_array().into_iter().flatten() {
         if s["node_id"].is_null() {

@@ -7,7 +7,8 @@
 //!   side's stated cluster and environment on every exchange.
 //! - `wire`: identity headers, the protocol version, the hello document.
 //! - `members`: the membership table (alive / suspect / dead / refused, backoff).
-//! - `history`: the node's continuous history; a node away past the grace period resyncs.
+//! - `membership`: who is a member (records in the store), what every member holds (when
+//!   tombstones may be collected), expiry, and a removed node's way back.
 //! - `mdns`: discovery on the local network.
 //! - `probe`: the prober: hello to seeds and known peers, learning peers from their answers.
 //! - `push`: one task per live peer sending the registers of every local write once durable
@@ -27,9 +28,9 @@
 //! our cluster and environment. Only local writes are pushed; anti-entropy carries the rest.
 
 pub mod clocks;
-pub mod history;
 pub mod mdns;
 pub mod members;
+pub mod membership;
 pub mod peer;
 mod probe;
 mod push;
@@ -78,10 +79,10 @@ pub struct Settings {
     pub push: bool,
     /// Largest request body the peer port accepts.
     pub max_body: usize,
-    /// The data directory (for `cluster.contact`).
+    /// The data directory (for `cluster.members`).
     pub data_dir: std::path::PathBuf,
-    /// The tombstone grace period: a node away from its cluster for longer resyncs in full.
-    pub tombstone_grace: Duration,
+    /// A member not heard from for this long is removed.
+    pub member_expiry: Duration,
     /// Peers whose clocks differ from this node's by more are refused (`clocks.rs`).
     pub max_clock_offset: Duration,
 }
@@ -115,9 +116,9 @@ struct Shared {
     clients: Mutex<HashMap<SocketAddr, Arc<PeerClient>>>,
     /// Peers with a running push task.
     pushing: Mutex<HashSet<u64>>,
-    /// Since when this node runs without a long gap; stale after one.
-    history: history::History,
-    /// A stale node's resync is under way.
+    /// Acknowledgements, expiry counts, what this node shared (`membership.rs`).
+    membership: membership::Membership,
+    /// A removed node's reset is under way.
     resyncing: std::sync::atomic::AtomicBool,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -135,7 +136,7 @@ impl Cluster {
         tracker: TaskTracker,
     ) -> Cluster {
         let shared = Arc::new(Shared {
-            history: history::History::open(&s.data_dir, s.tombstone_grace, crate::clock::now_ms()),
+            membership: membership::Membership::open(&s.data_dir, s.me.node_id, s.member_expiry),
             resyncing: false.into(),
             members: Members::new(s.me.node_id, &s.seeds, s.retry_cap),
             clocks: {
@@ -171,7 +172,12 @@ impl Cluster {
             cancel.clone(),
             tracker.clone(),
         ));
+        // Nothing is known to be held anywhere until a member says so.
+        shared
+            .db
+            .set_held(shared.membership.held(&shared.member_records()));
         tracker.spawn(probe::probe_loop(shared.clone()));
+        tracker.spawn(membership::membership_loop(shared.clone()));
         tracker.spawn(repair::anti_entropy_loop(shared.clone()));
         Cluster { shared }
     }
@@ -188,6 +194,7 @@ impl Cluster {
                 m["clock_refused"] = self.shared.clocks.refuses(o.ms).into();
             }
         }
+        self.add_records(&mut v);
         let me = &self.shared.s.me;
         v["self"] = serde_json::json!({
             "node_id": format!("{:016x}", me.node_id),
@@ -244,9 +251,10 @@ impl Shared {
     }
 
     fn hello(&self) -> Hello {
+        let rejoined = self.membership.rejoined();
         Hello {
             peer_port: self.s.peer_port,
-            history_ms: self.history.length_ms(crate::clock::now_ms()),
+            rejoin: (rejoined != crate::store::Version::ZERO).then(|| rejoined.to_string()),
             peers: self
                 .members
                 .alive()
@@ -284,9 +292,18 @@ impl Shared {
     }
 
     /// Records a failed exchange with `id`.
-    fn failure(&self, id: u64, e: &PeerError) {
-        // A refused clock is reachable, and logged by `clocks` when it starts and ends.
-        if let PeerError::Clock { .. } = e {
+    fn failure(self: &Arc<Self>, id: u64, e: &PeerError) {
+        if let PeerError::Removed {
+            version, removed, ..
+        } = e
+        {
+            self.members.failure(id, &e.to_string());
+            self.removed_self(*version, removed);
+            return;
+        }
+        // A refused clock is reachable, and logged by `clocks` when it starts and ends; a
+        // removed peer was logged when it was removed.
+        if let PeerError::Clock { .. } | PeerError::PeerRemoved(_) = e {
             self.members.failure(id, &e.to_string());
             return;
         }
@@ -304,38 +321,50 @@ impl Shared {
             .client(addr)
             .call("/peer/v1/hello", body.into(), HELLO_TIMEOUT)
             .await?;
-        if let Ok(h) = serde_json::from_slice::<Hello>(&answer) {
-            self.learn_listed(&h.peers);
-            self.after_absence(&h);
+        let hello = serde_json::from_slice::<Hello>(&answer)
+            .map_err(|e| PeerError::Protocol(format!("hello: {e}")))?;
+        // Recorded as a member before anything is exchanged with it.
+        match self.admit(them.node_id, addr, None).await {
+            Ok(()) => {}
+            Err(membership::Refusal::Removed(version)) => {
+                return Err(PeerError::PeerRemoved(format!(
+                    "removed from the cluster (record {version}); waiting for it to rejoin"
+                )))
+            }
+            Err(membership::Refusal::Unavailable(e)) => {
+                return Err(PeerError::Protocol(format!(
+                    "cannot record it as a member: {e}"
+                )))
+            }
         }
+        self.learn_listed(&hello.peers);
         Ok(them)
     }
+}
 
-    /// A stale node that meets a peer: resyncs in full if the peer's history is longer than
-    /// the grace period (it may have collected tombstones this node never saw), else goes on.
-    fn after_absence(self: &Arc<Self>, peer: &Hello) {
-        use std::sync::atomic::Ordering::SeqCst;
-        if !self.history.is_stale() || self.resyncing.swap(true, SeqCst) {
-            return;
+/// The answer to a peer that was removed from the cluster: 410 `removed`, with the version of
+/// the removal in `herd-removed` and every member removed in `herd-removed-members`.
+fn removed_response(shared: &Shared, version: crate::store::Version) -> Response<Body> {
+    let mut r = error_response(
+        StatusCode::GONE,
+        "removed",
+        "this node was removed from the cluster; it must forget what it holds from others and rejoin",
+    );
+    let removed: Vec<String> = shared
+        .member_records()
+        .iter()
+        .filter(|m| m.record.removed.is_some())
+        .map(|m| format!("{:016x}", m.id))
+        .collect();
+    for (name, value) in [
+        (wire::H_REMOVED, version.to_string()),
+        (wire::H_REMOVED_MEMBERS, removed.join(",")),
+    ] {
+        if let Ok(v) = http::HeaderValue::from_str(&value) {
+            r.headers_mut().insert(name, v);
         }
-        if u128::from(peer.history_ms) < self.s.tombstone_grace.as_millis() {
-            tracing::info!("the first peer met after the long absence has no longer history; nothing to forget");
-            self.history.resolved();
-            self.resyncing.store(false, SeqCst);
-            return;
-        }
-        let shared = self.clone();
-        self.tracker.spawn(async move {
-            match shared.db.reset().await {
-                Ok(n) => {
-                    tracing::warn!(forgotten = n, "forgot the registers held from before the long absence; resyncing in full from peers");
-                    shared.history.resolved();
-                }
-                Err(e) => tracing::error!(error = %e, "cannot forget the registers from before the long absence"),
-            }
-            shared.resyncing.store(false, SeqCst);
-        });
     }
+    r
 }
 
 /// A plugin's component file, asked for by its sha256 (a peer saw a manifest it cannot load).
@@ -419,6 +448,12 @@ async fn handle(
         );
     }
     let ok = |body: Vec<u8>| Response::new(Body::full(Bytes::from(body)));
+    // A removed node is heard only when it says hello (and rejoins, if it reset itself).
+    if path != "/peer/v1/hello" {
+        if let Some(version) = shared.removal(them.node_id) {
+            return removed_response(&shared, version);
+        }
+    }
     match path.as_str() {
         "/peer/v1/hello" => {
             let hello: Hello = match serde_json::from_slice(&body) {
@@ -428,16 +463,26 @@ async fn handle(
                 }
             };
             let me = &shared.s.me;
-            shared.members.learn(
-                them.node_id,
-                SocketAddr::new(from.ip(), hello.peer_port),
-                Source::Inbound,
-                &me.cluster,
-                &me.env,
-            );
+            let addr = SocketAddr::new(from.ip(), hello.peer_port);
+            let rejoin = hello.rejoin.as_deref().and_then(|v| v.parse().ok());
+            match shared.admit(them.node_id, addr, rejoin).await {
+                Ok(()) => {}
+                Err(membership::Refusal::Removed(version)) => {
+                    return removed_response(&shared, version)
+                }
+                Err(membership::Refusal::Unavailable(e)) => {
+                    return error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        &format!("cannot record the sender as a member: {e}"),
+                    )
+                }
+            }
+            shared
+                .members
+                .learn(them.node_id, addr, Source::Inbound, &me.cluster, &me.env);
             shared.contact(them.node_id);
             shared.learn_listed(&hello.peers);
-            shared.after_absence(&hello);
             ok(serde_json::to_vec(&shared.hello()).expect("hello serialises"))
         }
         "/peer/v1/push" => {
@@ -449,15 +494,15 @@ async fn handle(
                 }
             };
             match shared.db.merge(regs).await {
-                Ok(n) => {
+                Ok(merged) => {
                     shared
                         .stats
                         .merged_registers
-                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        .fetch_add(merged.applied as u64, std::sync::atomic::Ordering::Relaxed);
                     if shared.members.get(them.node_id).is_some() {
                         shared.contact(them.node_id);
                     }
-                    ok(format!("{{\"applied\":{n}}}").into_bytes())
+                    ok(serde_json::to_vec(&wire::PushAnswer::from(merged)).expect("serialises"))
                 }
                 Err(e) => error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -466,7 +511,23 @@ async fn handle(
                 ),
             }
         }
-        "/peer/v1/digest" => repair::digest_answer(&shared, &body).await,
+        "/peer/v1/digest" => repair::digest_answer(&shared, them.node_id, &body).await,
+        "/peer/v1/collected" => {
+            let told = match serde_json::from_slice::<wire::Collected>(&body) {
+                Ok(c) => c.registers(),
+                Err(e) => {
+                    return error_response(StatusCode::BAD_REQUEST, "bad_request", &e.to_string())
+                }
+            };
+            match shared.db.collect_told(told).await {
+                Ok(n) => ok(format!("{{\"collected\":{n}}}").into_bytes()),
+                Err(e) => error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    &e.to_string(),
+                ),
+            }
+        }
         "/peer/v1/plugin-file" => plugin_file(&shared, &body).await,
         _ => error_response(
             StatusCode::NOT_FOUND,

@@ -105,8 +105,11 @@ pub struct Storage {
     /// `changes.log` to about twice as much).
     /// Default 16 MiB.
     pub log_bytes: usize,
-    /// How long deletions are remembered so that late replicas cannot bring deleted keys back,
-    /// e.g. `7d`. Default 7 days.
+    /// The least time a deletion (or an expired value) is remembered, e.g. `1h`. A deletion is
+    /// forgotten only once every member of the cluster is known to hold it, however long that
+    /// takes (so no late replica brings a deleted key back), and not before this: a
+    /// directory's ETag stays its newest version, deletions included, for at least this long.
+    /// Default 1 hour.
     #[serde(with = "duration")]
     pub tombstone_grace: Duration,
     /// redb page cache in bytes. The store keeps its own copy in memory, so this is small.
@@ -171,6 +174,12 @@ pub struct Cluster {
     /// clock (minutes to decades off) is refused. Default 30 s.
     #[serde(with = "duration")]
     pub max_clock_offset: Duration,
+    /// A member this node has not heard from for this long (counted while this node runs) is
+    /// removed from the cluster, as `herd members remove` does: deletions stop waiting for
+    /// it, and if it comes back it drops what it held from others and rejoins. At least 1 s.
+    /// Default 30 days.
+    #[serde(with = "duration")]
+    pub member_expiry: Duration,
 }
 
 impl Default for Config {
@@ -212,7 +221,7 @@ impl Default for Storage {
         Storage {
             log_events: 10_000,
             log_bytes: 16 << 20,
-            tombstone_grace: Duration::from_secs(7 * 24 * 3600),
+            tombstone_grace: Duration::from_secs(3600),
             cache_bytes: 16 << 20,
         }
     }
@@ -235,6 +244,7 @@ impl Default for Cluster {
             retry_max: Duration::from_secs(300),
             push: true,
             max_clock_offset: Duration::from_secs(30),
+            member_expiry: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -414,6 +424,9 @@ impl Config {
         }
         if cluster.anti_entropy_interval < Duration::from_millis(10) {
             return invalid("cluster.anti_entropy_interval", "must be at least 10ms");
+        }
+        if cluster.member_expiry < Duration::from_secs(1) {
+            return invalid("cluster.member_expiry", "must be at least 1s");
         }
         if cluster.retry_max < Duration::from_secs(1) {
             return invalid("cluster.retry_max", "must be at least 1s");

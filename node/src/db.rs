@@ -122,6 +122,16 @@ pub struct Written {
     pub revision: u64,
 }
 
+/// What merging a peer's registers did.
+#[derive(Debug, Default)]
+pub struct Merged {
+    /// Registers applied.
+    pub applied: usize,
+    /// Registers left out because this node collected the tombstones that cover them (key,
+    /// the version sent): the sender is told, so it collects them too.
+    pub collected: Vec<(Box<str>, Version)>,
+}
+
 /// Tunables of the database.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -129,7 +139,9 @@ pub struct Options {
     pub log_events: usize,
     /// Bytes of events (keys and values) kept in the change log, at most.
     pub log_bytes: usize,
-    /// How long deletion markers (and expired leaves) are kept, in milliseconds.
+    /// The least time a deletion marker (or an expired leaf) is kept, in milliseconds, however
+    /// soon every member holds it: a directory's ETag stays the newest version at or below it
+    /// for that long, so it does not go back to a value a client may still hold.
     pub tombstone_grace_ms: u64,
     /// redb page cache, in bytes.
     pub cache_bytes: usize,
@@ -142,6 +154,9 @@ pub struct State {
     /// The newest applied revision.
     pub revision: u64,
     pub log: ChangeLog,
+    /// The newest version of this node's own writes in the store (what a peer that holds this
+    /// state holds of them).
+    pub own_high: Version,
     /// The change log's file, so that watchers resume across restarts.
     journal: journal::Journal,
 }
@@ -175,12 +190,18 @@ enum Command {
     /// Registers from a peer, merged by the store's rule; answers how many were applied.
     Merge(
         Vec<(Box<str>, Register)>,
+        oneshot::Sender<Result<Merged, Error>>,
+    ),
+    /// A peer collected these registers (key, version): collect them too.
+    Collect(
+        Vec<(Box<str>, Version)>,
         oneshot::Sender<Result<usize, Error>>,
     ),
-    /// Announce due expiries and collect old tombstones.
+    /// Announce due expiries and collect the tombstones every member holds.
     Housekeeping,
-    /// Forget every register (a node away longer than the tombstone grace period).
-    Reset(oneshot::Sender<Result<usize, Error>>),
+    /// Forget every register but this node's own writes newer than the version (a node
+    /// removed from its cluster, before it rejoins).
+    Reset(Version, oneshot::Sender<Result<usize, Error>>),
     /// Derived keys changed (key, new compact JSON or `None` for gone): events, no registers.
     /// The function makes the change visible; it runs under the state lock, once the revision
     /// is committed, and answers whether the events are to be recorded.
@@ -218,6 +239,8 @@ struct Inner {
     stopped: RwLock<storage::Stopped>,
     /// Why local writes are refused for this node's clock, if they are (`refuse_stamps`).
     clock_ahead: RwLock<Option<String>>,
+    /// The revision every member of the cluster is known to hold (see [`Db::set_held`]).
+    held: AtomicU64,
 }
 
 /// A group number that only grows, and a way to wait for it.
@@ -289,6 +312,13 @@ impl Db {
             .max()
             .unwrap_or(Version::ZERO);
         let clock = Hlc::new(node_id, loaded.high_water.max(max_version));
+        let own_high = loaded
+            .registers
+            .iter()
+            .map(|(_, r)| r.version)
+            .filter(|v| v.node == node_id)
+            .max()
+            .unwrap_or(Version::ZERO);
         let store = Store::from_registers(loaded.registers);
         let log = ChangeLog::new(opts.log_events, opts.log_bytes, loaded.revision);
         let dir = file.parent().unwrap_or(std::path::Path::new("."));
@@ -307,6 +337,7 @@ impl Db {
             store,
             revision: loaded.revision,
             log,
+            own_high,
             journal,
         };
         let (events, _) = broadcast::channel(4096);
@@ -321,6 +352,7 @@ impl Db {
             node_id,
             stopped: RwLock::new(stopped),
             clock_ahead: RwLock::new(None),
+            held: AtomicU64::new(u64::MAX),
         });
         let (tx, rx) = mpsc::channel(4096);
         let (sync_tx, sync_rx) = std::sync::mpsc::channel();
@@ -434,23 +466,40 @@ impl Db {
 
     /// Merges registers that came from a peer, durably, by the same rule as local writes:
     /// covered or duplicate registers are skipped (so merging is idempotent and commutative),
-    /// and tombstones older than the grace period are ignored (this node has collected or will
-    /// collect them). Answers how many registers were applied. Applied registers produce
-    /// change events like local writes do, but are not fed back to [`Db::changes`].
-    pub async fn merge(&self, regs: Vec<(Box<str>, Register)>) -> Result<usize, Error> {
+    /// and so is what a tombstone this node collected covers (listed in the answer, for the
+    /// sender to collect too). Applied registers produce change events like local writes do,
+    /// but are not fed back to [`Db::changes`].
+    pub async fn merge(&self, regs: Vec<(Box<str>, Register)>) -> Result<Merged, Error> {
         if regs.is_empty() {
-            return Ok(0);
+            return Ok(Merged::default());
         }
         self.ask(|reply| Command::Merge(regs, reply)).await
     }
 
-    /// Durably forgets every register and answers how many there were. For a node that was
-    /// cut off from its cluster for longer than the tombstone grace period: what it holds may
-    /// have been deleted elsewhere with the tombstones already collected, so it must not offer
-    /// it back; it starts empty and takes everything again from its peers. Watchers get one
-    /// `delete` of the root.
-    pub async fn reset(&self) -> Result<usize, Error> {
-        self.ask(Command::Reset).await
+    /// Collects the registers a peer said it collected (key, version), where this node holds
+    /// exactly that version; answers how many. The peer collected them once every member held
+    /// them, so no member can lack what they cover.
+    pub async fn collect_told(&self, told: Vec<(Box<str>, Version)>) -> Result<usize, Error> {
+        if told.is_empty() {
+            return Ok(0);
+        }
+        self.ask(|reply| Command::Collect(told, reply)).await
+    }
+
+    /// Sets the revision every member of the cluster is known to have held (what this node
+    /// held at that revision, or something newer): tombstones that arrived by then are
+    /// collected at the next housekeeping. `u64::MAX` (the default) for a node alone.
+    pub fn set_held(&self, revision: u64) {
+        self.inner.held.store(revision, Relaxed);
+    }
+
+    /// Durably forgets every register except this node's own writes newer than `shared`
+    /// (the ones no peer is known to have), and answers how many it forgot. For a node
+    /// removed from its cluster: tombstones may have been collected without it, so what it
+    /// holds from others must not be offered back; it takes everything again from its peers.
+    /// Watchers get one `delete` of the root, then a `put` of each leaf kept.
+    pub async fn reset(&self, shared: Version) -> Result<usize, Error> {
+        self.ask(|reply| Command::Reset(shared, reply)).await
     }
 
     /// Announces changes of derived keys (key, new compact JSON or `None` for gone) to
@@ -569,13 +618,12 @@ pub fn next_housekeeping(db: &Db, max: Duration) -> Duration {
 
 #[cfg(test)]
 impl Options {
-    /// Small tunables for tests (a short change log, a small cache) with `grace_ms` of
-    /// tombstone grace.
-    pub fn for_tests(grace_ms: u64) -> Options {
+    /// Small tunables for tests (a short change log, a small cache).
+    pub fn for_tests() -> Options {
         Options {
             log_events: 100,
             log_bytes: 1 << 20,
-            tombstone_grace_ms: grace_ms,
+            tombstone_grace_ms: 0,
             cache_bytes: 1 << 20,
         }
     }
@@ -583,14 +631,9 @@ impl Options {
 
 /// A database of node `node_id` in a fresh temporary directory, for tests.
 #[cfg(test)]
-pub fn open_for_tests(node_id: u64, grace_ms: u64) -> (tempfile::TempDir, Db, WriterHandle) {
+pub fn open_for_tests(node_id: u64) -> (tempfile::TempDir, Db, WriterHandle) {
     let dir = tempfile::tempdir().unwrap();
-    let (db, h) = Db::open(
-        &dir.path().join("s.redb"),
-        node_id,
-        Options::for_tests(grace_ms),
-    )
-    .unwrap();
+    let (db, h) = Db::open(&dir.path().join("s.redb"), node_id, Options::for_tests()).unwrap();
     (dir, db, h)
 }
 
@@ -601,7 +644,7 @@ mod tests {
     use serde_json::json;
 
     fn opts() -> Options {
-        Options::for_tests(7 * 24 * 3600 * 1000)
+        Options::for_tests()
     }
 
     /// The registers in memory, in key order.
@@ -907,13 +950,11 @@ mod tests {
             ("a".into(), reg(Kind::Object, now + 1000, 9)),
             // Covered by the object in the same batch.
             ("a\0z".into(), reg(Kind::Leaf("3".into()), now - 1000, 9)),
-            // A deletion older than the grace period is not taken back.
-            ("old".into(), reg(Kind::Deleted, 1, 9)),
         ];
-        assert_eq!(db.merge(remote.clone()).await.unwrap(), 2);
+        assert_eq!(db.merge(remote.clone()).await.unwrap().applied, 2);
         assert_eq!(doc(&db), json!({"a": {"y": 2}}));
         assert_eq!(
-            db.merge(remote).await.unwrap(),
+            db.merge(remote).await.unwrap().applied,
             0,
             "merging again changes nothing"
         );
@@ -935,7 +976,10 @@ mod tests {
         let (db, h) = Db::open(&file, 1, opts()).unwrap();
         assert_eq!(doc(&db), before);
         assert_eq!(db.read().store.digest().root(), digest);
-        assert!(db.reset().await.unwrap() >= 3);
+        // A reset keeps this node's own writes newer than what a peer was seen holding.
+        assert!(db.reset(local.version).await.unwrap() >= 2);
+        assert_eq!(doc(&db), json!({"b": 1}));
+        assert!(db.reset(w.version).await.unwrap() >= 1);
         assert_eq!(doc(&db), json!({}));
         drop(db);
         h.join();
@@ -971,7 +1015,7 @@ mod tests {
                 },
             );
             busy.unwrap();
-            assert_eq!(merged.unwrap(), 1);
+            assert_eq!(merged.unwrap().applied, 1);
             let local = local.unwrap();
             assert!(
                 local.version > peer.version,

@@ -266,7 +266,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
                 push: config.cluster.push,
                 max_body: (64 << 20).max(2 * config.api.max_batch_bytes),
                 data_dir: data_dir.clone(),
-                tombstone_grace: config.storage.tombstone_grace,
+                member_expiry: config.cluster.member_expiry,
                 max_clock_offset: config.cluster.max_clock_offset,
             };
             let c = Arc::new(Cluster::start(

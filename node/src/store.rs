@@ -14,10 +14,11 @@ pub mod digest;
 pub mod log;
 pub mod path;
 pub mod register;
+mod tombstones;
 pub mod value;
 pub mod version;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::num::NonZeroU64;
 use std::ops::Bound;
 
@@ -37,6 +38,9 @@ fn is_internal(key: &str) -> bool {
 
 /// Registers by key, as a write plans them.
 pub type Registers = Vec<(Box<str>, Register)>;
+
+/// Registers named by key and version (the ones a tombstone collected here covers).
+pub type Named = Vec<(Box<str>, Version)>;
 
 /// One local write operation, already validated and exploded (the CPU-heavy part happens on the
 /// caller's thread, not under the store's lock).
@@ -89,18 +93,9 @@ pub struct Plan {
     /// Keys of the registers here that the puts drop (applied first; a key a put replaces in
     /// place is not listed).
     pub removes: Vec<Box<str>>,
-}
-
-/// True if a register is a tombstone (a deletion or an expired leaf) whose grace period ended
-/// before `floor` (now minus the grace period): a store collects such registers
-/// ([`Store::due_tombstones`], with the same bound), so it must not take them back from a peer
-/// that has not collected them yet.
-pub fn past_grace(r: &Register, floor: u64) -> bool {
-    match (&r.kind, r.expires) {
-        (Kind::Deleted, _) => r.version.millis < floor,
-        (_, Some(t)) => t.get() < floor,
-        _ => false,
-    }
+    /// Registers of the batch left out because a tombstone this store collected covers them
+    /// (see [`Store::collect`]): their sender is told, so it collects them too.
+    pub collected: Named,
 }
 
 /// What a path shows at a moment.
@@ -121,6 +116,10 @@ pub struct Store {
     regs: BTreeMap<Box<str>, Register>,
     /// Kept in step with `regs`: every register in it is [`Indexes::add`]ed once.
     ix: Indexes,
+    /// Tombstones collected here (key → their version and the revision of the collection),
+    /// remembered until every member has been seen without them: what they cover does not
+    /// enter again, and a peer that sends it is told to collect it (see [`Plan::collected`]).
+    collected: BTreeMap<Box<str>, (Version, u64)>,
 }
 
 /// What is derived from the registers, so that nothing needs a scan.
@@ -128,21 +127,29 @@ pub struct Store {
 struct Indexes {
     /// Leaves that carry an expiry, by (expiry, key), so expiries are found without a scan.
     expiries: BTreeSet<(u64, Box<str>)>,
-    /// Deletion markers by (version millis, key), so the grace-period collection needs no scan.
+    /// Tombstones waiting to be collected by (arrival, key): deletion markers, and expired
+    /// leaves once announced, so a collection needs no scan.
     tombstones: BTreeSet<(u64, Box<str>)>,
+    /// When each deletion marker or expiring leaf entered the store: the revision of its
+    /// arrival (0 for what was loaded from disk). A tombstone is collected once every member
+    /// was seen holding everything this store held at a revision at or after its arrival.
+    arrivals: HashMap<Box<str>, u64>,
     /// The anti-entropy summary of the registers.
     digest: Digest,
 }
 
 impl Indexes {
-    /// Adds a register that enters the store.
-    fn add(&mut self, key: &str, reg: &Register) {
+    /// Adds a register that enters the store at revision `arrival`.
+    fn add(&mut self, key: &str, reg: &Register, arrival: u64) {
         self.digest.insert(key, reg);
         if let Some(t) = reg.expires {
             self.expiries.insert((t.get(), key.into()));
         }
+        if reg.kind == Kind::Deleted || reg.expires.is_some() {
+            self.arrivals.insert(key.into(), arrival);
+        }
         if reg.kind == Kind::Deleted {
-            self.tombstones.insert((reg.version.millis, key.into()));
+            self.tombstones.insert((arrival, key.into()));
         }
     }
 
@@ -151,12 +158,10 @@ impl Indexes {
     fn remove(&mut self, key: &str, reg: &Register) {
         self.digest.remove(key, reg);
         if let Some(t) = reg.expires {
-            let k = (t.get(), Box::<str>::from(key));
-            self.expiries.remove(&k);
-            self.tombstones.remove(&k);
+            self.expiries.remove(&(t.get(), Box::<str>::from(key)));
         }
-        if reg.kind == Kind::Deleted {
-            self.tombstones.remove(&(reg.version.millis, key.into()));
+        if let Some(a) = self.arrivals.remove(key) {
+            self.tombstones.remove(&(a, key.into()));
         }
     }
 }
@@ -191,7 +196,7 @@ impl Store {
         let keys: Vec<(Box<str>, Register)> =
             s.regs.iter().map(|(k, r)| (k.clone(), r.clone())).collect();
         for (k, r) in &keys {
-            s.ix.add(k, r);
+            s.ix.add(k, r, 0);
         }
         // Registers on disk were stored uncovered; re-check anyway so the invariant holds even
         // for a store written by an older version.
@@ -210,11 +215,6 @@ impl Store {
 
     pub fn is_empty(&self) -> bool {
         self.regs.is_empty()
-    }
-
-    /// Number of deletion markers and announced expiries waiting for the grace period.
-    pub fn tombstone_count(&self) -> usize {
-        self.ix.tombstones.len()
     }
 
     pub fn register(&self, key: &str) -> Option<&Register> {
@@ -261,25 +261,27 @@ impl Store {
     /// Plans merging a batch of registers, a local write's or a peer's, in any order and with
     /// duplicates: **the merge rule**, the only place it is written. A register enters unless
     /// it is covered (by a register here or in the batch at its key that is at least as new,
-    /// or at an ancestor that is newer) or is a tombstone past its grace period (see
-    /// [`past_grace`]); one that enters drops the older registers below it. The plan is what
-    /// merging the registers one at a time leaves, and it is applied as it is, by
+    /// or at an ancestor that is newer, or by a tombstone collected here, which is listed in
+    /// [`Plan::collected`]); one that enters drops the older registers below it. The plan is
+    /// what merging the registers one at a time leaves, and it is applied as it is, by
     /// [`Store::apply`] to memory and by the storage to its log and database file, so both hold
     /// the same registers.
-    pub fn plan(&self, mut batch: Registers, grace_floor: u64) -> Plan {
+    pub fn plan(&self, mut batch: Registers) -> Plan {
         // In version order, a register can only be covered by one already taken, and only
         // drops taken ones.
         batch.sort_by(|a, b| a.1.version.cmp(&b.1.version).then_with(|| a.0.cmp(&b.0)));
         let mut taken: BTreeMap<Box<str>, Register> = BTreeMap::new();
         let mut removes = Vec::new();
+        let mut collected = Vec::new();
         for (k, r) in batch {
-            if past_grace(&r, grace_floor) {
-                continue;
-            }
             let covered_in_batch = taken.get(&k).is_some_and(|c| c.version >= r.version)
                 || path::key_ancestors(&k)
                     .any(|a| taken.get(a).is_some_and(|c| c.version > r.version));
             if covered_in_batch || self.is_covered(&k, &r) {
+                continue;
+            }
+            if self.covered_by_collected(&k, &r) {
+                collected.push((k, r.version));
                 continue;
             }
             // A taken ancestor of the same version (a local write's tree) listed already
@@ -306,43 +308,47 @@ impl Store {
         }
         let mut puts: Registers = taken.into_iter().collect();
         puts.sort_by(|a, b| a.1.version.cmp(&b.1.version).then_with(|| a.0.cmp(&b.0)));
-        Plan { puts, removes }
+        Plan {
+            puts,
+            removes,
+            collected,
+        }
     }
 
-    /// Applies a plan made by [`Store::plan`] against this same state: removes what it drops,
-    /// then puts its registers. The plan is exact as long as nothing at, above or below its keys
-    /// changed since it was made, which the writer guarantees (overlapping requests wait for
-    /// each other).
-    pub fn apply(&mut self, plan: Plan) {
+    /// Applies a plan made by [`Store::plan`] against this same state, at revision `arrival`:
+    /// removes what it drops, then puts its registers. The plan is exact as long as nothing
+    /// at, above or below its keys changed since it was made, which the writer guarantees
+    /// (overlapping requests wait for each other).
+    pub fn apply(&mut self, plan: Plan, arrival: u64) {
         for k in &plan.removes {
             self.remove(k);
         }
         for (k, r) in plan.puts {
-            self.replace(k, r);
+            self.replace(k, r, arrival);
         }
     }
 
-    /// Merges one register by [`Store::plan`]'s rule, with no grace period (the tests' way to
-    /// build a store one register at a time; the node plans whole requests). Returns whether it
-    /// entered (false: it was covered, or a duplicate).
+    /// Merges one register by [`Store::plan`]'s rule (the tests' way to build a store one
+    /// register at a time; the node plans whole requests). Returns whether it entered (false:
+    /// it was covered, or a duplicate).
     #[cfg(test)]
     pub fn merge(&mut self, key: &str, reg: Register) -> bool {
-        let plan = self.plan(vec![(key.into(), reg)], 0);
+        let plan = self.plan(vec![(key.into(), reg)]);
         let entered = !plan.puts.is_empty();
-        self.apply(plan);
+        self.apply(plan, 0);
         entered
     }
 
     /// Puts `reg` at `key` in place of whatever register was there.
-    fn replace(&mut self, key: Box<str>, reg: Register) {
+    fn replace(&mut self, key: Box<str>, reg: Register, arrival: u64) {
         match self.regs.get_mut(&*key) {
             Some(slot) => {
                 self.ix.remove(&key, slot);
-                self.ix.add(&key, &reg);
+                self.ix.add(&key, &reg, arrival);
                 *slot = reg;
             }
             None => {
-                self.ix.add(&key, &reg);
+                self.ix.add(&key, &reg, arrival);
                 self.regs.insert(key, reg);
             }
         }
@@ -580,56 +586,6 @@ impl Store {
                 r.is_visible(now) && r.leaf().is_some() && !self.has_visible_below(k, now)
             })
             .map(|(k, r)| (k, r.leaf().unwrap_or("null"), r.version))
-            .collect()
-    }
-
-    /// Leaves whose expiry is at or before `now` and not yet announced: (key, version).
-    pub fn due_expiries(&self, now: u64) -> Vec<(Box<str>, Version)> {
-        self.ix
-            .expiries
-            .range((
-                Bound::Unbounded,
-                Bound::Excluded((now + 1, Box::<str>::from(""))),
-            ))
-            .filter_map(|(_, k)| self.regs.get(k).map(|r| (k.clone(), r.version)))
-            .collect()
-    }
-
-    /// The earliest expiry not yet announced.
-    pub fn next_expiry(&self) -> Option<u64> {
-        self.ix.expiries.first().map(|(t, _)| *t)
-    }
-
-    /// Marks an expiry as announced: the leaf stays (it still covers older writes) and joins
-    /// the tombstones, collected after the grace period like a deletion.
-    pub fn announce_expiry(&mut self, key: &str) -> bool {
-        let Some(t) = self
-            .regs
-            .get(key)
-            .and_then(|r| r.expires)
-            .map(NonZeroU64::get)
-        else {
-            return false;
-        };
-        if self.ix.expiries.remove(&(t, key.into())) {
-            self.ix.tombstones.insert((t, key.into()));
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Tombstones (deletions and expired leaves) whose grace period has passed at `now`.
-    pub fn due_tombstones(&self, now: u64, grace_ms: u64) -> Vec<Box<str>> {
-        // Strictly before the floor, as [`past_grace`] refuses them from peers.
-        let floor = now.saturating_sub(grace_ms);
-        self.ix
-            .tombstones
-            .range((
-                Bound::Unbounded,
-                Bound::Excluded((floor, Box::<str>::from(""))),
-            ))
-            .map(|(_, k)| k.clone())
             .collect()
     }
 }

@@ -247,33 +247,66 @@ async fn a_new_node_catches_up_with_100k_keys() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_down_longer_than_the_grace_period_resyncs_instead_of_resurrecting() {
-    // A 3-second tombstone grace period stands in for the default 7 days.
-    let mut c = TestCluster::start(2, |_, cfg| {
-        cfg.storage.tombstone_grace = Duration::from_secs(3)
+async fn a_deletion_waits_for_a_stopped_member_and_an_expired_one_rejoins_without_resurrecting() {
+    // Seconds stand in for the default hour of grace and 30 days of member expiry.
+    let mut c = TestCluster::start(3, |_, cfg| {
+        cfg.storage.tombstone_grace = Duration::ZERO;
+        cfg.cluster.member_expiry = Duration::from_secs(4);
     })
     .await;
     c.wait_meshed(T).await;
     c.nodes[0].put("/v1/kv/k", "1").await;
     c.nodes[0].put("/v1/kv/stays", "1").await;
     c.wait_converged(T).await;
-    c.nodes[1].stop().await;
+    c.nodes[2].stop().await;
     let r = c.nodes[0]
         .client
         .request(Method::DELETE, "/v1/kv/k", &[], None)
         .await
         .unwrap();
     assert_eq!(r.status, 200);
-    // Node 0 collects the deletion after the grace period; node 1 still holds /k.
-    wait_for("the tombstone collected", T, || async {
-        let s = c.nodes[0].get("/v1/status").await.json().ok()?;
-        (s["tombstones"] == 0).then_some(())
+    let tombstones = |i: usize| {
+        let c = &c;
+        async move {
+            let s = c.nodes[i].get("/v1/status").await.json().ok()?;
+            s["tombstones"].as_u64()
+        }
+    };
+    // Node 2 holds /k and has not said it holds the deletion: the deletion waits for it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        tombstones(0).await,
+        Some(1),
+        "collected before node 2 had it"
+    );
+    // Nodes 0 and 1 (a majority) remove node 2 after the expiry; the deletion goes.
+    wait_for("the tombstone collected once node 2 expired", T, || async {
+        (tombstones(0).await == Some(0) && tombstones(1).await == Some(0)).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    c.nodes[1].restart().await;
+    let members = c.nodes[0].get("/v1/members").await.json().unwrap();
+    let id = c.nodes[2].node_id();
+    let entry = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["node_id"] == id.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(entry["state"], "removed", "{entry}");
+    c.nodes[2].restart().await;
     let doc = c.wait_converged(T).await;
     assert_eq!(doc, json!({"stays": 1}), "the deleted key came back");
+    wait_for("node 2 a member again", T, || async {
+        let m = c.nodes[0].get("/v1/members").await.json().ok()?;
+        let e = m["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["node_id"] == id.as_str())?
+            .clone();
+        (e["state"] == "alive").then_some(())
+    })
+    .await;
     c.shutdown().await;
 }
 

@@ -998,17 +998,21 @@ def _interrupted(signum, frame):
 
 
 
-def main() -> int:
+def run(name: str, plan) -> int:
+    """The frame of a lab test: the herd binary (argv[1], $HERD_BIN, or target/debug/herd), a
+    4-host lab, a cluster secret in a work dir, the scenarios, and the summary line. plan(checks,
+    c) starts the nodes and answers the scenarios, [(name, fn)], run in order; one that raises
+    is reported and the next runs (after a heal)."""
     herd = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
         "HERD_BIN", os.path.join(REPO, "target", "debug", "herd"))
     strict = os.environ.get("HERD_TEST_STRICT") == "1"
     if not os.access(herd, os.X_OK):
-        print("FAIL cluster_test: no herd binary at %s (build it: cargo build -p node --bin herd)" % herd)
+        print("FAIL %s: no herd binary at %s (build it: cargo build -p node --bin herd)" % (name, herd))
         return 1
     try:
         check_environment()
     except LabError as e:
-        print("%s cluster_test: needs the network lab: %s" % ("FAIL" if strict else "SKIP", e))
+        print("%s %s: needs the network lab: %s" % ("FAIL" if strict else "SKIP", name, e))
         return 1 if strict else SKIP
 
     # SIGTERM and SIGHUP unwind like Ctrl-C, so the lab and the work dir go away either way
@@ -1018,7 +1022,7 @@ def main() -> int:
             signal.signal(sig, _interrupted)
     t_begin = time.monotonic()
     checks = Checks()
-    work = tempfile.mkdtemp(prefix="herd-cluster-test-")
+    work = tempfile.mkdtemp(prefix="herd-%s-" % name.replace("_", "-"))
     secret = os.path.join(work, "cluster.secret")
     lab = None
     errors: list[str] = []
@@ -1030,42 +1034,19 @@ def main() -> int:
         lab = Lab(4)
         info("lab %s on %s; herd %s; work dir %s" % (lab.prefix, lab.subnet, herd, work))
         c = Cluster(lab, herd, work, secret)
-        t_start = time.monotonic()
-        secs = c.start(lab.hosts)
-        info("4 nodes started and answering in %.2f s" % secs)
-        scenarios = [
-            ("1", lambda: scenario_discovery(checks, c, t_start)),
-            ("2", lambda: scenario_environment(checks, c)),
-            ("3a", lambda: scenario_partition(
-                checks, c, "3a. partition {1} | {2,3} (blackhole routes): writes on both sides, heal, convergence",
-                [1], [2, 3], True, "/s3/", 3.0)),
-            ("3b", lambda: scenario_partition(
-                checks, c, "3b. silent partition {1,3} | {2} (frames dropped, no blackhole routes): the same",
-                [1, 3], [2], False, "/s3b/", 12.0)),
-            ("4", lambda: scenario_kill(checks, c)),
-            ("5", lambda: scenario_no_push(checks, c)),
-            ("2'", lambda: scenario_still_apart(checks, c)),
-            ("6", lambda: scenario_rejoin(checks, c)),
-            ("7", lambda: scenario_member_turns(checks, c)),
-            ("8", lambda: scenario_clock(checks, c)),
-        ]
-        for name, fn in scenarios:
+        for scenario, fn in plan(checks, c):
             t0 = time.monotonic()
             try:
                 fn()
             except (LabError, RuntimeError, OSError, http.client.HTTPException, ApiError,
                     KeyError, ValueError, TypeError, AssertionError, subprocess.SubprocessError) as e:
-                err = "scenario %s aborted: %s: %s" % (name, type(e).__name__, e)
+                err = "scenario %s aborted: %s: %s" % (scenario, type(e).__name__, e)
                 errors.append(err)
                 print("FAIL  %s" % err, flush=True)
                 traceback.print_exc(limit=4, file=sys.stdout)
                 if lab.groups is not None:
                     lab.heal()
-            info("scenario %s took %.1f s" % (name, time.monotonic() - t0))
-        for i in lab.hosts:
-            p = c[i].proc
-            checks.check(p is not None and p.poll() is None, "node %d still runs at the end" % i,
-                         "exit status %s; see %s" % (p and p.returncode, c[i].log_path))
+            info("scenario %s took %.1f s" % (scenario, time.monotonic() - t0))
     except (LabError, RuntimeError, OSError, subprocess.SubprocessError) as e:
         err = "%s: %s" % (type(e).__name__, e)
         errors.append(err)
@@ -1080,7 +1061,7 @@ def main() -> int:
 
     if interrupted is not None:
         shutil.rmtree(work, ignore_errors=True)
-        print("INTERRUPTED cluster_test (%s): lab and work dir removed" % signal.Signals(interrupted).name,
+        print("INTERRUPTED %s (%s): lab and work dir removed" % (name, signal.Signals(interrupted).name),
               flush=True)
         signal.signal(interrupted, signal.SIG_DFL)
         os.kill(os.getpid(), interrupted)  # die of the signal, so the caller sees why
@@ -1089,13 +1070,47 @@ def main() -> int:
     took = time.monotonic() - t_begin
     if errors or checks.failed:
         print("info  node logs kept in %s" % work)
-        print("FAIL cluster_test: %d passed, %d failed in %.0f s%s" % (
-            checks.passed, len(checks.failed) + len(errors), took,
+        print("FAIL %s: %d passed, %d failed in %.0f s%s" % (
+            name, checks.passed, len(checks.failed) + len(errors), took,
             " (" + "; ".join(errors) + ")" if errors else ""))
         return 1
     shutil.rmtree(work, ignore_errors=True)
-    print("PASS cluster_test: %d passed, 0 failed in %.0f s" % (checks.passed, took))
+    print("PASS %s: %d passed, 0 failed in %.0f s" % (name, checks.passed, took))
     return 0
+
+
+def plan(checks: Checks, c: Cluster) -> list:
+    t_start = time.monotonic()
+    secs = c.start(c.lab.hosts)
+    info("4 nodes started and answering in %.2f s" % secs)
+
+    def all_still_run():
+        for i in c.lab.hosts:
+            p = c[i].proc
+            checks.check(p is not None and p.poll() is None, "node %d still runs at the end" % i,
+                         "exit status %s; see %s" % (p and p.returncode, c[i].log_path))
+
+    return [
+        ("1", lambda: scenario_discovery(checks, c, t_start)),
+        ("2", lambda: scenario_environment(checks, c)),
+        ("3a", lambda: scenario_partition(
+            checks, c, "3a. partition {1} | {2,3} (blackhole routes): writes on both sides, heal, convergence",
+            [1], [2, 3], True, "/s3/", 3.0)),
+        ("3b", lambda: scenario_partition(
+            checks, c, "3b. silent partition {1,3} | {2} (frames dropped, no blackhole routes): the same",
+            [1, 3], [2], False, "/s3b/", 12.0)),
+        ("4", lambda: scenario_kill(checks, c)),
+        ("5", lambda: scenario_no_push(checks, c)),
+        ("2'", lambda: scenario_still_apart(checks, c)),
+        ("6", lambda: scenario_rejoin(checks, c)),
+        ("7", lambda: scenario_member_turns(checks, c)),
+        ("8", lambda: scenario_clock(checks, c)),
+        ("end", all_still_run),
+    ]
+
+
+def main() -> int:
+    return run("cluster_test", plan)
 
 
 if __name__ == "__main__":

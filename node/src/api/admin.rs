@@ -78,6 +78,36 @@ pub fn members(app: &App) -> Response<Body> {
     json_response(StatusCode::OK, body.to_string())
 }
 
+/// `DELETE /v1/members/{id}`: removes a member from the cluster (see
+/// `cluster::membership`).
+pub async fn remove_member(app: &App, id: &str, force: bool) -> Result<Response<Body>> {
+    use crate::cluster::membership::RemoveError;
+    let Some(c) = &app.cluster else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_clustered",
+            "this node runs alone (no cluster secret): it has no members to remove",
+        ));
+    };
+    match c.remove_member(id, force).await {
+        Ok(v) => Ok(json_response(StatusCode::OK, v.to_string())),
+        Err(RemoveError::Db(e)) => Err(e.into()),
+        Err(e) => {
+            let (status, code) = match &e {
+                RemoveError::BadId(_) | RemoveError::Ambiguous(..) => {
+                    (StatusCode::BAD_REQUEST, "bad_request")
+                }
+                RemoveError::Unknown(_) => (StatusCode::NOT_FOUND, "not_found"),
+                RemoveError::Itself => (StatusCode::CONFLICT, "is_self"),
+                RemoveError::Already(..) => (StatusCode::CONFLICT, "already_removed"),
+                RemoveError::Alive(_) => (StatusCode::CONFLICT, "member_alive"),
+                RemoveError::Db(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            };
+            Err(ApiError::new(status, code, e.to_string()))
+        }
+    }
+}
+
 pub fn status(app: &App) -> Response<Body> {
     let mut body = status_value(&app.db, &app.config, app.started);
     body["plugins"] = app.plugins.status();

@@ -274,6 +274,14 @@ pub struct ServeArgs {
     #[arg(long, env = "HERD_ANTI_ENTROPY_INTERVAL", value_name = "DUR", value_parser = crate::config::parse_duration)]
     pub anti_entropy_interval: Option<std::time::Duration>,
 
+    /// Remove a member not heard from for this long, e.g. 30d [default: 30d]
+    #[arg(long, env = "HERD_MEMBER_EXPIRY", value_name = "DUR", value_parser = crate::config::parse_duration)]
+    pub member_expiry: Option<std::time::Duration>,
+
+    /// The least time a deletion is remembered, e.g. 1h [default: 1h]
+    #[arg(long, env = "HERD_TOMBSTONE_GRACE", value_name = "DUR", value_parser = crate::config::parse_duration)]
+    pub tombstone_grace: Option<std::time::Duration>,
+
     /// Test hook: do not push writes to peers (anti-entropy alone replicates)
     #[arg(long, env = "HERD_NO_PUSH", hide = true)]
     pub no_push: bool,
@@ -296,10 +304,28 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Clone, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct MembersArgs {
     /// Print the node's JSON answer instead of a table
     #[arg(long)]
     pub json: bool,
+    #[command(subcommand)]
+    pub command: Option<MembersCommand>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum MembersCommand {
+    /// Remove a member that is gone for good: deletions stop waiting for it. If it comes
+    /// back, it forgets what it held from others (keeping its own writes no peer had) and
+    /// rejoins
+    Remove {
+        /// Its node id, or a unique prefix of at least 4 hex digits
+        #[arg(value_name = "NODE")]
+        member: String,
+        /// Remove it even if it is alive
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]

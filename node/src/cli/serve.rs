@@ -101,6 +101,8 @@ fn apply_flags(a: &ServeArgs, c: &mut Config) {
         &mut c.cluster.anti_entropy_interval,
     );
     switch(a.no_push, &mut c.cluster.push, false);
+    set(&a.member_expiry, &mut c.cluster.member_expiry);
+    set(&a.tombstone_grace, &mut c.storage.tombstone_grace);
     // A batch must hold at least one value: raising the value limit raises it too.
     if a.max_value_bytes.is_some() {
         c.api.max_batch_bytes = c.api.max_batch_bytes.max(c.api.max_value_bytes);

@@ -65,6 +65,19 @@ pub enum PeerError {
     /// The peer's clock is off by more than `max_clock_offset` (measured by either side).
     #[error("{why}")]
     Clock { node: u64, why: String },
+    /// The peer was removed from the cluster and has not rejoined: nothing is exchanged with
+    /// it until it says hello having reset itself.
+    #[error("{0}")]
+    PeerRemoved(String),
+    /// The peer holds this node's removal from the cluster (its version).
+    #[error("removed from the cluster: {why}")]
+    Removed {
+        node: u64,
+        version: crate::store::Version,
+        /// Every member the peer knows as removed.
+        removed: Vec<u64>,
+        why: String,
+    },
     #[error("peer answered {status}: {message}")]
     Status { status: StatusCode, message: String },
 }
@@ -327,6 +340,27 @@ impl PeerClient {
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
             if parts.status == StatusCode::FORBIDDEN {
                 return Err(PeerError::Identity(message));
+            }
+            let removal = parts
+                .headers
+                .get(super::wire::H_REMOVED)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            if let (StatusCode::GONE, Some(version)) = (parts.status, removal) {
+                let removed = parts
+                    .headers
+                    .get(super::wire::H_REMOVED_MEMBERS)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .split(',')
+                    .filter_map(|id| u64::from_str_radix(id.trim(), 16).ok())
+                    .collect();
+                return Err(PeerError::Removed {
+                    node: them.node_id,
+                    version,
+                    removed,
+                    why: message,
+                });
             }
             if parts.status == StatusCode::CONFLICT {
                 let node = them.node_id;

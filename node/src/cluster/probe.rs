@@ -16,7 +16,6 @@ pub(super) async fn probe_loop(shared: Arc<Shared>) {
             _ = shared.cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        shared.history.tick(crate::clock::now_ms());
         shared.clocks.tick(crate::clock::now_ms());
         for due in shared.members.due() {
             let shared2 = shared.clone();
@@ -67,9 +66,10 @@ async fn probe(shared: &Arc<Shared>, due: &Due) {
                         tracing::warn!(seed = %target, "seed refused: {why}");
                         last = why;
                     }
-                    // A peer of this cluster whose clock is off: a member (shown with its
-                    // offset), probed until the clock is fixed.
-                    Err(e @ PeerError::Clock { node, .. }) => {
+                    // A peer of this cluster whose clock is off (a member, shown with its
+                    // offset, probed until the clock is fixed), or that says this node was
+                    // removed (it resets itself and says hello again).
+                    Err(e @ (PeerError::Clock { node, .. } | PeerError::Removed { node, .. })) => {
                         let me = &shared.s.me;
                         shared
                             .members

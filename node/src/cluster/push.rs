@@ -82,7 +82,8 @@ pub(super) async fn push_loop(shared: Arc<Shared>, id: u64) {
             r = client.call("/peer/v1/push", body.into(), PUSH_TIMEOUT) => r,
         };
         match result {
-            Ok(_) => {
+            Ok((_, answer)) => {
+                shared.collect_told(&answer).await;
                 shared.stats.pushes.fetch_add(1, Relaxed);
                 shared.stats.pushed_registers.fetch_add(n as u64, Relaxed);
                 shared.stats.push_bytes.fetch_add(body_len as u64, Relaxed);

@@ -2,6 +2,7 @@
 //! checked on decode, is `store::digest`'s): the identity headers every peer request and
 //! response carries, and the hello document.
 
+use crate::store::Version;
 use serde::{Deserialize, Serialize};
 
 /// The version of the peer protocol this node speaks (also in mDNS TXT records).
@@ -17,6 +18,12 @@ pub const H_PROTO: &str = "herd-proto";
 /// The sender's wall clock when it sent the message, in milliseconds since the epoch (see
 /// `cluster::clocks`). Optional: a node that does not send it is not measured.
 pub const H_TIME: &str = "herd-time";
+/// On a 410 `removed` answer: the version of the removal of the node that asked (see
+/// `cluster::membership`).
+pub const H_REMOVED: &str = "herd-removed";
+/// On a 410 `removed` answer: every member the answering node knows as removed (comma-separated
+/// node ids), so the removed node knows which of its peers' copies no longer count.
+pub const H_REMOVED_MEMBERS: &str = "herd-removed-members";
 
 /// A peer as one node tells another about it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,11 +39,55 @@ pub struct PeerInfo {
 pub struct Hello {
     /// The sender's peer port (its address is the connection's).
     pub peer_port: u16,
-    /// How long the sender has been running without a gap longer than the tombstone grace
-    /// period (0 while it is stale after one); see `cluster::history`.
-    #[serde(default)]
-    pub history_ms: u64,
+    /// The removal (the version of its member record) the sender reset itself for, if it was
+    /// ever removed: a node that holds that removal records it as a member again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejoin: Option<String>,
     /// The live peers the sender knows, so peers are learned from peers.
     #[serde(default)]
     pub peers: Vec<PeerInfo>,
+}
+
+/// Registers collected by the node that says so: (key in the store's encoding, version).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Collected {
+    #[serde(default)]
+    pub collected: Vec<(String, String)>,
+}
+
+impl Collected {
+    pub fn new(regs: &[(Box<str>, Version)]) -> Collected {
+        Collected {
+            collected: regs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    /// The registers named (entries that do not parse are skipped).
+    pub fn registers(self) -> Vec<(Box<str>, Version)> {
+        self.collected
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.into_boxed_str(), v.parse().ok()?)))
+            .collect()
+    }
+}
+
+/// The answer to a push: how many registers were applied, and those left out because the
+/// receiver collected them (the sender collects them too).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PushAnswer {
+    pub applied: usize,
+    #[serde(flatten)]
+    pub collected: Collected,
+}
+
+impl From<crate::db::Merged> for PushAnswer {
+    fn from(m: crate::db::Merged) -> PushAnswer {
+        PushAnswer {
+            applied: m.applied,
+            collected: Collected::new(&m.collected),
+        }
+    }
 }

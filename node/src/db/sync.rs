@@ -110,7 +110,7 @@ impl SlowSyncs {
 }
 
 /// Answers waiting for the end of a sync batch.
-type Replies = Vec<(Origin, Result<(Written, usize), Error>)>;
+type Replies = Vec<(Origin, Result<(Written, Merged), Error>)>;
 
 /// Applies one planned request to the committed state: merges its registers, logs and
 /// broadcasts its events, feeds a local write's registers to replication.
@@ -122,13 +122,14 @@ fn apply(inner: &Inner, st: &mut State, p: Planned, feed: bool, replies: &mut Re
         origin,
     } = p;
     let mut events = events;
-    let mut applied = 0;
+    let mut merged = Merged::default();
     match &origin {
         Origin::Local(_) => {
             if feed {
                 let _ = inner.changes.send(plan.puts.clone().into());
             }
-            st.store.apply(plan);
+            st.own_high = st.own_high.max(written.version);
+            st.store.apply(plan, written.revision);
         }
         Origin::Remote(_) => {
             let keys: Vec<(Box<str>, Version)> = plan
@@ -138,7 +139,9 @@ fn apply(inner: &Inner, st: &mut State, p: Planned, feed: bool, replies: &mut Re
                 .collect();
             // Planned against this state (overlapping requests wait for each other), so the
             // plan is applied as it was logged.
-            st.store.apply(plan);
+            let mut plan = plan;
+            merged.collected = std::mem::take(&mut plan.collected);
+            st.store.apply(plan, written.revision);
             // Events once every register is in, so an object shows what its subtree holds.
             let now = now_ms();
             for (seq, (k, version)) in keys.into_iter().enumerate() {
@@ -160,14 +163,14 @@ fn apply(inner: &Inner, st: &mut State, p: Planned, feed: bool, replies: &mut Re
                     version,
                 }));
             }
-            applied = events.len();
+            merged.applied = events.len();
         }
     }
     for ev in events {
         st.record(ev.clone());
         let _ = inner.events.send(ev);
     }
-    replies.push((origin, Ok((written, applied))));
+    replies.push((origin, Ok((written, merged))));
 }
 
 #[cfg(test)]

@@ -12,18 +12,18 @@ pub(super) enum Origin {
     Local(oneshot::Sender<Result<Written, Error>>),
     /// A merge from a peer: its events are made once applied (an object register shows what
     /// its subtree holds then).
-    Remote(oneshot::Sender<Result<usize, Error>>),
+    Remote(oneshot::Sender<Result<Merged, Error>>),
 }
 
 impl Origin {
-    /// Answers with what the request was given and how many registers it applied.
-    pub(super) fn answer(self, result: Result<(Written, usize), Error>) {
+    /// Answers with what the request was given and what the merge did.
+    pub(super) fn answer(self, result: Result<(Written, Merged), Error>) {
         match self {
             Origin::Local(reply) => {
                 let _ = reply.send(result.map(|(w, _)| w));
             }
             Origin::Remote(reply) => {
-                let _ = reply.send(result.map(|(_, n)| n));
+                let _ = reply.send(result.map(|(_, m)| m));
             }
         }
     }
@@ -177,7 +177,7 @@ impl Writer {
                         }
                         self.wait_for_inflight(overlaps);
                         match self.plan_remote(regs) {
-                            Some((plan, written)) => {
+                            Ok((plan, written)) => {
                                 for (k, _) in &plan.puts {
                                     group.touch(k);
                                 }
@@ -188,10 +188,18 @@ impl Writer {
                                     origin: Origin::Remote(reply),
                                 });
                             }
-                            None => {
-                                let _ = reply.send(Ok(0));
+                            Err(collected) => {
+                                let _ = reply.send(Ok(Merged {
+                                    applied: 0,
+                                    collected,
+                                }));
                             }
                         }
+                    }
+                    Command::Collect(told, reply) => {
+                        self.flush(std::mem::take(&mut group));
+                        self.wait_for_inflight(|_| true);
+                        let _ = reply.send(self.collect_told(&told));
                     }
                     Command::Housekeeping => {
                         self.flush(std::mem::take(&mut group));
@@ -199,10 +207,10 @@ impl Writer {
                         self.resume();
                         self.housekeeping();
                     }
-                    Command::Reset(reply) => {
+                    Command::Reset(shared, reply) => {
                         self.flush(std::mem::take(&mut group));
                         self.wait_for_inflight(|_| true);
-                        let _ = reply.send(self.reset());
+                        let _ = reply.send(self.reset(shared));
                     }
                     Command::Derived(changes, apply, reply) => {
                         self.flush(std::mem::take(&mut group));
@@ -347,7 +355,7 @@ impl Writer {
         // the `Object` that turns a leaf above them into a directory: the plan keeps it once.
         // Nothing else is left out, since the clock has seen every version here.
         let produced = regs.len();
-        let plan = st.store.plan(regs, self.grace_floor(now));
+        let plan = st.store.plan(regs);
         debug_assert!(
             plan.puts.len() <= produced && plan.puts.iter().all(|(_, r)| r.version == version),
             "a local write is never covered"
@@ -357,17 +365,13 @@ impl Writer {
         Ok((plan, events, Written { version, revision }))
     }
 
-    /// Tombstones older than this are collected here, and not taken back from peers.
-    fn grace_floor(&self, now: u64) -> u64 {
-        now.saturating_sub(self.opts.tombstone_grace_ms)
-    }
-
     /// Plans registers from a peer against the committed state by the store's merge rule, and
-    /// moves the clock past what enters. `None` if nothing would change.
-    fn plan_remote(&mut self, regs: Registers) -> Option<(Plan, Written)> {
-        let plan = self.state().store.plan(regs, self.grace_floor(now_ms()));
+    /// moves the clock past what enters. If nothing would change: the registers left out as
+    /// collected here.
+    fn plan_remote(&mut self, regs: Registers) -> Result<(Plan, Written), crate::store::Named> {
+        let plan = self.state().store.plan(regs);
         if plan.puts.is_empty() {
-            return None;
+            return Err(plan.collected);
         }
         for (_, r) in &plan.puts {
             self.clock.observe(r.version);
@@ -377,7 +381,7 @@ impl Writer {
             version: self.clock.high_water(),
             revision: self.revision,
         };
-        Some((plan, written))
+        Ok((plan, written))
     }
 
     /// Appends a group to the log and hands it to the sync thread, which syncs, applies and
@@ -427,14 +431,60 @@ impl Writer {
         }
     }
 
-    /// Removes every register durably (see [`Db::reset`]).
-    fn reset(&mut self) -> Result<usize, Error> {
-        let keys: Vec<Box<str>> = self
-            .state()
-            .store
-            .registers()
-            .map(|(k, _)| k.into())
-            .collect();
+    /// Removes every register but this node's own newer than `shared`, durably (see
+    /// [`Db::reset`]).
+    fn reset(&mut self, shared: Version) -> Result<usize, Error> {
+        let me = self.inner.node_id;
+        let own = |r: &Register| r.version.node == me && r.version > shared;
+        let (keys, kept): (Vec<Box<str>>, Registers) = {
+            let st = self.state();
+            let keys = st
+                .store
+                .registers()
+                .filter(|(_, r)| !own(r))
+                .map(|(k, _)| k.into())
+                .collect();
+            let kept = st
+                .store
+                .registers()
+                .filter(|(_, r)| own(r))
+                .map(|(k, r)| (k.into(), r.clone()))
+                .collect();
+            (keys, kept)
+        };
+        let revision = self.commit_removal(&keys)?;
+        let now = now_ms();
+        let mut st = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
+        st.store = Store::from_registers(kept);
+        let mut events = vec![Arc::new(Event {
+            revision,
+            seq: 0,
+            kind: EventKind::Delete,
+            key: "".into(),
+            value: None,
+            version: self.clock.high_water(),
+        })];
+        for (k, text, version) in st.store.leaves("", now) {
+            events.push(Arc::new(Event {
+                revision,
+                seq: events.len() as u32,
+                kind: EventKind::Put,
+                key: k.into(),
+                value: Some(text.into()),
+                version,
+            }));
+        }
+        for ev in events {
+            st.record(ev.clone());
+            let _ = self.inner.events.send(ev);
+        }
+        st.reach(revision);
+        Ok(keys.len())
+    }
+
+    /// Commits a revision of its own that removes the registers at `keys` (none: an empty
+    /// revision, for the events that follow); answers the revision.
+    fn commit_removal(&mut self, keys: &[Box<str>]) -> Result<u64, storage::Error> {
         let revision = self.revision + 1;
         let commit = storage::Commit {
             removes: keys.iter().map(|k| &**k).collect(),
@@ -444,20 +494,28 @@ impl Writer {
         };
         self.storage.commit(&commit)?;
         self.revision = revision;
-        let mut st = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
-        st.store = Store::new();
-        let ev = Arc::new(Event {
-            revision,
-            seq: 0,
-            kind: EventKind::Delete,
-            key: "".into(),
-            value: None,
-            version: self.clock.high_water(),
-        });
-        st.record(ev.clone());
-        let _ = self.inner.events.send(ev);
-        st.reach(revision);
+        Ok(revision)
+    }
+
+    /// Collects the registers a peer collected, where this node holds the same version (see
+    /// [`Db::collect_told`]).
+    fn collect_told(&mut self, told: &[(Box<str>, Version)]) -> Result<usize, Error> {
+        let keys = self.state().store.collected_by_peer(told);
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        self.collect(&keys)?;
         Ok(keys.len())
+    }
+
+    /// Removes tombstones durably as one new revision (no events: watchers were told of the
+    /// deletions and expiries) and remembers them as collected at that revision.
+    fn collect(&mut self, keys: &[Box<str>]) -> Result<u64, Error> {
+        let revision = self.commit_removal(keys)?;
+        let mut st = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
+        st.store.collect(keys, revision);
+        st.reach(revision);
+        Ok(revision)
     }
 
     /// Announces changes of derived keys as one revision: the revision is committed (so it is
@@ -548,40 +606,41 @@ impl Writer {
             .unwrap_or_else(|e| e.into_inner()) = stopped;
     }
 
-    /// Announces expiries that are due and collects tombstones past the grace period.
+    /// Announces expiries that are due, collects the tombstones every member is known to
+    /// hold, and forgets the collected ones every member was seen without.
     fn housekeeping(&mut self) {
         self.storage.tick();
         let now = now_ms();
+        let held = self.inner.held.load(Relaxed);
         let (due, old) = {
-            let st = self.state();
+            let mut st = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
+            st.store.forget_collected(held);
+            let floor = now.saturating_sub(self.opts.tombstone_grace_ms);
             (
                 st.store.due_expiries(now),
-                st.store.due_tombstones(now, self.opts.tombstone_grace_ms),
+                st.store.due_tombstones(held, floor),
             )
         };
-        if due.is_empty() && old.is_empty() {
+        if !old.is_empty() {
+            match self.collect(&old) {
+                Ok(_) => tracing::debug!(
+                    collected = old.len(),
+                    "tombstones every member holds collected"
+                ),
+                Err(e) => tracing::error!(error = %e, "collecting tombstones failed; will retry"),
+            }
+        }
+        if due.is_empty() {
             return;
         }
-        let revision = if due.is_empty() {
-            self.revision
-        } else {
-            self.revision + 1
+        let revision = match self.commit_removal(&[]) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "housekeeping commit failed; will retry");
+                return;
+            }
         };
-        let commit = storage::Commit {
-            removes: old.iter().map(|k| &**k).collect(),
-            puts: Vec::new(),
-            revision,
-            high_water: self.clock.high_water(),
-        };
-        if let Err(e) = self.storage.commit(&commit) {
-            tracing::error!(error = %e, "housekeeping commit failed; will retry");
-            return;
-        }
-        self.revision = revision;
         let mut st = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
-        for k in &old {
-            st.store.remove(k);
-        }
         let mut seq = 0;
         for (k, version) in due {
             if st.store.announce_expiry(&k) {
@@ -599,11 +658,5 @@ impl Writer {
             }
         }
         st.reach(revision);
-        if !old.is_empty() {
-            tracing::debug!(
-                collected = old.len(),
-                "tombstones past the grace period collected"
-            );
-        }
     }
 }

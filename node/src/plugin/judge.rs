@@ -297,7 +297,7 @@ mod tests {
     }
 
     async fn db() -> (tempfile::TempDir, Db) {
-        let (dir, db, _writer) = crate::db::open_for_tests(1, 1 << 30);
+        let (dir, db, _writer) = crate::db::open_for_tests(1);
         let op = Op::put(Path::parse("/app/port").unwrap(), &json!(80), None).unwrap();
         db.write(WriteRequest {
             ops: vec![op],

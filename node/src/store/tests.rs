@@ -193,13 +193,13 @@ fn a_register_replaced_in_the_same_millisecond_keeps_its_index_entries() {
     n.del("/d");
     assert_eq!(n.store.tombstone_count(), 1);
     assert_eq!(
-        n.store.due_tombstones(2_100, 1_000),
+        n.store.due_tombstones(0, u64::MAX),
         vec![Box::<str>::from("d")]
     );
 }
 
 #[test]
-fn expired_leaves_and_deletions_are_collected_after_grace() {
+fn expired_leaves_and_deletions_are_collected_once_held_everywhere() {
     let mut n = Node::new(1);
     n.apply(
         Op::put(Path::parse("/t").unwrap(), &json!(1), Some(10)).unwrap(),
@@ -210,14 +210,87 @@ fn expired_leaves_and_deletions_are_collected_after_grace() {
     assert!(n.store.announce_expiry("t"));
     assert!(!n.store.announce_expiry("t"));
     assert_eq!(n.store.tombstone_count(), 2);
-    assert_eq!(n.store.due_tombstones(1_500, 1_000).len(), 0);
-    let due = n.store.due_tombstones(2_100, 1_000);
+    let due = n.store.due_tombstones(0, u64::MAX);
     assert_eq!(due.len(), 2);
-    for k in due {
-        n.store.remove(&k);
-    }
+    n.store.collect(&due, 7);
     assert!(n.store.is_empty());
     assert_eq!(n.store.tombstone_count(), 0);
+    assert_eq!(n.store.collected_count(), 2);
+    n.store.forget_collected(6);
+    assert_eq!(n.store.collected_count(), 2, "collected after 6");
+    n.store.forget_collected(7);
+    assert_eq!(n.store.collected_count(), 0);
+}
+
+fn reg_at(kind: Kind, millis: u64) -> Register {
+    Register {
+        kind,
+        version: Version {
+            millis,
+            counter: 0,
+            node: 2,
+        },
+        expires: None,
+    }
+}
+
+#[test]
+fn a_tombstone_is_due_only_once_held_as_of_its_arrival() {
+    let mut s = Store::new();
+    let plan = s.plan(vec![("old".into(), reg_at(Kind::Deleted, 10))]);
+    s.apply(plan, 5);
+    // A deletion with an older version that arrives later is due later: what matters is when
+    // this store got it, not when it was made.
+    let plan = s.plan(vec![("late".into(), reg_at(Kind::Deleted, 3))]);
+    s.apply(plan, 9);
+    assert!(s.due_tombstones(4, u64::MAX).is_empty());
+    assert_eq!(s.due_tombstones(5, u64::MAX), vec![Box::<str>::from("old")]);
+    assert_eq!(s.due_tombstones(8, u64::MAX).len(), 1);
+    assert_eq!(s.due_tombstones(u64::MAX, u64::MAX).len(), 2);
+    assert_eq!(
+        s.due_tombstones(u64::MAX, 10),
+        vec![Box::<str>::from("late")],
+        "and only once made before the floor"
+    );
+}
+
+#[test]
+fn what_a_collected_tombstone_covers_does_not_come_back_and_its_sender_is_told() {
+    let mut s = Store::new();
+    let plan = s.plan(vec![("a".into(), reg_at(Kind::Deleted, 10))]);
+    s.apply(plan, 1);
+    s.collect(&s.due_tombstones(1, u64::MAX), 2);
+    assert!(s.is_empty());
+    let batch = vec![
+        // The tombstone itself, back from a peer that has not collected it yet.
+        ("a".into(), reg_at(Kind::Deleted, 10)),
+        // Something older below it.
+        ("a\0b".into(), reg_at(Kind::Leaf("1".into()), 5)),
+        // A newer write enters.
+        ("a\0c".into(), reg_at(Kind::Leaf("2".into()), 11)),
+    ];
+    let plan = s.plan(batch);
+    let keys: Vec<&str> = plan.puts.iter().map(|(k, _)| &**k).collect();
+    assert_eq!(keys, ["a\0c"]);
+    assert_eq!(
+        plan.collected,
+        vec![
+            ("a\0b".into(), reg_at(Kind::Deleted, 5).version),
+            ("a".into(), reg_at(Kind::Deleted, 10).version)
+        ]
+    );
+    // The peer, told, collects exactly the registers it sent.
+    let mut peer = Store::new();
+    let plan = peer.plan(vec![
+        ("a".into(), reg_at(Kind::Deleted, 10)),
+        ("x".into(), reg_at(Kind::Deleted, 12)),
+    ]);
+    peer.apply(plan, 1);
+    let told = [
+        ("a".into(), reg_at(Kind::Deleted, 10).version),
+        ("x".into(), reg_at(Kind::Deleted, 11).version),
+    ];
+    assert_eq!(peer.collected_by_peer(&told), vec![Box::<str>::from("a")]);
 }
 
 #[test]
@@ -409,9 +482,9 @@ proptest! {
             let v = clock.tick(now);
             let (regs2, _) = planned.plan_local(op.clone(), v, now);
             prop_assert_eq!(&regs, &regs2);
-            let plan = planned.plan(regs2, 0);
+            let plan = planned.plan(regs2);
             prop_assert_eq!(plan.puts.len(), regs.len(), "a local write is never covered");
-            planned.apply(plan);
+            planned.apply(plan, 1);
             let ra: Vec<_> = merged.store.registers().map(|(k, r)| (k.to_owned(), r.clone())).collect();
             let rb: Vec<_> = planned.registers().map(|(k, r)| (k.to_owned(), r.clone())).collect();
             prop_assert_eq!(&ra, &rb);
@@ -419,8 +492,8 @@ proptest! {
             prop_assert_eq!(doc_at(&merged.store, now), doc_at(&planned, now));
             prop_assert_eq!(merged.store.due_expiries(now + 100), planned.due_expiries(now + 100));
             prop_assert_eq!(
-                merged.store.due_tombstones(now + 100, 0),
-                planned.due_tombstones(now + 100, 0)
+                merged.store.due_tombstones(u64::MAX, u64::MAX),
+                planned.due_tombstones(u64::MAX, u64::MAX)
             );
         }
     }
@@ -457,9 +530,9 @@ proptest! {
         for i in &repeats {
             arriving.push(batch[i.index(batch.len())].clone());
         }
-        let plan = start.plan(arriving.clone(), 0);
+        let plan = start.plan(arriving.clone());
         let mut planned = start.clone();
-        planned.apply(plan.clone());
+        planned.apply(plan.clone(), 0);
         let mut one_by_one = start.clone();
         for (k, r) in arriving.iter().rev() {
             one_by_one.merge(k, r.clone());
@@ -469,7 +542,7 @@ proptest! {
         };
         prop_assert_eq!(regs(&planned), regs(&one_by_one));
         prop_assert!(planned.digest() == one_by_one.digest());
-        prop_assert_eq!(planned.due_tombstones(100, 0), one_by_one.due_tombstones(100, 0));
+        prop_assert_eq!(planned.due_tombstones(u64::MAX, u64::MAX), one_by_one.due_tombstones(u64::MAX, u64::MAX));
         prop_assert_eq!(planned.due_expiries(100), one_by_one.due_expiries(100));
         // The registers that nothing else ever merged covers.
         let everything: Vec<_> = base.iter().chain(&batch).collect();
@@ -495,30 +568,6 @@ proptest! {
         }
         prop_assert_eq!(replay.into_iter().collect::<Vec<_>>(), regs(&planned));
         // Planning the same batch again against the result changes nothing.
-        prop_assert_eq!(planned.plan(arriving, 0), Plan::default());
+        prop_assert_eq!(planned.plan(arriving), Plan::default());
     }
-}
-
-#[test]
-fn a_plan_leaves_out_tombstones_past_their_grace_period() {
-    let s = Store::new();
-    let reg = |kind: Kind, millis: u64, expires: Option<u64>| Register {
-        kind,
-        version: Version {
-            millis,
-            counter: 0,
-            node: 2,
-        },
-        expires: expires.and_then(std::num::NonZeroU64::new),
-    };
-    let batch = vec![
-        ("old".into(), reg(Kind::Deleted, 10, None)),
-        ("new".into(), reg(Kind::Deleted, 100, None)),
-        ("expired".into(), reg(Kind::Leaf("1".into()), 5, Some(20))),
-        ("expiring".into(), reg(Kind::Leaf("1".into()), 5, Some(200))),
-        ("kept".into(), reg(Kind::Leaf("1".into()), 5, None)),
-    ];
-    let plan = s.plan(batch, 50);
-    let keys: Vec<&str> = plan.puts.iter().map(|(k, _)| &**k).collect();
-    assert_eq!(keys, ["expiring", "kept", "new"]);
 }
