@@ -312,7 +312,17 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>>
                 return Err(method_not_allowed("DELETE"));
             }
             let id = &raw_path["/v1/members/".len()..];
-            let force = query_param(req.uri().query(), "force").is_some();
+            let force = match query_param(req.uri().query(), "force") {
+                None | Some("false" | "0") => false,
+                Some("" | "true" | "1") => true,
+                Some(other) => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("force={other:?}: expected true or false"),
+                    ))
+                }
+            };
             admin::remove_member(app, id, force).await
         }
         "/v1/status" => {

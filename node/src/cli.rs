@@ -272,7 +272,9 @@ fn members_table(view: &serde_json::Value) -> String {
         if n > 0 && !list.is_empty() {
             let ids: Vec<&str> = list.iter().filter_map(|v| v.as_str()).collect();
             out.push_str(&format!(
-                "{n} deletion(s) kept until these members are compared: {} (a member gone for good: herd members remove NODE)\n",
+                "{n} deletion(s) kept (the oldest {} old) until these members are seen holding them: {}\n\
+                 a member gone for good: herd members remove NODE\n",
+                t["oldest_age"].as_str().unwrap_or("?"),
                 ids.join(", ")
             ));
         }

@@ -34,7 +34,9 @@ pub mod membership;
 pub mod peer;
 mod probe;
 mod push;
+pub mod removal;
 mod repair;
+pub mod roster;
 pub mod trust;
 pub mod wire;
 
@@ -83,6 +85,8 @@ pub struct Settings {
     pub data_dir: std::path::PathBuf,
     /// A member not heard from for this long is removed.
     pub member_expiry: Duration,
+    /// The least age of a deletion before it is collected (for the members view).
+    pub tombstone_grace: Duration,
     /// Peers whose clocks differ from this node's by more are refused (`clocks.rs`).
     pub max_clock_offset: Duration,
 }
@@ -136,7 +140,12 @@ impl Cluster {
         tracker: TaskTracker,
     ) -> Cluster {
         let shared = Arc::new(Shared {
-            membership: membership::Membership::open(&s.data_dir, s.me.node_id, s.member_expiry),
+            membership: membership::Membership::open(
+                &s.data_dir,
+                s.me.node_id,
+                s.member_expiry,
+                crate::clock::now_ms(),
+            ),
             resyncing: false.into(),
             members: Members::new(s.me.node_id, &s.seeds, s.retry_cap),
             clocks: {
@@ -250,11 +259,16 @@ impl Shared {
             .clone()
     }
 
-    fn hello(&self) -> Hello {
+    /// This node's hello to (or answer to) `peer`, if known: it says whether this node
+    /// records the peer as a member.
+    fn hello(&self, peer: Option<u64>) -> Hello {
         let rejoined = self.membership.rejoined();
         Hello {
             peer_port: self.s.peer_port,
             rejoin: (rejoined != crate::store::Version::ZERO).then(|| rejoined.to_string()),
+            you: peer
+                .filter(|id| self.member(*id).is_member())
+                .map(|_| wire::YOU_MEMBER.to_owned()),
             peers: self
                 .members
                 .alive()
@@ -294,11 +308,11 @@ impl Shared {
     /// Records a failed exchange with `id`.
     fn failure(self: &Arc<Self>, id: u64, e: &PeerError) {
         if let PeerError::Removed {
-            version, removed, ..
+            version, removals, ..
         } = e
         {
             self.members.failure(id, &e.to_string());
-            self.removed_self(*version, removed);
+            self.removed_self(*version, removals);
             return;
         }
         // A refused clock is reachable, and logged by `clocks` when it starts and ends; a
@@ -315,8 +329,12 @@ impl Shared {
     }
 
     /// Says hello to `addr`; returns who answered.
-    async fn say_hello(self: &Arc<Self>, addr: SocketAddr) -> Result<Stated, PeerError> {
-        let body = serde_json::to_vec(&self.hello()).expect("hello serialises");
+    async fn say_hello(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        peer: Option<u64>,
+    ) -> Result<Stated, PeerError> {
+        let body = serde_json::to_vec(&self.hello(peer)).expect("hello serialises");
         let (them, answer) = self
             .client(addr)
             .call("/peer/v1/hello", body.into(), HELLO_TIMEOUT)
@@ -337,13 +355,17 @@ impl Shared {
                 )))
             }
         }
+        if hello.you.as_deref() == Some(wire::YOU_MEMBER) {
+            self.membership.confirmed();
+        }
         self.learn_listed(&hello.peers);
         Ok(them)
     }
 }
 
 /// The answer to a peer that was removed from the cluster: 410 `removed`, with the version of
-/// the removal in `herd-removed` and every member removed in `herd-removed-members`.
+/// the removal in `herd-removed` and every removal this node knows (`id:unix ms`) in
+/// `herd-removed-members`.
 fn removed_response(shared: &Shared, version: crate::store::Version) -> Response<Body> {
     let mut r = error_response(
         StatusCode::GONE,
@@ -351,10 +373,9 @@ fn removed_response(shared: &Shared, version: crate::store::Version) -> Response
         "this node was removed from the cluster; it must forget what it holds from others and rejoin",
     );
     let removed: Vec<String> = shared
-        .member_records()
+        .removals()
         .iter()
-        .filter(|m| m.record.removed.is_some())
-        .map(|m| format!("{:016x}", m.id))
+        .map(|(id, at)| format!("{id:016x}:{at}"))
         .collect();
     for (name, value) in [
         (wire::H_REMOVED, version.to_string()),
@@ -450,7 +471,7 @@ async fn handle(
     let ok = |body: Vec<u8>| Response::new(Body::full(Bytes::from(body)));
     // A removed node is heard only when it says hello (and rejoins, if it reset itself).
     if path != "/peer/v1/hello" {
-        if let Some(version) = shared.removal(them.node_id) {
+        if let Some(version) = shared.member(them.node_id).removed() {
             return removed_response(&shared, version);
         }
     }
@@ -465,6 +486,9 @@ async fn handle(
             let me = &shared.s.me;
             let addr = SocketAddr::new(from.ip(), hello.peer_port);
             let rejoin = hello.rejoin.as_deref().and_then(|v| v.parse().ok());
+            if hello.you.as_deref() == Some(wire::YOU_MEMBER) {
+                shared.membership.confirmed();
+            }
             match shared.admit(them.node_id, addr, rejoin).await {
                 Ok(()) => {}
                 Err(membership::Refusal::Removed(version)) => {
@@ -483,7 +507,7 @@ async fn handle(
                 .learn(them.node_id, addr, Source::Inbound, &me.cluster, &me.env);
             shared.contact(them.node_id);
             shared.learn_listed(&hello.peers);
-            ok(serde_json::to_vec(&shared.hello()).expect("hello serialises"))
+            ok(serde_json::to_vec(&shared.hello(Some(them.node_id))).expect("hello serialises"))
         }
         "/peer/v1/push" => {
             let regs = match digest::decode_registers(&body) {

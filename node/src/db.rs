@@ -319,7 +319,7 @@ impl Db {
             .filter(|v| v.node == node_id)
             .max()
             .unwrap_or(Version::ZERO);
-        let store = Store::from_registers(loaded.registers);
+        let store = Store::loaded(loaded.registers, loaded.revision.max(1));
         let log = ChangeLog::new(opts.log_events, opts.log_bytes, loaded.revision);
         let dir = file.parent().unwrap_or(std::path::Path::new("."));
         let (journal, log) = journal::Journal::open(dir, loaded.revision, log);
@@ -985,6 +985,27 @@ mod tests {
         h.join();
         let (db, _h) = Db::open(&file, 1, opts()).unwrap();
         assert_eq!(doc(&db), json!({}), "the reset is durable");
+    }
+
+    #[tokio::test]
+    async fn a_value_collected_on_a_peers_word_is_announced_deleted() {
+        let (_dir, db, _h) = open_for_tests(1);
+        let w = db.write(put("/a", json!(1))).await.unwrap();
+        let mut sub = db.subscribe("", None).unwrap();
+        let told = vec![("a".into(), w.version), ("b".into(), w.version)];
+        assert_eq!(db.collect_told(told).await.unwrap(), 1);
+        let ev = sub.live.recv().await.unwrap();
+        assert_eq!((ev.kind, &*ev.key), (EventKind::Delete, "a"));
+        assert_eq!(doc(&db), json!({}));
+        // Remembered as collected: the same register from a peer does not come back.
+        let merged = db
+            .merge(vec![(
+                "a".into(),
+                reg(Kind::Leaf("1".into()), w.version.millis, 1),
+            )])
+            .await
+            .unwrap();
+        assert_eq!(merged.applied, 0);
     }
 
     /// A put below a leaf turns the leaf into a directory (an `Object` register, which drops

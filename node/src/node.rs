@@ -267,6 +267,7 @@ pub async fn start(config: Config) -> anyhow::Result<NodeHandle> {
                 max_body: (64 << 20).max(2 * config.api.max_batch_bytes),
                 data_dir: data_dir.clone(),
                 member_expiry: config.cluster.member_expiry,
+                tombstone_grace: config.storage.tombstone_grace,
                 max_clock_offset: config.cluster.max_clock_offset,
             };
             let c = Arc::new(Cluster::start(

@@ -131,8 +131,9 @@ struct Indexes {
     /// leaves once announced, so a collection needs no scan.
     tombstones: BTreeSet<(u64, Box<str>)>,
     /// When each deletion marker or expiring leaf entered the store: the revision of its
-    /// arrival (0 for what was loaded from disk). A tombstone is collected once every member
-    /// was seen holding everything this store held at a revision at or after its arrival.
+    /// arrival (the loaded revision for what was loaded from disk). A tombstone is collected
+    /// once every member was seen holding everything this store held at a revision at or after
+    /// its arrival.
     arrivals: HashMap<Box<str>, u64>,
     /// The anti-entropy summary of the registers.
     digest: Digest,
@@ -187,8 +188,16 @@ impl Store {
         Store::default()
     }
 
-    /// Builds a store from registers loaded from disk (any order; covered ones are dropped).
+    /// Builds a store from registers loaded from disk (any order; covered ones are dropped),
+    /// with arrival 0 (for a store only compared, never collected from).
     pub fn from_registers(regs: impl IntoIterator<Item = (Box<str>, Register)>) -> Store {
+        Store::loaded(regs, 0)
+    }
+
+    /// Builds a store from registers loaded from disk, as having arrived at revision `arrival`
+    /// (the loaded revision: a tombstone is collected only once every member was seen holding
+    /// what this store holds at or after it).
+    pub fn loaded(regs: impl IntoIterator<Item = (Box<str>, Register)>, arrival: u64) -> Store {
         let mut s = Store {
             regs: regs.into_iter().collect(),
             ..Store::default()
@@ -196,7 +205,7 @@ impl Store {
         let keys: Vec<(Box<str>, Register)> =
             s.regs.iter().map(|(k, r)| (k.clone(), r.clone())).collect();
         for (k, r) in &keys {
-            s.ix.add(k, r, 0);
+            s.ix.add(k, r, arrival);
         }
         // Registers on disk were stored uncovered; re-check anyway so the invariant holds even
         // for a store written by an older version.

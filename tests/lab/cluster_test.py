@@ -998,11 +998,12 @@ def _interrupted(signum, frame):
 
 
 
-def run(name: str, plan) -> int:
+def run(name: str, plan, hosts: int = 4, after=None) -> int:
     """The frame of a lab test: the herd binary (argv[1], $HERD_BIN, or target/debug/herd), a
-    4-host lab, a cluster secret in a work dir, the scenarios, and the summary line. plan(checks,
-    c) starts the nodes and answers the scenarios, [(name, fn)], run in order; one that raises
-    is reported and the next runs (after a heal)."""
+    lab of `hosts` hosts, a cluster secret in a work dir, the scenarios, and the summary line.
+    plan(checks, c) starts the nodes and answers the scenarios, [(name, fn)], run in order; one
+    that raises is reported and the next runs (after a heal). after() runs once the lab is
+    closed (its processes gone), before the work dir is removed."""
     herd = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
         "HERD_BIN", os.path.join(REPO, "target", "debug", "herd"))
     strict = os.environ.get("HERD_TEST_STRICT") == "1"
@@ -1031,7 +1032,7 @@ def run(name: str, plan) -> int:
         # Writes a file only; no network.
         subprocess.run([herd, "--data-dir", work, "cluster", "init", "--out", secret],
                        check=True, capture_output=True, text=True, env=clean_env())
-        lab = Lab(4)
+        lab = Lab(hosts)
         info("lab %s on %s; herd %s; work dir %s" % (lab.prefix, lab.subnet, herd, work))
         c = Cluster(lab, herd, work, secret)
         for scenario, fn in plan(checks, c):
@@ -1058,6 +1059,8 @@ def run(name: str, plan) -> int:
     finally:
         if lab is not None:
             lab.close()
+        if after is not None:
+            after()
 
     if interrupted is not None:
         shutil.rmtree(work, ignore_errors=True)

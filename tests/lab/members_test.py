@@ -15,12 +15,12 @@ Nodes find each other by mDNS only. Scenarios, one `ok`/`FAIL` line per check:
    on both sides. Deletions wait (neither side has a majority, so nobody is removed); after the
    heal no deleted key comes back, every write made on either side is there, and every
    deletion is then collected on all nodes.
-2. node 4 is cut off, takes a write no peer sees, and is powered off (SIGTERM) for longer than
-   the member expiry. Nodes 1-3 (a majority) remove it; a key it held is deleted meanwhile and
+2. node 4 is cut off, takes a write and a delete no peer sees, and is powered off (SIGTERM) for
+   longer than the member expiry. Nodes 1-3 (a majority) remove it; a key it held is deleted meanwhile and
    the deletion is collected without it. Restarted with the network back, node 4 is told it was
-   removed, forgets what it held from others, keeps its own unreplicated write and rejoins:
-   the deleted key stays deleted everywhere, its write reaches everyone, and it is a member
-   again.
+   removed, forgets what it held from others, keeps its own unreplicated write and delete, and
+   rejoins: the key deleted by the others stays deleted everywhere, its write and its delete
+   reach everyone, and it is a member again.
 3. removal of a dead member: node 3 is killed (SIGKILL) for good; a deletion waits for it and
    `herd members` names it. `herd members remove` refuses a live member without --force and an
    unknown id; removing node 3 lets the deletion be collected on nodes 1, 2 and 4, which all
@@ -136,10 +136,12 @@ def scenario_powered_off(checks: Checks, c: Cluster) -> None:
     hosts, rest = list(c.lab.hosts), [1, 2, 3]
     n4 = c[4]
     c.api(1).put("/m2/old", "held by node 4")
+    c.api(1).put("/m2/del4", "deleted on node 4 alone")
     ok, _ = c.wait_converged(hosts, 20)
-    checks.check(ok, "node 4 holds /m2/old")
+    checks.check(ok, "node 4 holds /m2/old and /m2/del4")
     c.lab.partition(rest, [4])
     v_own = c.api(4).put("/m2/own", "written on node 4 alone")
+    c.api(4).delete("/m2/del4")
     code = n4.stop()
     checks.check(code == 0, "node 4 stops cleanly (exit 0)", "exit status %s" % code)
     t0 = time.monotonic()
@@ -164,9 +166,11 @@ def scenario_powered_off(checks: Checks, c: Cluster) -> None:
     for i in hosts:
         old, _ = c.api(i).get("/m2/old")
         own, etag = c.api(i).get("/m2/own")
-        checks.check(old is None and own == "written on node 4 alone" and etag == v_own,
-                     "node %d: /m2/old stays deleted, node 4's unreplicated write is there with its version" % i,
-                     "/m2/old=%r /m2/own=%r @ %s" % (old, own, etag))
+        del4, _ = c.api(i).get("/m2/del4")
+        checks.check(old is None and own == "written on node 4 alone" and etag == v_own and del4 is None,
+                     "node %d: /m2/old stays deleted; node 4's unreplicated write is there with its version, "
+                     "and its unreplicated delete took effect" % i,
+                     "/m2/old=%r /m2/own=%r @ %s /m2/del4=%r" % (old, own, etag, del4))
     with open(n4.log_path) as f:
         log = f.read()
     checks.check("removed from its cluster" in log, "node 4 logged that it was removed and forgot what it held")
@@ -181,12 +185,13 @@ def scenario_remove_dead(checks: Checks, c: Cluster) -> None:
     checks.check(ok, "node 3 holds /m3/x")
     c[3].kill()
     c.api(1).delete("/m3/x")
-    time.sleep(3)
+    # Named once it waited 10 anti-entropy intervals (5 s) past the grace period (1 s).
+    time.sleep(7)
     t = tombstones(c, 1)
     checks.check(t.get("waiting", 0) >= 1 and c[3].node_id in t.get("waiting_for", []),
-                 "3 s after node 3 died the deletion waits, for node 3", "%s" % t)
+                 "7 s after node 3 died the deletion waits, for node 3", "%s" % t)
     table = herd_cli(c, 1, "members")
-    checks.check(table.returncode == 0 and "kept until" in table.stdout and c[3].node_id in table.stdout,
+    checks.check(table.returncode == 0 and "deletion(s) kept" in table.stdout and c[3].node_id in table.stdout,
                  "`herd members` says which member deletions wait for", table.stdout + table.stderr)
     live = herd_cli(c, 1, "members", "remove", c[2].node_id)
     checks.check(live.returncode != 0 and "alive" in live.stderr,

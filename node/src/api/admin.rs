@@ -81,7 +81,7 @@ pub fn members(app: &App) -> Response<Body> {
 /// `DELETE /v1/members/{id}`: removes a member from the cluster (see
 /// `cluster::membership`).
 pub async fn remove_member(app: &App, id: &str, force: bool) -> Result<Response<Body>> {
-    use crate::cluster::membership::RemoveError;
+    use crate::cluster::removal::RemoveError;
     let Some(c) = &app.cluster else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -1,147 +1,75 @@
 //! Who belongs to the cluster, and what every member is known to hold: the rule that lets a
 //! deletion be forgotten without ever coming back.
 //!
-//! **Members** are recorded in the store itself, under `/.herd/members/<node id>`, so they
-//! replicate like any key and every digest covers them. A node records a peer there *before*
-//! it exchanges anything with it (`admit`), so any node that holds registers from this cluster
-//! is a member in the record of the node that gave them. A member is removed by writing a
-//! `removed` entry into its record (`herd members remove`, or this node's expiry after
-//! `member_expiry` without hearing from it, which a node decides only while it is in touch with
-//! a majority of the members, so the two sides of a split never remove each other); a removed
-//! node is answered 410 `removed` on every peer route.
+//! **Members** are recorded in the store itself (`roster.rs`), so they replicate like any key
+//! and every digest covers them. A node records a peer *before* it exchanges anything with it
+//! (`admit`), so any node that holds registers from this cluster is a member in the record of
+//! the node that gave them. A member is removed by writing its removal (`herd members remove`,
+//! or this node's expiry after `member_expiry` without hearing from it, which a node decides
+//! only while it is in touch with a majority of the members, so the two sides of a clean split
+//! never remove each other); a removed node is answered 410 `removed` on every peer route but
+//! hello.
 //!
 //! **Acknowledgements.** When this node's digest root equals a peer's (at the start or end of
 //! an anti-entropy round, or when a peer's round starts with equal roots), the peer held
 //! exactly what this node held at that revision. `acked[peer]` keeps the newest such revision.
-//! The revision every member is known to have held is the least of them over the members in
-//! the record (`held`); a tombstone that arrived here by then is held everywhere and is
-//! collected (`Db::set_held`), and a collected one is forgotten once every member was seen
-//! without it. A member that stays away blocks collection until it comes back or is removed.
+//! The revision every member is known to have held is the least of them over the members
+//! (`held`); a tombstone that arrived here by then is held everywhere and is collected
+//! (`Db::set_held`), and a collected one is forgotten once every member was seen without it. A
+//! member that stays away blocks collection until it comes back or is removed.
 //!
-//! **Coming back removed.** A node told it was removed (410, or its own record found removed)
-//! forgets every register except its own writes that no member in good standing was seen
-//! holding (`shared`: per peer, the newest own version in a state it acknowledged; peers
-//! removed too, as the 410's `herd-removed-members` or the records say, do not count) and says
-//! in its next hellos that it has done so for that removal (`rejoin`); a node that sees that
-//! records it as a member again. Tombstones may have been collected without it, so what it
-//! held from others must not come back; its own unshared writes are kept and sent.
+//! **Coming back removed.** A node told it was removed (410, or its own removal found in its
+//! store) forgets every register except its own writes that no member in good standing was
+//! seen holding (`shared`: per peer, the newest own version in a state it acknowledged and
+//! when; a peer removed since does not count, as the 410's `herd-removed-members` or the
+//! store says) and says in its next hellos which removal it reset itself for (`rejoin`); a node
+//! that sees that records it as a member again, naming the removal. Tombstones may have been
+//! collected without it, so what it held from others must not come back; its own unshared
+//! writes are kept and sent. A node that was *down* for longer than `member_expiry` may have
+//! been removed without hearing of it: it is `suspect`, and takes part in no anti-entropy round
+//! until a peer that records it as a member says so in a hello (or it is told it was removed).
 //!
 //! `DATA/cluster.members` keeps, across restarts: `shared`, the removal this node last reset
-//! itself for, and how long each member has not been heard from (counted only while this node
-//! runs). Acknowledgements are not kept: after a restart every member is asked again.
+//! itself for, how long each member has not been heard from (counted only while this node
+//! runs), and when it last ran. Acknowledgements are not kept: after a restart every member is
+//! asked again.
 
+use super::roster::{self, Member, Record, Removal};
 use super::Shared;
-use crate::db::{self, Condition, WriteRequest};
-use crate::store::{Lookup, Op, Path, Store, Version};
+use crate::db;
+use crate::store::Version;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The key of the member records.
-pub const MEMBERS_KEY: &str = ".herd\0members";
-/// How often the expiry counts are saved while nothing else changes.
+/// How often the state is saved while nothing else changes (and so how precisely the time a
+/// node was down is known).
 const SAVE_EVERY: Duration = Duration::from_secs(60);
 
-/// A member's record, as stored at `/.herd/members/<node id>`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Record {
-    /// When it was first recorded (Unix milliseconds).
-    pub joined_ms: u64,
-    /// The node that recorded it.
-    pub admitted_by: String,
-    /// Where its peer port answered then.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub addr: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub removed: Option<Removal>,
-}
-
-/// Why and when a member was removed.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Removal {
-    pub at_ms: u64,
-    /// The node that wrote the removal.
-    pub by: String,
-    pub why: String,
-}
-
-/// A record and its version (the newest at or below its key).
-#[derive(Debug, Clone)]
-pub struct Member {
-    pub id: u64,
-    pub record: Record,
-    pub version: Version,
-}
-
-fn record_key(id: u64) -> String {
-    format!("{MEMBERS_KEY}\0{id:016x}")
-}
-
-fn record_path(id: u64) -> Path {
-    Path::parse(&format!("/.herd/members/{id:016x}")).expect("a member key is a valid path")
-}
-
-/// The member records in a store, by node id (records that do not parse are skipped).
-pub fn members(store: &Store, now: u64) -> Vec<Member> {
-    let Some(Ok(children)) = store.children(MEMBERS_KEY, now) else {
-        return Vec::new();
-    };
-    children
-        .into_iter()
-        .filter_map(|(name, _)| {
-            let id = u64::from_str_radix(&name, 16).ok()?;
-            let key = record_key(id);
-            let mut json = String::new();
-            store.render(&key, now, &mut json);
-            let record = serde_json::from_str(&json).ok()?;
-            Some(Member {
-                id,
-                record,
-                version: store.etag(&key, now)?,
-            })
-        })
-        .collect()
-}
-
-/// The version of `id`'s removal, if its record says it was removed.
-pub fn removed(store: &Store, id: u64, now: u64) -> Option<Version> {
-    let key = record_key(id);
-    if store.lookup(&format!("{key}\0removed"), now) == Lookup::Missing {
-        return None;
-    }
-    store.etag(&key, now)
-}
-
-/// The write of a record.
-fn put(id: u64, record: &Record) -> WriteRequest {
-    let value = serde_json::to_value(record).expect("a member record serialises");
-    WriteRequest {
-        ops: vec![Op::put(record_path(id), &value, None).expect("member records are valid")],
-        condition: Condition::None,
-    }
-}
-
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 struct Saved {
-    /// Per peer, the newest own version it was seen holding.
-    #[serde(default)]
-    shared: HashMap<String, String>,
+    /// Per peer, the newest own version it was seen holding, and when (Unix ms).
+    shared: HashMap<String, (String, u64)>,
     /// The removal this node last reset itself for.
-    #[serde(default)]
     rejoined: Option<String>,
     /// Milliseconds (of this node running) since each member was last heard from.
-    #[serde(default)]
     unseen_ms: HashMap<String, u64>,
+    /// When the node last saved this (Unix ms): it ran until about then.
+    last_ms: u64,
 }
 
 #[derive(Debug, Default)]
 struct Local {
     acked: HashMap<u64, u64>,
     unseen_ms: HashMap<u64, u64>,
-    shared: HashMap<u64, Version>,
+    shared: HashMap<u64, (Version, u64)>,
     rejoined: Version,
+    suspect: bool,
+    expired: Vec<u64>,
     last_tick: Option<Instant>,
     saved: Option<Instant>,
 }
@@ -155,41 +83,52 @@ pub struct Membership {
     local: Mutex<Local>,
 }
 
+fn hex_map<T, U>(m: &HashMap<String, T>, f: impl Fn(&T) -> Option<U>) -> HashMap<u64, U> {
+    m.iter()
+        .filter_map(|(k, v)| Some((u64::from_str_radix(k, 16).ok()?, f(v)?)))
+        .collect()
+}
+
 impl Membership {
-    /// Loads `DATA/cluster.members` (a missing or unreadable file starts afresh).
-    pub fn open(data_dir: &std::path::Path, me: u64, expiry: Duration) -> Membership {
+    /// Loads `DATA/cluster.members` (a missing or unreadable file starts afresh). A node that
+    /// last ran longer than `expiry` ago starts suspect.
+    pub fn open(data_dir: &std::path::Path, me: u64, expiry: Duration, now_ms: u64) -> Membership {
         let file = data_dir.join("cluster.members");
         let saved: Saved = std::fs::read(&file)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        let version = |v: &Option<String>| {
-            v.as_deref()
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(Version::ZERO)
-        };
+        let down_ms = now_ms.saturating_sub(saved.last_ms);
+        let suspect = saved.last_ms != 0 && u128::from(down_ms) > expiry.as_millis();
+        if suspect {
+            tracing::warn!(
+                down = %span(down_ms),
+                "this node was down for longer than member_expiry and may have been removed: it \
+                 exchanges nothing with its peers until one confirms it is a member, or says \
+                 it was removed (then it forgets what it held from others and rejoins)"
+            );
+        }
         let local = Local {
-            shared: saved
-                .shared
-                .iter()
-                .filter_map(|(k, v)| Some((u64::from_str_radix(k, 16).ok()?, v.parse().ok()?)))
-                .collect(),
-            rejoined: version(&saved.rejoined),
-            unseen_ms: saved
-                .unseen_ms
-                .iter()
-                .filter_map(|(k, v)| Some((u64::from_str_radix(k, 16).ok()?, *v)))
-                .collect(),
+            shared: hex_map(&saved.shared, |(v, at)| Some((v.parse().ok()?, *at))),
+            rejoined: saved
+                .rejoined
+                .as_deref()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(Version::ZERO),
+            unseen_ms: hex_map(&saved.unseen_ms, |v| Some(*v)),
+            suspect,
             ..Local::default()
         };
         // The history file of earlier versions (the fixed grace period) means nothing now.
         let _ = std::fs::remove_file(data_dir.join("cluster.history"));
-        Membership {
+        let m = Membership {
             me,
             file,
             expiry,
             local: Mutex::new(local),
-        }
+        };
+        m.save(&mut m.lock());
+        m
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Local> {
@@ -197,18 +136,16 @@ impl Membership {
     }
 
     fn save(&self, l: &mut Local) {
+        let hex = |k: &u64| format!("{k:016x}");
         let saved = Saved {
             shared: l
                 .shared
                 .iter()
-                .map(|(k, v)| (format!("{k:016x}"), v.to_string()))
+                .map(|(k, (v, at))| (hex(k), (v.to_string(), *at)))
                 .collect(),
             rejoined: (l.rejoined != Version::ZERO).then(|| l.rejoined.to_string()),
-            unseen_ms: l
-                .unseen_ms
-                .iter()
-                .map(|(k, v)| (format!("{k:016x}"), *v))
-                .collect(),
+            unseen_ms: l.unseen_ms.iter().map(|(k, v)| (hex(k), *v)).collect(),
+            last_ms: crate::clock::now_ms(),
         };
         let text = serde_json::to_vec(&saved).expect("serialises");
         match crate::tls::write_atomic(&self.file, &text, 0o644) {
@@ -223,23 +160,28 @@ impl Membership {
         let mut l = self.lock();
         let a = l.acked.entry(peer).or_default();
         *a = (*a).max(revision);
-        let shared = l.shared.entry(peer).or_default();
-        if own_high > *shared {
-            *shared = own_high;
+        let shared = l.shared.entry(peer).or_insert((Version::ZERO, 0));
+        if own_high > shared.0 {
+            *shared = (own_high, crate::clock::now_ms());
             self.save(&mut l);
         }
     }
 
-    /// The revision every member in `members` is known to have held (`u64::MAX` if this node
-    /// is the only one).
+    /// The revision every member in good standing in `members` is known to have held:
+    /// `u64::MAX` if there is none but this node (unless it reset itself for a removal and has
+    /// not got the records back yet: then nothing).
     pub fn held(&self, members: &[Member]) -> u64 {
         let l = self.lock();
-        members
+        let least = members
             .iter()
-            .filter(|m| m.id != self.me && m.record.removed.is_none())
+            .filter(|m| m.id != self.me && m.is_member())
             .map(|m| l.acked.get(&m.id).copied().unwrap_or(0))
-            .min()
-            .unwrap_or(u64::MAX)
+            .min();
+        match least {
+            Some(r) => r,
+            None if l.rejoined != Version::ZERO => 0,
+            None => u64::MAX,
+        }
     }
 
     /// The revision `peer` was last seen holding, if it was since this node started.
@@ -247,14 +189,15 @@ impl Membership {
         self.lock().acked.get(&peer).copied()
     }
 
-    /// The newest own version a peer not in `removed` was seen holding: this node's writes
-    /// up to it are on a member in good standing.
-    pub fn shared_to(&self, removed: &[u64]) -> Version {
+    /// The newest own version a peer was seen holding, among the peers not removed since
+    /// (`removed_at`: peer → when its last removal was written, Unix ms): this node's writes up
+    /// to it are on a member in good standing.
+    pub fn shared_to(&self, removed_at: &HashMap<u64, u64>) -> Version {
         let l = self.lock();
         l.shared
             .iter()
-            .filter(|(id, _)| !removed.contains(id))
-            .map(|(_, v)| *v)
+            .filter(|(id, (_, at))| removed_at.get(id).is_none_or(|r| r < at))
+            .map(|(_, (v, _))| *v)
             .max()
             .unwrap_or(Version::ZERO)
     }
@@ -268,7 +211,22 @@ impl Membership {
         let mut l = self.lock();
         l.rejoined = v;
         l.acked.clear();
+        l.suspect = false;
         self.save(&mut l);
+    }
+
+    /// While suspect (down past `member_expiry`), no anti-entropy round runs either way.
+    pub fn is_suspect(&self) -> bool {
+        self.lock().suspect
+    }
+
+    /// A peer that records this node as a member said so.
+    pub fn confirmed(&self) {
+        let mut l = self.lock();
+        if l.suspect {
+            l.suspect = false;
+            tracing::info!("a peer confirmed this node is still a member");
+        }
     }
 
     /// Counts the time since the last tick against every member not alive now; answers the
@@ -280,9 +238,9 @@ impl Membership {
             .last_tick
             .map_or(0, |t| now.duration_since(t).as_millis() as u64);
         l.last_tick = Some(now);
-        let current: Vec<u64> = members
+        let current: HashSet<u64> = members
             .iter()
-            .filter(|m| m.id != self.me && m.record.removed.is_none())
+            .filter(|m| m.id != self.me && m.is_member())
             .map(|m| m.id)
             .collect();
         l.unseen_ms.retain(|id, _| current.contains(id));
@@ -294,7 +252,10 @@ impl Membership {
                 expired.push((id, *unseen));
             }
         }
-        if !expired.is_empty() || l.saved.is_none_or(|t| t.elapsed() >= SAVE_EVERY) {
+        expired.sort_unstable();
+        let ids: Vec<u64> = expired.iter().map(|e| e.0).collect();
+        if ids != l.expired || l.saved.is_none_or(|t| t.elapsed() >= SAVE_EVERY) {
+            l.expired = ids;
             self.save(&mut l);
         }
         expired
@@ -304,80 +265,76 @@ impl Membership {
 /// Why a peer is not admitted.
 #[derive(Debug)]
 pub enum Refusal {
-    /// It was removed (at this version of its record) and has not reset itself since.
+    /// It was removed (its removal at this version) and has not reset itself since.
     Removed(Version),
     /// Its record could not be written.
     Unavailable(db::Error),
 }
 
 impl Shared {
-    /// The member records as this node holds them now.
+    /// The members as this node's store records them now.
     pub(super) fn member_records(&self) -> Vec<Member> {
-        members(&self.db.read().store, crate::clock::now_ms())
+        roster::members(&self.db.read().store, crate::clock::now_ms())
     }
 
-    /// The version of `id`'s removal, if it was removed.
-    pub(super) fn removal(&self, id: u64) -> Option<Version> {
-        removed(&self.db.read().store, id, crate::clock::now_ms())
+    /// What this node's store says of `id`.
+    pub(super) fn member(&self, id: u64) -> Member {
+        roster::member(&self.db.read().store, id, crate::clock::now_ms())
+    }
+
+    /// Every removal this node knows of: node → when it was written (Unix ms).
+    pub(super) fn removals(&self) -> HashMap<u64, u64> {
+        self.member_records()
+            .into_iter()
+            .filter_map(|m| Some((m.id, m.removal?.0.at_ms)))
+            .collect()
     }
 
     /// Admits `id` as a member before anything is exchanged with it: writes its record if
-    /// there is none, or a new one if it was removed and says it reset itself for that removal
-    /// (`rejoin`).
+    /// there is none, or one naming its removal if it was removed and says it reset itself
+    /// for that removal (`rejoin`).
     pub(super) async fn admit(
         &self,
         id: u64,
         addr: std::net::SocketAddr,
         rejoin: Option<Version>,
     ) -> Result<(), Refusal> {
-        let now = crate::clock::now_ms();
-        let current = {
-            let st = self.db.read();
-            let key = record_key(id);
-            match st.store.lookup(&key, now) {
-                Lookup::Missing => None,
-                _ => Some(removed(&st.store, id, now)),
-            }
-        };
-        match current {
-            Some(None) => return Ok(()),
-            Some(Some(v)) if rejoin.is_none_or(|r| r < v) => return Err(Refusal::Removed(v)),
-            Some(Some(_)) => {
+        let m = self.member(id);
+        let rejoined = match m.removed() {
+            Some(v) if rejoin.is_none_or(|r| r < v) => return Err(Refusal::Removed(v)),
+            Some(v) => {
                 tracing::info!(peer = %format!("{id:016x}"), "a removed member reset itself and rejoins");
+                Some(v.to_string())
             }
-            None => {}
-        }
+            None if m.record.is_some() => return Ok(()),
+            None => None,
+        };
         let record = Record {
-            joined_ms: now,
+            joined_ms: crate::clock::now_ms(),
             admitted_by: format!("{:016x}", self.s.me.node_id),
             addr: Some(addr.to_string()),
-            removed: None,
+            rejoined,
         };
         self.db
-            .write(put(id, &record))
+            .write(roster::put_record(id, &record))
             .await
             .map(|_| ())
             .map_err(Refusal::Unavailable)
     }
 
-    /// Removes member `id`: writes its removal into its record.
-    pub(super) async fn remove_member(
-        &self,
-        member: &Member,
-        why: &str,
-    ) -> Result<Version, db::Error> {
-        let record = Record {
-            removed: Some(Removal {
-                at_ms: crate::clock::now_ms(),
-                by: format!("{:016x}", self.s.me.node_id),
-                why: why.into(),
-            }),
-            ..member.record.clone()
+    /// Removes member `id`: writes its removal.
+    pub(super) async fn remove_member(&self, id: u64, why: &str) -> Result<Version, db::Error> {
+        let removal = Removal {
+            at_ms: crate::clock::now_ms(),
+            by: format!("{:016x}", self.s.me.node_id),
+            why: why.into(),
         };
+        let w = self.db.write(roster::put_removal(id, &removal)).await?;
+        self.members
+            .failure(id, "removed from the cluster; waiting for it to rejoin");
         self.db
-            .write(put(member.id, &record))
-            .await
-            .map(|w| w.version)
+            .set_held(self.membership.held(&self.member_records()));
+        Ok(w.version)
     }
 
     /// A push answer named registers the peer collected: collects them here too.
@@ -402,32 +359,30 @@ impl Shared {
             .set_held(self.membership.held(&self.member_records()));
     }
 
-    /// This node was removed (its record at version `v`; `removed` are the members removed
-    /// as the node that said so knows them): unless it already did for that removal, forgets
+    /// This node was removed (its removal at version `v`; `removals` are the removals the
+    /// node that said so knows, node → when): unless it already did for that removal, forgets
     /// what it holds from others (keeping its own writes no member in good standing holds),
     /// then says so in its hellos.
-    pub(super) fn removed_self(self: &std::sync::Arc<Self>, v: Version, removed: &[u64]) {
-        use std::sync::atomic::Ordering::SeqCst;
+    pub(super) fn removed_self(self: &Arc<Self>, v: Version, removals: &[(u64, u64)]) {
         if self.membership.rejoined() >= v || self.resyncing.swap(true, SeqCst) {
             return;
         }
-        let mut gone: Vec<u64> = removed.to_vec();
-        gone.extend(
-            self.member_records()
-                .iter()
-                .filter(|m| m.record.removed.is_some())
-                .map(|m| m.id),
-        );
+        let mut gone = self.removals();
+        for (id, at) in removals {
+            let e = gone.entry(*id).or_default();
+            *e = (*e).max(*at);
+        }
         let shared = self.clone();
         self.tracker.spawn(async move {
             let keep = shared.membership.shared_to(&gone);
             match shared.db.reset(keep).await {
                 Ok(n) => {
                     shared.membership.reset_for(v);
+                    shared.db.set_held(shared.membership.held(&shared.member_records()));
                     tracing::warn!(
                         forgotten = n,
                         removal = %v,
-                        "this node was removed from its cluster: it forgot the registers it held from others (keeping its own writes no peer was seen holding) and rejoins"
+                        "this node was removed from its cluster: it forgot the registers it held from others (keeping its own writes no member was seen holding) and rejoins"
                     );
                 }
                 Err(e) => tracing::error!(error = %e, "cannot forget the registers held before the removal"),
@@ -438,14 +393,17 @@ impl Shared {
 
     /// Once a second: expiries, this node's own removal, removed peers cut off, and what
     /// every member holds.
-    pub(super) async fn membership_tick(self: &std::sync::Arc<Self>) {
+    pub(super) async fn membership_tick(self: &Arc<Self>) {
         let records = self.member_records();
-        if let Some(me) = records.iter().find(|m| m.id == self.s.me.node_id) {
-            if me.record.removed.is_some() {
-                self.removed_self(me.version, &[]);
-            }
+        let me = self.s.me.node_id;
+        if let Some(v) = records
+            .iter()
+            .find(|m| m.id == me)
+            .and_then(|m| m.removed())
+        {
+            self.removed_self(v, &[]);
         }
-        for m in records.iter().filter(|m| m.record.removed.is_some()) {
+        for m in records.iter().filter(|m| m.removed().is_some()) {
             if self.members.is_alive(m.id) {
                 self.members
                     .failure(m.id, "removed from the cluster; waiting for it to rejoin");
@@ -455,11 +413,10 @@ impl Shared {
             .membership
             .tick(&records, |id| self.members.is_alive(id));
         // Only a node in touch with a majority of the members removes one: the two sides of a
-        // long split must not remove each other (each would then forget the other's writes).
-        let me = self.s.me.node_id;
+        // long split must not remove each other.
         let current: Vec<u64> = records
             .iter()
-            .filter(|m| m.record.removed.is_none() && m.id != me)
+            .filter(|m| m.is_member() && m.id != me)
             .map(|m| m.id)
             .collect();
         let in_touch = 1 + current
@@ -467,19 +424,9 @@ impl Shared {
             .filter(|id| self.members.is_alive(**id))
             .count();
         let majority = in_touch * 2 > current.len() + 1;
-        if !expired.is_empty() && !majority {
-            tracing::debug!(
-                in_touch,
-                members = current.len() + 1,
-                "members past member_expiry are kept: this node is not in touch with a majority"
-            );
-        }
         for (id, unseen_ms) in expired.into_iter().filter(|_| majority) {
-            let Some(m) = records.iter().find(|m| m.id == id) else {
-                continue;
-            };
             let why = format!("not heard from for {} (member_expiry)", span(unseen_ms));
-            match self.remove_member(m, &why).await {
+            match self.remove_member(id, &why).await {
                 Ok(_) => tracing::warn!(peer = %format!("{id:016x}"), "member removed: {why}"),
                 Err(e) => {
                     tracing::warn!(peer = %format!("{id:016x}"), error = %e, "cannot record an expired member's removal")
@@ -490,8 +437,18 @@ impl Shared {
     }
 }
 
+/// Runs the membership tick once a second until the node stops.
+pub(super) async fn membership_loop(shared: Arc<Shared>) {
+    loop {
+        tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => shared.membership_tick().await,
+        }
+    }
+}
+
 /// A span of milliseconds in its two largest units: `30d 0h`, `2h 5m`, `45s`.
-fn span(ms: u64) -> String {
+pub(super) fn span(ms: u64) -> String {
     let s = ms / 1000;
     let (d, h, m) = (s / 86_400, s / 3600 % 24, s / 60 % 60);
     match (d, h, m) {
@@ -517,24 +474,19 @@ mod tests {
     fn member(id: u64, removed: bool) -> Member {
         Member {
             id,
-            record: Record {
-                joined_ms: 1,
-                admitted_by: "x".into(),
-                addr: None,
-                removed: removed.then(|| Removal {
-                    at_ms: 2,
-                    by: "y".into(),
-                    why: "z".into(),
-                }),
-            },
-            version: Version::ZERO,
+            record: Some(Record::default()),
+            removal: removed.then(|| (Removal::default(), Version::ZERO)),
         }
+    }
+
+    fn open(dir: &std::path::Path, expiry: Duration) -> Membership {
+        Membership::open(dir, 1, expiry, crate::clock::now_ms())
     }
 
     #[test]
     fn held_is_the_least_acknowledgement_of_the_members_not_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let m = Membership::open(dir.path(), 1, Duration::from_secs(10));
+        let m = open(dir.path(), Duration::from_secs(10));
         assert_eq!(m.held(&[member(1, false)]), u64::MAX, "alone");
         let all = [member(1, false), member(2, false), member(3, false)];
         assert_eq!(m.held(&all), 0, "nobody acknowledged anything yet");
@@ -548,6 +500,16 @@ mod tests {
             10,
             "a removed member blocks nothing"
         );
+        m.reset_for(Version::ZERO.max(Version {
+            millis: 1,
+            counter: 0,
+            node: 9,
+        }));
+        assert_eq!(
+            m.held(&[member(1, false)]),
+            0,
+            "reset, and no records back yet"
+        );
     }
 
     #[test]
@@ -558,27 +520,46 @@ mod tests {
             counter: 0,
             node: 1,
         };
-        let m = Membership::open(dir.path(), 1, Duration::from_secs(10));
+        let m = open(dir.path(), Duration::from_secs(10));
         m.acked(2, 10, v(5));
         m.acked(2, 11, v(4));
         m.acked(3, 11, v(7));
-        assert_eq!(m.shared_to(&[]), v(7));
+        let none = HashMap::new();
+        assert_eq!(m.shared_to(&none), v(7));
+        let later = HashMap::from([(3, crate::clock::now_ms() + 1_000)]);
         assert_eq!(
-            m.shared_to(&[3]),
+            m.shared_to(&later),
             v(5),
-            "a removed peer's copy does not count"
+            "a peer removed since does not count"
+        );
+        let earlier = HashMap::from([(3, 1)]);
+        assert_eq!(
+            m.shared_to(&earlier),
+            v(7),
+            "one removed before it held them does"
         );
         m.reset_for(v(9));
         drop(m);
-        let m = Membership::open(dir.path(), 1, Duration::from_secs(10));
-        assert_eq!((m.shared_to(&[]), m.rejoined()), (v(7), v(9)));
+        let m = open(dir.path(), Duration::from_secs(10));
+        assert_eq!((m.shared_to(&none), m.rejoined()), (v(7), v(9)));
         assert_eq!(m.acked_revision(2), None);
+        assert!(!m.is_suspect());
+        drop(m);
+        let m = Membership::open(
+            dir.path(),
+            1,
+            Duration::from_secs(10),
+            crate::clock::now_ms() + 11_000,
+        );
+        assert!(m.is_suspect(), "down longer than the expiry");
+        m.confirmed();
+        assert!(!m.is_suspect());
     }
 
     #[test]
     fn a_member_expires_after_the_time_it_was_not_alive_while_this_node_ran() {
         let dir = tempfile::tempdir().unwrap();
-        let m = Membership::open(dir.path(), 1, Duration::from_millis(50));
+        let m = open(dir.path(), Duration::from_millis(50));
         let all = [member(1, false), member(2, false), member(3, false)];
         assert!(
             m.tick(&all, |_| false).is_empty(),
@@ -589,142 +570,8 @@ mod tests {
         assert_eq!(expired, [2]);
         drop(m);
         // Saved: the count goes on after a restart, without the time the node was down.
-        let m = Membership::open(dir.path(), 1, Duration::from_millis(50));
+        let m = open(dir.path(), Duration::from_millis(50));
         let expired: Vec<u64> = m.tick(&all, |_| false).iter().map(|e| e.0).collect();
         assert_eq!(expired, [2]);
-    }
-}
-
-/// Why `herd members remove` was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum RemoveError {
-    #[error("{0}")]
-    BadId(String),
-    #[error("no member {0} is recorded (see `herd members`)")]
-    Unknown(String),
-    #[error("{0:?} matches several members: {1}")]
-    Ambiguous(String, String),
-    #[error("this node cannot remove itself; remove it from another node")]
-    Itself,
-    #[error("member {0:016x} was already removed: {1}")]
-    Already(u64, String),
-    #[error("member {0:016x} is alive (it answered in the last seconds); removing it makes it forget what it holds from others and rejoin. Stop it first, or pass --force")]
-    Alive(u64),
-    #[error(transparent)]
-    Db(#[from] db::Error),
-}
-
-impl super::Cluster {
-    /// Removes the member named by `id` (its node id, or a unique prefix of at least 4 hex
-    /// digits): replicated as a write of its record; tombstones stop waiting for it.
-    pub async fn remove_member(
-        &self,
-        id: &str,
-        force: bool,
-    ) -> Result<serde_json::Value, RemoveError> {
-        let shared = &self.shared;
-        let id = id.trim().to_ascii_lowercase();
-        if id.len() < 4 || id.len() > 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(RemoveError::BadId(format!(
-                "{id:?} is not a node id (16 hex digits, or a unique prefix of at least 4)"
-            )));
-        }
-        let records = shared.member_records();
-        let matching: Vec<&Member> = records
-            .iter()
-            .filter(|m| format!("{:016x}", m.id).starts_with(&id))
-            .collect();
-        let m = match matching.as_slice() {
-            [] => return Err(RemoveError::Unknown(id)),
-            [m] => *m,
-            many => {
-                let ids: Vec<String> = many.iter().map(|m| format!("{:016x}", m.id)).collect();
-                return Err(RemoveError::Ambiguous(id, ids.join(", ")));
-            }
-        };
-        if m.id == shared.s.me.node_id {
-            return Err(RemoveError::Itself);
-        }
-        if let Some(r) = &m.record.removed {
-            return Err(RemoveError::Already(m.id, r.why.clone()));
-        }
-        if !force && shared.members.is_alive(m.id) {
-            return Err(RemoveError::Alive(m.id));
-        }
-        let version = shared
-            .remove_member(m, "removed by an operator (herd members remove)")
-            .await?;
-        tracing::warn!(peer = %format!("{:016x}", m.id), "member removed by an operator");
-        shared
-            .members
-            .failure(m.id, "removed from the cluster; waiting for it to rejoin");
-        shared
-            .db
-            .set_held(shared.membership.held(&shared.member_records()));
-        Ok(serde_json::json!({
-            "node_id": format!("{:016x}", m.id),
-            "removed": true,
-            "version": version.to_string(),
-        }))
-    }
-
-    /// Adds the member records and what each member is known to hold to the members view.
-    pub(super) fn add_records(&self, v: &mut serde_json::Value) {
-        let shared = &self.shared;
-        let records = shared.member_records();
-        let held = shared.membership.held(&records);
-        let me = shared.s.me.node_id;
-        let list = v["members"].as_array_mut().expect("the view lists members");
-        for m in records.iter().filter(|m| m.id != me) {
-            let hex = format!("{:016x}", m.id);
-            let i = match list.iter().position(|e| e["node_id"] == hex.as_str()) {
-                Some(i) => i,
-                None => {
-                    list.push(serde_json::json!({
-                        "node_id": hex,
-                        "addr": m.record.addr,
-                        "state": "unseen",
-                        "last_error": "not seen since this node started",
-                    }));
-                    list.len() - 1
-                }
-            };
-            let e = &mut list[i];
-            e["member_since_ms"] = m.record.joined_ms.into();
-            e["held_revision"] = shared.membership.acked_revision(m.id).into();
-            if let Some(r) = &m.record.removed {
-                e["state"] = "removed".into();
-                e["removed"] = serde_json::json!({"at_ms": r.at_ms, "by": r.by, "why": r.why});
-            }
-        }
-        let st = shared.db.read();
-        let waiting = st.store.tombstone_count();
-        let blocked_by: Vec<String> = if waiting == 0 {
-            Vec::new()
-        } else {
-            records
-                .iter()
-                .filter(|m| m.id != me && m.record.removed.is_none())
-                .filter(|m| shared.membership.acked_revision(m.id).unwrap_or(0) == held)
-                .map(|m| format!("{:016x}", m.id))
-                .collect()
-        };
-        v["tombstones"] = serde_json::json!({
-            "waiting": waiting,
-            "collected_remembered": st.store.collected_count(),
-            "held_revision": (held != u64::MAX).then_some(held),
-            "revision": st.revision,
-            "waiting_for": blocked_by,
-        });
-    }
-}
-
-/// Runs the membership tick once a second until the node stops.
-pub(super) async fn membership_loop(shared: std::sync::Arc<Shared>) {
-    loop {
-        tokio::select! {
-            _ = shared.cancel.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => shared.membership_tick().await,
-        }
     }
 }

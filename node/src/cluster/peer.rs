@@ -74,8 +74,8 @@ pub enum PeerError {
     Removed {
         node: u64,
         version: crate::store::Version,
-        /// Every member the peer knows as removed.
-        removed: Vec<u64>,
+        /// Every removal the peer knows: (node, when it was written, Unix ms).
+        removals: Vec<(u64, u64)>,
         why: String,
     },
     #[error("peer answered {status}: {message}")]
@@ -347,18 +347,21 @@ impl PeerClient {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok());
             if let (StatusCode::GONE, Some(version)) = (parts.status, removal) {
-                let removed = parts
+                let removals = parts
                     .headers
                     .get(super::wire::H_REMOVED_MEMBERS)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("")
                     .split(',')
-                    .filter_map(|id| u64::from_str_radix(id.trim(), 16).ok())
+                    .filter_map(|e| {
+                        let (id, at) = e.trim().split_once(':')?;
+                        Some((u64::from_str_radix(id, 16).ok()?, at.parse().ok()?))
+                    })
                     .collect();
                 return Err(PeerError::Removed {
                     node: them.node_id,
                     version,
-                    removed,
+                    removals,
                     why: message,
                 });
             }

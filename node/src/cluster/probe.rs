@@ -44,7 +44,7 @@ async fn probe(shared: &Arc<Shared>, due: &Due) {
             };
             let mut last = String::from("resolved to no address");
             for addr in addrs {
-                match shared.say_hello(addr).await {
+                match shared.say_hello(addr, None).await {
                     Ok(them) if them.node_id == shared.s.me.node_id => {
                         shared.members.seed_result(target, Ok(them.node_id));
                         return;
@@ -83,7 +83,7 @@ async fn probe(shared: &Arc<Shared>, due: &Due) {
             }
             shared.members.seed_result(target, Err(last));
         }
-        Due::Peer(id, addr) => match shared.say_hello(*addr).await {
+        Due::Peer(id, addr) => match shared.say_hello(*addr, Some(*id)).await {
             Ok(them) if them.node_id == *id => shared.contact(*id),
             Ok(them) => {
                 // Another node answers at that address now.

@@ -55,6 +55,9 @@ pub(super) async fn anti_entropy_loop(shared: Arc<Shared>) {
             .find(|p| !p.is_empty())
             .unwrap_or(&alive);
         let (id, addr) = pool[(random_unit() * pool.len() as f64) as usize % pool.len()];
+        if shared.membership.is_suspect() {
+            continue;
+        }
         let round = tokio::select! {
             _ = shared.cancel.cancelled() => return,
             r = anti_entropy_round(&shared, id, addr) => r,
@@ -92,11 +95,12 @@ fn root_now(shared: &Shared) -> (u64, digest::Root, crate::store::Version) {
 /// stage hashes every key). A round that starts with equal roots counts as the peer holding
 /// what this node holds.
 pub(super) async fn digest_answer(shared: &Arc<Shared>, them: u64, body: &Bytes) -> Response<Body> {
-    if shared.resyncing.load(std::sync::atomic::Ordering::SeqCst) {
+    if shared.resyncing.load(std::sync::atomic::Ordering::SeqCst) || shared.membership.is_suspect()
+    {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "resyncing",
-            "this node was removed from its cluster and is forgetting what it held",
+            "this node may have been removed from its cluster (it was down past member_expiry, or is forgetting what it held): it waits until a peer says",
         );
     }
     let req = match Request::decode(body) {

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 /// The version of the peer protocol this node speaks (also in mDNS TXT records).
 pub const PROTO: u32 = 1;
+/// `Hello::you` for a member in good standing.
+pub const YOU_MEMBER: &str = "member";
 /// The node id of the sender, 16 hex digits.
 pub const H_NODE: &str = "herd-node";
 /// The sender's cluster name.
@@ -43,6 +45,10 @@ pub struct Hello {
     /// ever removed: a node that holds that removal records it as a member again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejoin: Option<String>,
+    /// What the sender's store says of the receiver: `member` if it records it as a member in
+    /// good standing (a node that was down past `member_expiry` waits for this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub you: Option<String>,
     /// The live peers the sender knows, so peers are learned from peers.
     #[serde(default)]
     pub peers: Vec<PeerInfo>,

@@ -455,7 +455,7 @@ impl Writer {
         let revision = self.commit_removal(&keys)?;
         let now = now_ms();
         let mut st = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
-        st.store = Store::from_registers(kept);
+        st.store = Store::loaded(kept, revision);
         let mut events = vec![Arc::new(Event {
             revision,
             seq: 0,
@@ -508,12 +508,33 @@ impl Writer {
         Ok(keys.len())
     }
 
-    /// Removes tombstones durably as one new revision (no events: watchers were told of the
-    /// deletions and expiries) and remembers them as collected at that revision.
+    /// Removes tombstones durably as one new revision and remembers them as collected at that
+    /// revision. Watchers were told of deletions and expiries; a value that was still visible
+    /// (a peer collected a deletion above it that this node never had) is announced deleted.
     fn collect(&mut self, keys: &[Box<str>]) -> Result<u64, Error> {
         let revision = self.commit_removal(keys)?;
+        let now = now_ms();
         let mut st = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
+        let visible: Vec<(Box<str>, Version)> = keys
+            .iter()
+            .filter_map(|k| {
+                let r = st.store.register(k)?;
+                (r.is_visible(now) && r.leaf().is_some()).then(|| (k.clone(), r.version))
+            })
+            .collect();
         st.store.collect(keys, revision);
+        for (seq, (key, version)) in visible.into_iter().enumerate() {
+            let ev = Arc::new(Event {
+                revision,
+                seq: seq as u32,
+                kind: EventKind::Delete,
+                key,
+                value: None,
+                version,
+            });
+            st.record(ev.clone());
+            let _ = self.inner.events.send(ev);
+        }
         st.reach(revision);
         Ok(revision)
     }

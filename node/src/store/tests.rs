@@ -255,6 +255,16 @@ fn a_tombstone_is_due_only_once_held_as_of_its_arrival() {
 }
 
 #[test]
+fn tombstones_loaded_from_disk_wait_for_a_member_seen_after_the_load() {
+    let s = Store::loaded(vec![("gone".into(), reg_at(Kind::Deleted, 10))], 5);
+    assert!(
+        s.due_tombstones(0, u64::MAX).is_empty(),
+        "nobody was seen holding anything since the start"
+    );
+    assert_eq!(s.due_tombstones(5, u64::MAX).len(), 1);
+}
+
+#[test]
 fn what_a_collected_tombstone_covers_does_not_come_back_and_its_sender_is_told() {
     let mut s = Store::new();
     let plan = s.plan(vec![("a".into(), reg_at(Kind::Deleted, 10))]);

@@ -4,10 +4,28 @@
 
 use super::*;
 
+/// When a tombstone was made: a deletion's stamp, an expired leaf's expiry (Unix ms).
+fn made_ms(r: &Register) -> Option<u64> {
+    match (&r.kind, r.expires) {
+        (Kind::Deleted, _) => Some(r.version.millis),
+        (_, Some(t)) => Some(t.get()),
+        _ => None,
+    }
+}
+
 impl Store {
     /// Number of deletion markers and announced expiries not collected yet.
     pub fn tombstone_count(&self) -> usize {
         self.ix.tombstones.len()
+    }
+
+    /// When the oldest tombstone waiting was made (or expired), Unix ms.
+    pub fn oldest_tombstone_ms(&self) -> Option<u64> {
+        self.ix
+            .tombstones
+            .iter()
+            .filter_map(|(_, k)| made_ms(self.regs.get(k)?))
+            .min()
     }
 
     /// Number of collected tombstones still remembered (see [`Store::collect`]).
@@ -76,11 +94,8 @@ impl Store {
             .filter(|(_, k)| {
                 self.regs
                     .get(k)
-                    .is_some_and(|r| match (&r.kind, r.expires) {
-                        (Kind::Deleted, _) => r.version.millis < floor,
-                        (_, Some(t)) => t.get() < floor,
-                        _ => false,
-                    })
+                    .and_then(made_ms)
+                    .is_some_and(|t| t < floor)
             })
             .map(|(_, k)| k.clone())
             .collect()
