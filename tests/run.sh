@@ -11,8 +11,8 @@ log() { printf '==> %s\n' "$*" >&2; }
 
 # Debian packages the tests need (installed only when missing): curl for the tour checks,
 # fuse3, vim, rsync, python3, inotify-tools and entr for the file-view tests (real tools on a
-# real mount); faketime for the clock tests.
-packages=(curl ca-certificates fuse3 vim rsync python3 inotify-tools entr faketime)
+# real mount); faketime for the clock tests; nftables for the chaos soak's one-way partitions.
+packages=(curl ca-certificates fuse3 vim rsync python3 inotify-tools entr faketime nftables)
 # clang, lld, wasi-libc and the wasm32 compiler runtime build the C plugins (plugins/build.sh);
 # python3-pip installs componentize-py for the Python plugins.
 packages+=(clang lld wasi-libc libclang-rt-14-dev-wasm32)
@@ -72,7 +72,9 @@ log "cargo test"
 cargo test --workspace --locked
 
 # The multi-host tests in network namespaces (tests/lab/): the lab's self-test, mDNS discovery,
-# the cluster end to end, and the configuration loop (a write on node 1 -> programs on node 3,
+# the cluster end to end, members and deletions, a 2-minute chaos soak with a history checker
+# (HERD_CHAOS_SECS sets its length; the 30-minute run is a command of its own, see
+# docs/benchmarks.md), and the configuration loop (a write on node 1 -> programs on node 3,
 # through a template, the mount, entr and herd watch --exec). Exit 77 means skipped (not root, no netns); under
 # HERD_TEST_STRICT=1 that is a failure. Each runs in the background so that a signal to this
 # script is passed on as SIGTERM (background jobs of a script ignore SIGINT), which makes the
@@ -107,7 +109,7 @@ trap 'lab_signal HUP' HUP
 
 lab_failed=()
 lab_skipped=()
-for t in selftest.py mdns_test.py cluster_test.py members_test.py loop_test.py; do
+for t in selftest.py mdns_test.py cluster_test.py members_test.py chaos_test.py loop_test.py; do
   log "tests/lab/$t"
   python3 "tests/lab/$t" &
   lab_pid=$!
