@@ -72,9 +72,12 @@ pub(super) async fn save(
         updated_ms: now_ms(),
         tree,
     };
-    let cancel = cancel.clone();
+    let (cancel, node) = (cancel.clone(), plugins.cancel().clone());
     let written = tokio::task::spawn_blocking(move || {
-        if cancel.is_cancelled() {
+        // A task stopped because its plugin was updated or removed leaves the file to the new
+        // task (or to the removal). One stopped because the node shuts down saves what it
+        // announced, or the next start would announce the outputs whole.
+        if cancel.is_cancelled() && !node.is_cancelled() {
             return Ok(());
         }
         let text = serde_json::to_vec(&saved).map_err(std::io::Error::other)?;
