@@ -349,6 +349,11 @@ impl Shared {
                     "removed from the cluster (record {version}); waiting for it to rejoin"
                 )))
             }
+            Err(membership::Refusal::Unconfirmed) => {
+                return Err(PeerError::PeerRemoved(
+                    "removed from the cluster, as a peer said; waiting for the records".into(),
+                ))
+            }
             Err(membership::Refusal::Unavailable(e)) => {
                 return Err(PeerError::Protocol(format!(
                     "cannot record it as a member: {e}"
@@ -363,9 +368,19 @@ impl Shared {
     }
 }
 
+/// The answer to a peer this node was told (in a 410) is removed, before its store knows: 503,
+/// so the peer tries another node, which knows.
+fn unconfirmed_response() -> Response<Body> {
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unconfirmed",
+        "this node was told you were removed from the cluster and is getting the records back",
+    )
+}
+
 /// The answer to a peer that was removed from the cluster: 410 `removed`, with the version of
-/// the removal in `herd-removed` and every removal this node knows (`id:unix ms`) in
-/// `herd-removed-members`.
+/// the removal in `herd-removed` and every removal this node knows (`id:unix ms:1 if removed
+/// now, 0 if back`) in `herd-removed-members`.
 fn removed_response(shared: &Shared, version: crate::store::Version) -> Response<Body> {
     let mut r = error_response(
         StatusCode::GONE,
@@ -375,7 +390,7 @@ fn removed_response(shared: &Shared, version: crate::store::Version) -> Response
     let removed: Vec<String> = shared
         .removals()
         .iter()
-        .map(|(id, at)| format!("{id:016x}:{at}"))
+        .map(|(id, (at, now))| format!("{id:016x}:{at}:{}", u8::from(*now)))
         .collect();
     for (name, value) in [
         (wire::H_REMOVED, version.to_string()),
@@ -471,8 +486,15 @@ async fn handle(
     let ok = |body: Vec<u8>| Response::new(Body::full(Bytes::from(body)));
     // A removed node is heard only when it says hello (and rejoins, if it reset itself).
     if path != "/peer/v1/hello" {
-        if let Some(version) = shared.member(them.node_id).removed() {
+        let m = shared.member(them.node_id);
+        if let Some(version) = m.removed() {
             return removed_response(&shared, version);
+        }
+        if shared
+            .membership
+            .told_removed(them.node_id, m.removal.is_some())
+        {
+            return unconfirmed_response();
         }
     }
     match path.as_str() {
@@ -494,6 +516,7 @@ async fn handle(
                 Err(membership::Refusal::Removed(version)) => {
                     return removed_response(&shared, version)
                 }
+                Err(membership::Refusal::Unconfirmed) => return unconfirmed_response(),
                 Err(membership::Refusal::Unavailable(e)) => {
                     return error_response(
                         StatusCode::SERVICE_UNAVAILABLE,

@@ -199,9 +199,13 @@ enum Command {
     ),
     /// Announce due expiries and collect the tombstones every member holds.
     Housekeeping,
-    /// Forget every register but this node's own writes newer than the version (a node
-    /// removed from its cluster, before it rejoins).
-    Reset(Version, oneshot::Sender<Result<usize, Error>>),
+    /// Forget every register but this node's own writes newer than the version and those at
+    /// or below the keys (a node removed from its cluster, before it rejoins).
+    Reset(
+        Version,
+        &'static [&'static str],
+        oneshot::Sender<Result<usize, Error>>,
+    ),
     /// Derived keys changed (key, new compact JSON or `None` for gone): events, no registers.
     /// The function makes the change visible; it runs under the state lock, once the revision
     /// is committed, and answers whether the events are to be recorded.
@@ -494,12 +498,17 @@ impl Db {
     }
 
     /// Durably forgets every register except this node's own writes newer than `shared`
-    /// (the ones no peer is known to have), and answers how many it forgot. For a node
+    /// (the ones no peer is known to have) and those at or below `keep` (keys in the store's
+    /// encoding), and answers how many it forgot. For a node
     /// removed from its cluster: tombstones may have been collected without it, so what it
     /// holds from others must not be offered back; it takes everything again from its peers.
     /// Watchers get one `delete` of the root, then a `put` of each leaf kept.
-    pub async fn reset(&self, shared: Version) -> Result<usize, Error> {
-        self.ask(|reply| Command::Reset(shared, reply)).await
+    pub async fn reset(
+        &self,
+        shared: Version,
+        keep: &'static [&'static str],
+    ) -> Result<usize, Error> {
+        self.ask(|reply| Command::Reset(shared, keep, reply)).await
     }
 
     /// Announces changes of derived keys (key, new compact JSON or `None` for gone) to
@@ -977,9 +986,9 @@ mod tests {
         assert_eq!(doc(&db), before);
         assert_eq!(db.read().store.digest().root(), digest);
         // A reset keeps this node's own writes newer than what a peer was seen holding.
-        assert!(db.reset(local.version).await.unwrap() >= 2);
+        assert!(db.reset(local.version, &[]).await.unwrap() >= 2);
         assert_eq!(doc(&db), json!({"b": 1}));
-        assert!(db.reset(w.version).await.unwrap() >= 1);
+        assert!(db.reset(w.version, &[]).await.unwrap() >= 1);
         assert_eq!(doc(&db), json!({}));
         drop(db);
         h.join();

@@ -131,8 +131,9 @@ class Client(threading.Thread):
             op.status = "ok"
             if text and op.kind != "read":
                 op.version = json.loads(text).get("version")
-        elif 400 <= status < 600 and status not in (500, 502, 504):
-            # The node answered with its JSON error: nothing was stored.
+        elif 400 <= status < 600 and status not in (500, 502, 504) and "outcome_unknown" not in text:
+            # The node answered with its JSON error: nothing was stored (but `outcome_unknown`:
+            # the disk failed the write's own log write, so it may be there after a restart).
             op.status = "fail"
             op.detail = "%d %s" % (status, text[:120])
         else:

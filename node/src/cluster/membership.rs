@@ -19,11 +19,12 @@
 //! member that stays away blocks collection until it comes back or is removed.
 //!
 //! **Coming back removed.** A node told it was removed (410, or its own removal found in its
-//! store) forgets every register except its own writes that no member in good standing was
-//! seen holding (`shared`: per peer, the newest own version in a state it acknowledged and
+//! store) forgets every register except the member keys and its own writes that no member in
+//! good standing was seen holding (`shared`: per peer, the newest own version in a state it acknowledged and
 //! when; a peer removed since does not count, as the 410's `herd-removed-members` or the
 //! store says) and says in its next hellos which removal it reset itself for (`rejoin`); a node
-//! that sees that records it as a member again, naming the removal. Tombstones may have been
+//! that sees that records it as a member again (`/.herd/rejoined/<id>`). Until its store has the
+//! removals back it admits none of the nodes the 410 listed as removed. Tombstones may have been
 //! collected without it, so what it held from others must not come back; its own unshared
 //! writes are kept and sent. A node that was *down* for longer than `member_expiry` may have
 //! been removed without hearing of it: it is `suspect`, and takes part in no anti-entropy round
@@ -69,6 +70,9 @@ struct Local {
     shared: HashMap<u64, (Version, u64)>,
     rejoined: Version,
     suspect: bool,
+    /// Nodes a 410 said are removed, before this node's store says so (it reset itself and
+    /// has not got the removals back yet): not admitted meanwhile.
+    told: HashSet<u64>,
     expired: Vec<u64>,
     last_tick: Option<Instant>,
     saved: Option<Instant>,
@@ -167,21 +171,27 @@ impl Membership {
         }
     }
 
-    /// The revision every member in good standing in `members` is known to have held:
-    /// `u64::MAX` if there is none but this node (unless it reset itself for a removal and has
-    /// not got the records back yet: then nothing).
+    /// The revision every member in good standing in `members` is known to have held
+    /// (`u64::MAX` if there is none but this node).
     pub fn held(&self, members: &[Member]) -> u64 {
         let l = self.lock();
-        let least = members
+        members
             .iter()
             .filter(|m| m.id != self.me && m.is_member())
             .map(|m| l.acked.get(&m.id).copied().unwrap_or(0))
-            .min();
-        match least {
-            Some(r) => r,
-            None if l.rejoined != Version::ZERO => 0,
-            None => u64::MAX,
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// True if a 410 said `id` is removed and this node's store does not know yet
+    /// (`store_knows`: it holds a removal of `id`, from then on the store decides).
+    pub fn told_removed(&self, id: u64, store_knows: bool) -> bool {
+        let mut l = self.lock();
+        if store_knows {
+            l.told.remove(&id);
+            return false;
         }
+        l.told.contains(&id)
     }
 
     /// The revision `peer` was last seen holding, if it was since this node started.
@@ -189,14 +199,15 @@ impl Membership {
         self.lock().acked.get(&peer).copied()
     }
 
-    /// The newest own version a peer was seen holding, among the peers not removed since
-    /// (`removed_at`: peer → when its last removal was written, Unix ms): this node's writes up
-    /// to it are on a member in good standing.
-    pub fn shared_to(&self, removed_at: &HashMap<u64, u64>) -> Version {
+    /// The newest own version a peer was seen holding, among the peers in good standing and
+    /// not removed since (`removals`: peer → when its last removal was written, Unix ms, and
+    /// whether it is removed now): this node's writes up to it are on a member in good
+    /// standing.
+    pub fn shared_to(&self, removals: &HashMap<u64, (u64, bool)>) -> Version {
         let l = self.lock();
         l.shared
             .iter()
-            .filter(|(id, (_, at))| removed_at.get(id).is_none_or(|r| r < at))
+            .filter(|(id, (_, at))| removals.get(id).is_none_or(|(r, now)| !now && r < at))
             .map(|(_, (v, _))| *v)
             .max()
             .unwrap_or(Version::ZERO)
@@ -206,12 +217,14 @@ impl Membership {
         self.lock().rejoined
     }
 
-    /// This node reset itself for the removal `v`: acknowledgements start over.
-    pub fn reset_for(&self, v: Version) {
+    /// This node reset itself for the removal `v`: acknowledgements start over, and the
+    /// nodes the 410 said are removed (`told`) are not admitted until the store says.
+    pub fn reset_for(&self, v: Version, told: impl IntoIterator<Item = u64>) {
         let mut l = self.lock();
         l.rejoined = v;
         l.acked.clear();
         l.suspect = false;
+        l.told.extend(told);
         self.save(&mut l);
     }
 
@@ -267,6 +280,8 @@ impl Membership {
 pub enum Refusal {
     /// It was removed (its removal at this version) and has not reset itself since.
     Removed(Version),
+    /// A 410 told this node it was removed, and its store does not know yet.
+    Unconfirmed,
     /// Its record could not be written.
     Unavailable(db::Error),
 }
@@ -282,11 +297,15 @@ impl Shared {
         roster::member(&self.db.read().store, id, crate::clock::now_ms())
     }
 
-    /// Every removal this node knows of: node → when it was written (Unix ms).
-    pub(super) fn removals(&self) -> HashMap<u64, u64> {
+    /// Every removal this node knows of: node → (when it was written, Unix ms; whether the
+    /// node is removed now).
+    pub(super) fn removals(&self) -> HashMap<u64, (u64, bool)> {
         self.member_records()
             .into_iter()
-            .filter_map(|m| Some((m.id, m.removal?.0.at_ms)))
+            .filter_map(|m| {
+                let now = m.removed().is_some();
+                Some((m.id, (m.removal?.0.at_ms, now)))
+            })
             .collect()
     }
 
@@ -300,11 +319,14 @@ impl Shared {
         rejoin: Option<Version>,
     ) -> Result<(), Refusal> {
         let m = self.member(id);
+        if m.removed().is_none() && self.membership.told_removed(id, m.removal.is_some()) {
+            return Err(Refusal::Unconfirmed);
+        }
         let rejoined = match m.removed() {
             Some(v) if rejoin.is_none_or(|r| r < v) => return Err(Refusal::Removed(v)),
             Some(v) => {
                 tracing::info!(peer = %format!("{id:016x}"), "a removed member reset itself and rejoins");
-                Some(v.to_string())
+                Some(v)
             }
             None if m.record.is_some() => return Ok(()),
             None => None,
@@ -313,10 +335,13 @@ impl Shared {
             joined_ms: crate::clock::now_ms(),
             admitted_by: format!("{:016x}", self.s.me.node_id),
             addr: Some(addr.to_string()),
-            rejoined,
+        };
+        let req = match rejoined {
+            Some(v) => roster::put_rejoined(id, &record, v),
+            None => roster::put_record(id, &record),
         };
         self.db
-            .write(roster::put_record(id, &record))
+            .write(req)
             .await
             .map(|_| ())
             .map_err(Refusal::Unavailable)
@@ -360,24 +385,31 @@ impl Shared {
     }
 
     /// This node was removed (its removal at version `v`; `removals` are the removals the
-    /// node that said so knows, node → when): unless it already did for that removal, forgets
-    /// what it holds from others (keeping its own writes no member in good standing holds),
-    /// then says so in its hellos.
-    pub(super) fn removed_self(self: &Arc<Self>, v: Version, removals: &[(u64, u64)]) {
+    /// node that said so knows: node, when, removed now): unless it already did for that
+    /// removal, forgets what it holds from others (keeping its own writes no member in good
+    /// standing holds, and what it knows of who is a member), then says so in its hellos.
+    pub(super) fn removed_self(self: &Arc<Self>, v: Version, removals: &[(u64, u64, bool)]) {
         if self.membership.rejoined() >= v || self.resyncing.swap(true, SeqCst) {
             return;
         }
         let mut gone = self.removals();
-        for (id, at) in removals {
-            let e = gone.entry(*id).or_default();
-            *e = (*e).max(*at);
+        for (id, at, now) in removals {
+            let e = gone.entry(*id).or_insert((0, false));
+            *e = (e.0.max(*at), e.1 || *now);
         }
+        let told: Vec<u64> = gone
+            .iter()
+            .filter(|(id, (_, now))| *now && **id != self.s.me.node_id)
+            .map(|(id, _)| *id)
+            .collect();
+        // Nothing is collected from here until members are seen holding what is left.
+        self.db.set_held(0);
         let shared = self.clone();
         self.tracker.spawn(async move {
             let keep = shared.membership.shared_to(&gone);
-            match shared.db.reset(keep).await {
+            match shared.db.reset(keep, &roster::KEPT_BY_A_RESET).await {
                 Ok(n) => {
-                    shared.membership.reset_for(v);
+                    shared.membership.reset_for(v, told);
                     shared.db.set_held(shared.membership.held(&shared.member_records()));
                     tracing::warn!(
                         forgotten = n,
@@ -476,6 +508,7 @@ mod tests {
             id,
             record: Some(Record::default()),
             removal: removed.then(|| (Removal::default(), Version::ZERO)),
+            rejoined: None,
         }
     }
 
@@ -500,16 +533,6 @@ mod tests {
             10,
             "a removed member blocks nothing"
         );
-        m.reset_for(Version::ZERO.max(Version {
-            millis: 1,
-            counter: 0,
-            node: 9,
-        }));
-        assert_eq!(
-            m.held(&[member(1, false)]),
-            0,
-            "reset, and no records back yet"
-        );
     }
 
     #[test]
@@ -526,19 +549,24 @@ mod tests {
         m.acked(3, 11, v(7));
         let none = HashMap::new();
         assert_eq!(m.shared_to(&none), v(7));
-        let later = HashMap::from([(3, crate::clock::now_ms() + 1_000)]);
+        let later = HashMap::from([(3, (crate::clock::now_ms() + 1_000, false))]);
         assert_eq!(
             m.shared_to(&later),
             v(5),
             "a peer removed since does not count"
         );
-        let earlier = HashMap::from([(3, 1)]);
+        let earlier = HashMap::from([(3, (1, false))]);
         assert_eq!(
             m.shared_to(&earlier),
             v(7),
-            "one removed before it held them does"
+            "one removed and back before does"
         );
-        m.reset_for(v(9));
+        let now = HashMap::from([(3, (1, true))]);
+        assert_eq!(m.shared_to(&now), v(5), "one removed now does not");
+        m.reset_for(v(9), [4]);
+        assert!(m.told_removed(4, false), "told; the store does not know");
+        assert!(!m.told_removed(4, true), "the store knows: it decides");
+        assert!(!m.told_removed(4, false));
         drop(m);
         let m = open(dir.path(), Duration::from_secs(10));
         assert_eq!((m.shared_to(&none), m.rejoined()), (v(7), v(9)));

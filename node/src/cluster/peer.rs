@@ -74,8 +74,8 @@ pub enum PeerError {
     Removed {
         node: u64,
         version: crate::store::Version,
-        /// Every removal the peer knows: (node, when it was written, Unix ms).
-        removals: Vec<(u64, u64)>,
+        /// Every removal the peer knows: (node, when it was written, Unix ms, removed now).
+        removals: Vec<(u64, u64, bool)>,
         why: String,
     },
     #[error("peer answered {status}: {message}")]
@@ -354,8 +354,10 @@ impl PeerClient {
                     .unwrap_or("")
                     .split(',')
                     .filter_map(|e| {
-                        let (id, at) = e.trim().split_once(':')?;
-                        Some((u64::from_str_radix(id, 16).ok()?, at.parse().ok()?))
+                        let mut f = e.trim().split(':');
+                        let id = u64::from_str_radix(f.next()?, 16).ok()?;
+                        let at = f.next()?.parse().ok()?;
+                        Some((id, at, f.next() != Some("0")))
                     })
                     .collect();
                 return Err(PeerError::Removed {

@@ -1,9 +1,9 @@
 //! The members of the cluster as the store records them: a record per member at
-//! `/.herd/members/<node id>` (written by the node that first talked to it), and a removal per
-//! removed member at `/.herd/removed/<node id>`. Both replicate like any key. A removal is a key
-//! of its own so that no record written later (by a node that never saw the removal) can undo
-//! it; a removed node that reset itself is a member again when its record names that removal
-//! (`rejoined`). Reading only: `membership.rs` decides and writes.
+//! `/.herd/members/<node id>` (written by the node that first talked to it), a removal per
+//! removed member at `/.herd/removed/<node id>`, and, for a removed node that reset itself and
+//! came back, the removal it reset for at `/.herd/rejoined/<node id>`. All replicate like any
+//! key. Each is a key of its own, so a record written later by a node that knows neither (a new
+//! node) undoes no removal and no rejoin. Reading only: `membership.rs` decides and writes.
 
 use crate::db::{Condition, WriteRequest};
 use crate::store::{Op, Path, Store, Version};
@@ -14,6 +14,10 @@ use std::collections::BTreeSet;
 pub const MEMBERS_KEY: &str = ".herd\0members";
 /// The key of the removals.
 pub const REMOVED_KEY: &str = ".herd\0removed";
+/// The key of the rejoins.
+pub const REJOINED_KEY: &str = ".herd\0rejoined";
+/// The member keys a removed node keeps through its reset (what it knew of who is a member).
+pub const KEPT_BY_A_RESET: [&str; 3] = [MEMBERS_KEY, REMOVED_KEY, REJOINED_KEY];
 
 /// A member's record. Every field has a default, so a record only partly merged (an object
 /// whose fields are still on their way) still counts as a member.
@@ -27,9 +31,6 @@ pub struct Record {
     /// Where its peer port answered then.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub addr: Option<String>,
-    /// The removal (its version) the member reset itself for before this record was written.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rejoined: Option<String>,
 }
 
 /// Why and when a member was removed.
@@ -49,18 +50,15 @@ pub struct Member {
     pub record: Option<Record>,
     /// Its last removal and that removal's version, if it was ever removed.
     pub removal: Option<(Removal, Version)>,
+    /// The removal it last reset itself for and rejoined after.
+    pub rejoined: Option<Version>,
 }
 
 impl Member {
     /// The version of its removal if it is removed now (removed, and not rejoined since).
     pub fn removed(&self) -> Option<Version> {
         let (_, v) = self.removal.as_ref()?;
-        let rejoined: Option<Version> = self
-            .record
-            .as_ref()
-            .and_then(|r| r.rejoined.as_deref())
-            .and_then(|t| t.parse().ok());
-        match rejoined {
+        match self.rejoined {
             Some(r) if r >= *v => None,
             _ => Some(*v),
         }
@@ -105,6 +103,8 @@ pub fn member(store: &Store, id: u64, now: u64) -> Member {
         id,
         record: read(store, &key(MEMBERS_KEY, id), now).map(|(r, _)| r),
         removal: read(store, &key(REMOVED_KEY, id), now),
+        rejoined: read::<String>(store, &key(REJOINED_KEY, id), now)
+            .and_then(|(v, _)| v.parse().ok()),
     }
 }
 
@@ -136,6 +136,14 @@ pub fn put_record(id: u64, record: &Record) -> WriteRequest {
 pub fn put_removal(id: u64, removal: &Removal) -> WriteRequest {
     let value = serde_json::to_value(removal).expect("a removal serialises");
     write("removed", id, value)
+}
+
+/// The writes of `id`'s record and of the removal it rejoined after, as one request.
+pub fn put_rejoined(id: u64, record: &Record, removal: Version) -> WriteRequest {
+    let mut req = put_record(id, record);
+    req.ops
+        .extend(write("rejoined", id, removal.to_string().into()).ops);
+    req
 }
 
 #[cfg(test)]
@@ -175,11 +183,10 @@ mod tests {
         apply(&mut s, &mut clock, put_record(7, &rec));
         assert_eq!(member(&s, 7, 1_000).removed(), Some(v));
         // It reset itself for that removal and said so: a member again.
-        let back = Record {
-            rejoined: Some(v.to_string()),
-            ..rec.clone()
-        };
-        apply(&mut s, &mut clock, put_record(7, &back));
+        apply(&mut s, &mut clock, put_rejoined(7, &rec, v));
+        assert!(member(&s, 7, 1_000).is_member());
+        // A new node that never saw any of it records it afresh: still a member.
+        apply(&mut s, &mut clock, put_record(7, &rec));
         assert!(member(&s, 7, 1_000).is_member());
         // Removed a second time: the old rejoin does not cover it.
         apply(&mut s, &mut clock, put_removal(7, &removal));

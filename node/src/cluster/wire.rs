@@ -23,8 +23,9 @@ pub const H_TIME: &str = "herd-time";
 /// On a 410 `removed` answer: the version of the removal of the node that asked (see
 /// `cluster::membership`).
 pub const H_REMOVED: &str = "herd-removed";
-/// On a 410 `removed` answer: every member the answering node knows as removed (comma-separated
-/// node ids), so the removed node knows which of its peers' copies no longer count.
+/// On a 410 `removed` answer: every removal the answering node knows, `id:unix ms:1` (removed
+/// now) or `:0` (back since), comma-separated: the removed node knows which of its peers'
+/// copies no longer count, and admits none of those removed until its store knows.
 pub const H_REMOVED_MEMBERS: &str = "herd-removed-members";
 
 /// A peer as one node tells another about it.

@@ -207,10 +207,10 @@ impl Writer {
                         self.resume();
                         self.housekeeping();
                     }
-                    Command::Reset(shared, reply) => {
+                    Command::Reset(shared, keep, reply) => {
                         self.flush(std::mem::take(&mut group));
                         self.wait_for_inflight(|_| true);
-                        let _ = reply.send(self.reset(shared));
+                        let _ = reply.send(self.reset(shared, keep));
                     }
                     Command::Derived(changes, apply, reply) => {
                         self.flush(std::mem::take(&mut group));
@@ -433,21 +433,26 @@ impl Writer {
 
     /// Removes every register but this node's own newer than `shared`, durably (see
     /// [`Db::reset`]).
-    fn reset(&mut self, shared: Version) -> Result<usize, Error> {
+    fn reset(&mut self, shared: Version, keep: &[&str]) -> Result<usize, Error> {
         let me = self.inner.node_id;
-        let own = |r: &Register| r.version.node == me && r.version > shared;
+        let own = |k: &str, r: &Register| {
+            (r.version.node == me && r.version > shared)
+                || keep
+                    .iter()
+                    .any(|base| crate::store::path::key_contains(base, k))
+        };
         let (keys, kept): (Vec<Box<str>>, Registers) = {
             let st = self.state();
             let keys = st
                 .store
                 .registers()
-                .filter(|(_, r)| !own(r))
+                .filter(|(k, r)| !own(k, r))
                 .map(|(k, _)| k.into())
                 .collect();
             let kept = st
                 .store
                 .registers()
-                .filter(|(_, r)| own(r))
+                .filter(|(k, r)| own(k, r))
                 .map(|(k, r)| (k.into(), r.clone()))
                 .collect();
             (keys, kept)
