@@ -585,20 +585,7 @@ class Bench:
         watchers = [RawConn(self.nodes[2]), RawConn(self.nodes[3])]
         conns: list[RawConn] = list(watchers)
         try:
-            for w in watchers:
-                w.send("GET", "/v1/watch" + LAT_PREFIX)
-            # Wait for the `synced` marker on both streams.
-            synced = set()
-            end = now() + 10
-            while len(synced) < len(watchers):
-                if now() > end:
-                    raise BenchError("watch streams did not send `synced` within 10 s")
-                r = [w for w in watchers if w.pending()] or select.select(watchers, [], [], 1.0)[0]
-                for w in r:
-                    w.recv()
-                    for ev, _ in w.events():
-                        if ev == "synced":
-                            synced.add(w)
+            self.start_watches(watchers, 10)
             res = {}
             log("replication latency: %d warm-up writes, then %d sequential writes"
                 % (a.warmup_writes, a.lat_writes))
@@ -624,6 +611,22 @@ class Bench:
         t0 = now()
         if self.wait_equal(list(self.nodes.values()), t0, 30, "after latency")[0] is None:
             raise BenchError("digests differ 30 s after the latency test")
+
+    @staticmethod
+    def start_watches(watchers: list[RawConn], deadline_s: float) -> None:
+        """Starts a watch of LAT_PREFIX on each connection and waits for every `synced`."""
+        for w in watchers:
+            w.send("GET", "/v1/watch" + LAT_PREFIX)
+        synced = set()
+        end = now() + deadline_s
+        while len(synced) < len(watchers):
+            if now() > end:
+                raise BenchError("watch streams did not all send `synced` within %.0f s" % deadline_s)
+            r = [w for w in watchers if w.pending()] or select.select(watchers, [], [], 1.0)[0]
+            for w in r:
+                w.recv()
+                if any(ev == "synced" for ev, _ in w.events()):
+                    synced.add(w)
 
     def measured_latency_run(self, writers, watchers, n, tag, sequential, rate=None) -> dict:
         """latency_run, plus each node's mean commit time (write-ahead log append and sync, from

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
 import subprocess
 import sys
 import tempfile
@@ -86,18 +85,7 @@ class Scale(Bench):
         watchers = [RawConn(n) for n in others]
         writer = [RawConn(self.nodes[1])]
         try:
-            for w in watchers:
-                w.send("GET", "/v1/watch" + cb.LAT_PREFIX)
-            synced: set = set()
-            end = now() + 30
-            while len(synced) < len(watchers):
-                if now() > end:
-                    raise BenchError("watch streams did not all send `synced` within 30 s")
-                r = [w for w in watchers if w.pending()] or select.select(watchers, [], [], 1.0)[0]
-                for w in r:
-                    w.recv()
-                    if any(ev == "synced" for ev, _ in w.events()):
-                        synced.add(w)
+            self.start_watches(watchers, 30)
             self.latency_run(writer, watchers, 20, "w", sequential=True)
             r = self.latency_run(writer, watchers, a.writes, "s", sequential=True)
             self.results["visible"] = r

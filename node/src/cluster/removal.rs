@@ -108,7 +108,8 @@ impl super::Cluster {
         // grace period: a younger one waits for its age or the next rounds, not for them.
         let slack = shared.s.tombstone_grace + shared.s.anti_entropy_interval * 10;
         let floor = now.saturating_sub(slack.as_millis() as u64);
-        let overdue = st.store.oldest_tombstone_ms().is_some_and(|t| t < floor);
+        let oldest = st.store.oldest_tombstone_ms();
+        let overdue = oldest.is_some_and(|t| t < floor);
         let waiting_for: Vec<String> = if !overdue {
             Vec::new()
         } else {
@@ -119,7 +120,6 @@ impl super::Cluster {
                 .map(|m| format!("{:016x}", m.id))
                 .collect()
         };
-        let oldest = st.store.oldest_tombstone_ms();
         v["tombstones"] = serde_json::json!({
             "waiting": waiting,
             "oldest_age": oldest.map(|t| span(now.saturating_sub(t))),
